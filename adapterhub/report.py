@@ -1,0 +1,79 @@
+"""Score a split with an adapter, the bare base and the baselines, on the same examples."""
+from __future__ import annotations
+
+import random
+
+from tqdm.auto import tqdm
+
+from . import prompts
+from .errors import DataError
+
+
+def cap_examples(examples: list, n: int | None, seed: int) -> list:
+    """At most n examples, whole ranking groups only, as a seeded sample (order kept)."""
+    if n is None or len(examples) <= n:
+        return list(examples)
+    groups: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        groups.setdefault(ex.group or f"#{i}", []).append(i)
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    keep: list[int] = []
+    for k in keys:
+        if len(keep) + len(groups[k]) > n and keep:
+            break
+        keep += groups[k]
+    return [examples[i] for i in sorted(keep)]
+
+
+def encode_examples(hub, data, examples) -> list[tuple[list[int], list[int]]]:
+    """-> [(prefix ids, suffix ids)]; prompt ids = prefix + suffix (the hub's ranking path splits there)."""
+    cache: dict[str, list[int]] = {}
+    out = []
+    for ex in examples:
+        prefix, suffix = prompts.render(data.scenario, ex, data.items)
+        if prefix not in cache:
+            cache[prefix] = hub.encode(prefix)
+        out.append((cache[prefix], hub.encode(suffix, special=False)))
+    return out
+
+
+def score_examples(hub, key: str | None, encoded, batch_size: int | None = None, progress: bool = False,
+                   desc: str = "scoring") -> list[float]:
+    """P(yes) per example under adapter `key` (None = the base, or lora.TRAIN while training)."""
+    was = [m.training for m in hub.wrapped.values()]
+    for m in hub.wrapped.values():
+        m.eval()
+    bs = batch_size or hub.batch_size
+    out: list[float] = []
+    try:
+        for start in tqdm(range(0, len(encoded), bs), desc=desc, disable=not progress, leave=False):
+            chunk = encoded[start:start + bs]
+            out += hub.score_ids([key] * len(chunk), [p + s for p, s in chunk], bs)
+    finally:
+        for m, w in zip(hub.wrapped.values(), was):
+            m.train(w)
+    return out
+
+
+def evaluate_split(hub, data, examples, adapter_key: str | None, *, with_base: bool = True,
+                   with_baselines: bool = True, seed: int = 0, progress: bool = False, encoded=None) -> dict:
+    """-> {method: metrics} for 'adapter', 'base' and each baseline, all on the same examples."""
+    from .baselines import for_scenario
+    from .evaluation import evaluate
+    if not examples:
+        raise DataError(f"no examples to evaluate for scenario '{data.scenario}'")
+    encoded = encoded or encode_examples(hub, data, examples)
+    rows: dict[str, dict] = {}
+    if adapter_key is not None:
+        rows["adapter"] = evaluate(data.task, examples, score_examples(hub, adapter_key, encoded, progress=progress, desc="adapter"))
+    if with_base:
+        rows["base"] = evaluate(data.task, examples, score_examples(hub, None, encoded, progress=progress, desc="base"))
+    if with_baselines:
+        for name, fn in for_scenario(data).items():
+            rows[name] = evaluate(data.task, examples, fn(data, examples, seed=seed))
+    return rows
+
+
+def primary_metric(task: str) -> str:
+    return {"pointwise": "auc", "ranking": "ndcg@10", "impression": "auc"}.get(task, "auc")

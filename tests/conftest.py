@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny random Llama base (no download) and a registry in tmp_path."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from adapterhub.datasets.common import Example, Item, ScenarioData
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """No test touches the real adapters/ or ~/.cache: the registry and caches live in tmp_path."""
+    monkeypatch.setenv("ADAPTERHUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_base():
+    from adapterhub.base import load_base
+    return load_base("random:tiny", quant="fp32", device="cpu")
+
+
+@pytest.fixture
+def hub(tmp_path):
+    from adapterhub.hub import Hub
+    return Hub(base="random:tiny", registry=tmp_path / "adapters", quant="fp32", device="cpu")
+
+
+def toy_data(n_users: int = 24, seed: int = 0, scenario: str = "toy") -> ScenarioData:
+    """A learnable toy scenario: users like items of their favourite category."""
+    rng = random.Random(seed)
+    cats = ["red", "blue"]
+    items = {f"i{j}": Item(f"i{j}", f"{cats[j % 2]} thing {j}", cats[j % 2]) for j in range(40)}
+    splits = {"train": [], "valid": [], "test": []}
+    for u in range(n_users):
+        fav = cats[u % 2]
+        liked = [i for i in items if items[i].category == fav]
+        split = "train" if u < n_users * 2 // 3 else ("valid" if u % 2 else "test")
+        for k in range(6):
+            hist = tuple(rng.sample(liked, 3))
+            cand = rng.choice(list(items))
+            splits[split].append(Example(f"u{u}", hist, cand, int(items[cand].category == fav)))
+    # valid/test need both labels for AUC
+    return ScenarioData(scenario=scenario, source="toy", items=items, splits=splits, sha256="toy", task="pointwise")
+
+
+@pytest.fixture
+def toy():
+    return toy_data()
