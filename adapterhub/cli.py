@@ -140,6 +140,28 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    weights = {}
+    for item in args.adapters:
+        ref, _, w = item.partition("=")
+        try:
+            weights[ref] = float(w) if w else 1.0 / len(args.adapters)
+        except ValueError:
+            raise AdapterHubError(f"bad weight in {item!r}: write REF=WEIGHT, e.g. news=0.5") from None
+    hub = _hub(args)
+    adapter = hub.merge(weights, method=args.method, name=args.name, rank=args.rank, density=args.density)
+    print(f"published {adapter.key}: {adapter.card['description']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    hub = _hub(args)
+    out = hub.export(args.ref, args.out, merge_into_base=not args.peft, dtype=args.dtype, overwrite=args.overwrite)
+    kind = "PEFT adapter folder (PEFT, vLLM, LoRAX)" if args.peft else f"standalone {args.dtype} model folder"
+    print(f"wrote {kind} to {out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args)
@@ -210,6 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--candidates", required=True, help="item texts separated by '|'")
     s.add_argument("-k", type=int, default=10)
     s.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser("merge", parents=[common, model], help="merge adapters into a new one (cat is exact)")
+    s.add_argument("adapters", nargs="+", help="REF=WEIGHT ... (equal weights when omitted)")
+    s.add_argument("--method", default="cat", help="cat (exact), linear (PEFT's, cross terms), svd, ties, dare_ties")
+    s.add_argument("--name", help="name of the merged adapter (default: the parents' names joined by '-')")
+    s.add_argument("--rank", type=int, help="rank of svd/ties/dare_ties merges (default: the largest parent rank)")
+    s.add_argument("--density", type=float, default=0.5, help="share of entries ties/dare_ties keep")
+    s.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("export", parents=[common, model], help="write a standalone merged model or the PEFT folder")
+    s.add_argument("ref")
+    s.add_argument("out", help="output folder")
+    s.add_argument("--peft", action="store_true", help="write the PEFT adapter folder instead of merging into the base")
+    s.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("demo", parents=[common, model], help="the main job: load the shipped adapters, recommend, "
                        "then train -> publish -> load a small example adapter")

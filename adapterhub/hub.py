@@ -63,7 +63,240 @@ class Hub:
         self.device = self.base.device
         self.max_resident = max_resident
         self.batch_size = batch_size
-        self.routing, self.wrapped = wrap_model(self.model)
+        # Hubs built over one Base share its wrappers (and so what is resident): the base is never copied.
+        if not hasattr(self.model, "_adapterhub_lora"):
+            self.model._adapterhub_lora = wrap_model(self.model)
+        self.routing, self.wrapped = self.model._adapterhub_lora
+        self.decoder = self.model.get_decoder()
+        self._resident: OrderedDict[str, Adapter] = OrderedDict()  # least recently used first
+        self._alias: dict[str, str] = {}                            # 'news' -> 'news@v2'
+        yes, no = (self.tokenizer.encode(a, add_special_tokens=False)[0] for a in (" Yes", " No"))
+        if yes == no:
+            raise AdapterHubError("the tokenizer gives ' Yes' and ' No' the same first token; cannot score")
+        head = self.model.get_output_embeddings().weight.detach()
+        # P(yes) = softmax over the two answer logits = sigmoid(h . (w_yes - w_no)).
+        self._answer_dir = (head[yes].float() - head[no].float()).to(self.device)
+        self.answer_ids = (yes, no)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.base.fingerprint
+
+    # ------------------------------------------------------------ registry
+    def list(self) -> list[dict]:
+        return self.registry.list()
+
+    def resident(self) -> list[str]:
+        return list(self._resident)
+
+    def _key(self, ref: str) -> str:
+        """'news' -> the resident key ('news@v2'); loads the adapter when it is not resident."""
+        key = self._alias.get(ref, ref)
+        if key in self._resident:
+            self._resident.move_to_end(key)
+            return key
+        return self.load(ref).key
+
+    def load(self, ref: str) -> Adapter:
+        """Make an adapter resident (cold: read + check + place; warm: nothing) and return it."""
+        name, version = parse_ref(ref)
+        key = self._alias.get(ref) or f"{name}@{version or self.registry.resolve(name).name}"
+        if key in self._resident:
+            self._resident.move_to_end(key)
+            return self._resident[key]
+        config, tensors, card, folder = self.registry.load(key)
+        placed = self._check_and_cast(key, config, tensors, card, folder)
+        while len(self._resident) >= self.max_resident:
+            self.unload(next(iter(self._resident)))
+        for path, pair in placed.items():  # nothing is touched until every check has passed
+            self.wrapped[path].adapters[key] = pair
+        adapter = Adapter(self, key, card, sum(a.numel() * a.element_size() + b.numel() * b.element_size()
+                                                for a, b in placed.values()), list(placed))
+        self._resident[key] = adapter
+        self._alias[key] = key
+        if version is None:
+            self._alias[name] = key
+        return adapter
+
+    def _check_and_cast(self, key, config, tensors, card, folder) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        want = (card.get("base") or {}).get("fingerprint")
+        if want and want != self.fingerprint:
+            raise IncompatibleAdapterError(
+                f"adapter '{key}' was trained on base {card['base'].get('spec')!r} (fingerprint {want}), but this hub "
+                f"runs {self.base.spec!r} (fingerprint {self.fingerprint}); load it with Hub(base={card['base'].get('spec')!r})")
+        r, alpha = config.get("r"), config.get("lora_alpha", config.get("alpha"))
+        if not isinstance(r, int) or not 1 <= r <= MAX_RANK or not isinstance(alpha, (int, float)):
+            raise IncompatibleAdapterError(f"{folder}/adapter_config.json: r={r!r}, lora_alpha={alpha!r}; "
+                                           f"need an integer r in 1..{MAX_RANK} and a numeric alpha")
+        for flag in ("use_dora", "fan_in_fan_out"):
+            if config.get(flag):
+                raise IncompatibleAdapterError(f"{folder}/adapter_config.json: {flag}=true is not served by adapterhub")
+        if config.get("rank_pattern") or config.get("alpha_pattern"):
+            raise IncompatibleAdapterError(f"{folder}/adapter_config.json: per-module rank_pattern/alpha_pattern are not served")
+        scale = alpha / (r ** 0.5 if config.get("use_rslora") else r)
+        halves: dict[str, dict[str, torch.Tensor]] = {}
+        for tname, t in tensors.items():
+            parsed = split_peft_key(tname)
+            if parsed is None:
+                raise IncompatibleAdapterError(f"{folder}: tensor {tname!r} is not a LoRA A/B weight; adapterhub serves "
+                                               "plain LoRA (no bias, no modules_to_save)")
+            path, which = parsed
+            if path not in self.wrapped:
+                leaf = path.rsplit(".", 1)[-1]
+                raise IncompatibleAdapterError(f"adapter '{key}' targets module '{path}', which this hub cannot serve "
+                                               f"(servable: {', '.join(SERVABLE)}); leaf name '{leaf}'")
+            halves.setdefault(path, {})[which] = t
+        dtype = self.base.compute_dtype
+        placed = {}
+        for path, ab in halves.items():
+            mod = self.wrapped[path]
+            A, B = ab.get("A"), ab.get("B")
+            if A is None or B is None or A.shape != (r, mod.in_features) or B.shape != (mod.out_features, r):
+                raise IncompatibleAdapterError(
+                    f"adapter '{key}', module '{path}': expected A {(r, mod.in_features)} and B {(mod.out_features, r)}, "
+                    f"got A {None if A is None else tuple(A.shape)} and B {None if B is None else tuple(B.shape)}")
+            if A.dtype != dtype or A.device != self.device:
+                A, B = A.to(self.device, dtype), B.to(self.device, dtype)
+            placed[path] = (A, B.mul_(scale) if B.data_ptr() == ab["B"].data_ptr() else B * scale)
+        if not placed:
+            raise IncompatibleAdapterError(f"{folder}: the adapter holds no LoRA weights")
+        return placed
+
+    def unload(self, ref: str) -> None:
+        key = self._alias.get(ref, ref)
+        adapter = self._resident.pop(key, None)
+        if adapter is None:
+            return
+        for path in adapter.modules:
+            self.wrapped[path].adapters.pop(key, None)
+        for alias in [a for a, k in self._alias.items() if k == key]:
+            del self._alias[alias]
+
+    # ------------------------------------------------------------ running
+    @contextlib.contextmanager
+    def use(self, ref: str | None):
+        """`with hub.use("news") as model:` the torch model with that adapter active (None = base)."""
+        key = self._key(ref) if ref is not None else None
+        saved = (self.routing.active, self.routing.groups)
+        self.routing.active, self.routing.groups = key, None
+        try:
+            yield self.model
+        finally:
+            self.routing.active, self.routing.groups = saved
+
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=special)
+
+    @torch.no_grad()
+    def score(self, rows, batch_size: int | None = None) -> list[float]:
+        """P(yes) per row. rows: [(adapter ref or None for the base, prompt), ...]; one forward per
+        batch even when the rows name different adapters."""
+        rows = list(rows)
+        keys = [self._key(ref) if ref is not None else None for ref, _ in rows]
+        ids = [self.encode(prompt) for _, prompt in rows]
+        return self.score_ids(keys, ids, batch_size)
+
+    @torch.no_grad()
+    def score_ids(self, keys: list[str | None], ids: list[list[int]], batch_size: int | None = None) -> list[float]:
+        bs = batch_size or self.batch_size
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad less
+        out = [0.0] * len(ids)
+        for start in range(0, len(order), bs):
+            chunk = order[start:start + bs]
+            probs = self.yes_prob(self.last_hidden([ids[i] for i in chunk], [keys[i] for i in chunk]))
+            for i, p in zip(chunk, probs.tolist()):
+                out[i] = p
+        return out
+
+    def yes_prob(self, hidden: torch.Tensor) -> torch.Tensor:  # (batch, hidden) -> (batch,)
+        return torch.sigmoid(self.yes_logit(hidden))
+
+    def yes_logit(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden.float() @ self._answer_dir
+
+    def last_hidden(self, ids: list[list[int]], keys: list[str | None] | str | None, past=None,
+                    past_len: int = 0) -> torch.Tensor:
+        """Final hidden state at each row's last real token -> (batch, hidden). Right-padded."""
+        lengths = torch.tensor([len(x) for x in ids], device=self.device)
+        width = int(lengths.max())
+        input_ids = torch.zeros(len(ids), width, dtype=torch.long)
+        for i, x in enumerate(ids):
+            input_ids[i, :len(x)] = torch.tensor(x)
+        input_ids = input_ids.to(self.device)
+        mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
+        kwargs = {}
+        if past is not None:
+            mask = torch.cat([torch.ones(len(ids), past_len, dtype=torch.long, device=self.device), mask], 1)
+            kwargs = dict(cache=past, position_ids=torch.arange(past_len, past_len + width, device=self.device)[None].expand(len(ids), -1))
+        with self._route(keys, len(ids)):
+            h = self.decoder(input_ids=input_ids, attention_mask=mask, use_cache=past is not None, **kwargs).last_hidden_state
+        return h[torch.arange(len(ids), device=self.device), lengths - 1]  # (batch, hidden)
+
+    @contextlib.contextmanager
+    def _route(self, keys, n: int):
+        saved = (self.routing.active, self.routing.groups)
+        if keys is None or isinstance(keys, str):
+            self.routing.active, self.routing.groups = keys, None
+        elif len(set(keys)) == 1:  # the common case: one adapter for the whole batch
+            self.routing.active, self.routing.groups = keys[0], None
+        else:
+            rows: dict[str | None, list[int]] = {}
+            for i, k in enumerate(keys):
+                rows.setdefault(k, []).append(i)
+            self.routing.active = None
+            self.routing.groups = [(k, torch.tensor(r, device=self.device)) for k, r in rows.items() if k is not None]
+        try:
+            yield
+        finally:
+            self.routing.active, self.routing.groups = saved
+
+    # ------------------------------------------------------------ ranking
+    @torch.no_grad()
+    def score_candidates(self, ref: str | None, prefix: str, suffixes: list[str], batch_size: int | None = None,
+                         reuse_prefix: bool = True) -> list[float]:
+        """P(yes) of prefix+suffix for each suffix. The shared prefix runs once (KV cache)."""
+        key = self._key(ref) if ref is not None else None
+        return self.score_candidates_ids(key, self.encode(prefix), [self.encode(s, special=False) for s in suffixes],
+                                         batch_size, reuse_prefix)
+
+    @torch.no_grad()
+    def score_candidates_ids(self, key: str | None, prefix_ids: list[int], suffix_ids: list[list[int]],
+                             batch_size: int | None = None, reuse_prefix: bool = True) -> list[float]:
+        if not reuse_prefix:
+            return self.score_ids([key] * len(suffix_ids), [prefix_ids + s for s in suffix_ids], batch_size)
+        from transformers import DynamicCache
+        bs = batch_size or self.batch_size
+        with self._route(key, 1):
+            past = self.decoder(input_ids=torch.tensor([prefix_ids], device=self.device), use_cache=True).cache
+        kv = [(layer.keys, layer.values) for layer in past.layers]  # each (1, kv_heads, prefix, head_dim)
+        out: list[float] = []
+        for start in range(0, len(suffix_ids), bs):
+            chunk = suffix_ids[start:start + bs]
+            n = len(chunk)
+            cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv],
+                                 config=self.model.config)
+            out += self.yes_prob(self.last_hidden(chunk, key, past=cache, past_len=len(prefix_ids))).tolist()
+        return out
+
+    def recommend(self, history: list[str], candidates: list[str], k: int = 10,
+                  disliked: list[str] = ()) -> list[tuple[str, float]]:
+        return self.hub.recommend(self.key, history, candidates, k=k, disliked=disliked)
+
+
+class Hub:
+    def __init__(self, base: str | Base = DEFAULT_BASE, registry: str | Registry = "adapters",
+                 quant: str = "nf4", device: str = "auto", max_resident: int = 64, batch_size: int = 16):
+        self.base = base if isinstance(base, Base) else load_base(base, quant=quant, device=device)
+        self.registry = registry if isinstance(registry, Registry) else Registry(registry)
+        self.model = self.base.model
+        self.tokenizer = self.base.tokenizer
+        self.device = self.base.device
+        self.max_resident = max_resident
+        self.batch_size = batch_size
+        # Hubs built over one Base share its wrappers (and so what is resident): the base is never copied.
+        if not hasattr(self.model, "_adapterhub_lora"):
+            self.model._adapterhub_lora = wrap_model(self.model)
+        self.routing, self.wrapped = self.model._adapterhub_lora
         self.decoder = self.model.get_decoder()
         self._resident: OrderedDict[str, Adapter] = OrderedDict()  # least recently used first
         self._alias: dict[str, str] = {}                            # 'news' -> 'news@v2'
@@ -286,5 +519,16 @@ class Hub:
 
     # ------------------------------------------------------------ training, merging, export
     def train(self, name: str, data, config=None, **kwargs):
+        """Train a LoRA adapter for `data` on this base; publish it as `name`. -> (Adapter, card)."""
         from .train import train_adapter
         return train_adapter(self, name, data, config, **kwargs)
+
+    def merge(self, weights: dict[str, float], method: str = "cat", name: str | None = None, **kwargs) -> Adapter:
+        """Merge adapters into a new published adapter and load it. See adapterhub.merge for methods."""
+        from .merge import merge
+        return self.load(merge(self, weights, method, name, **kwargs))
+
+    def export(self, ref: str, out_dir, merge_into_base: bool = True, dtype: str = "bf16", overwrite: bool = False):
+        """A standalone model folder (merged) or the PEFT folder vLLM/LoRAX load. See adapterhub.export."""
+        from .export import export
+        return export(self, ref, out_dir, merge_into_base, dtype, overwrite)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import random
 
+import torch
+
 from tqdm.auto import tqdm
 
 from . import prompts
@@ -40,16 +42,29 @@ def encode_examples(hub, data, examples) -> list[tuple[list[int], list[int]]]:
 
 def score_examples(hub, key: str | None, encoded, batch_size: int | None = None, progress: bool = False,
                    desc: str = "scoring") -> list[float]:
-    """P(yes) per example under adapter `key` (None = the base, or lora.TRAIN while training)."""
+    """P(yes) per example under adapter `key` (None = the base, or lora.TRAIN while training).
+
+    Examples sharing a history prefix (one user's candidates) run the prefix once (KV cache).
+    """
     was = [m.training for m in hub.wrapped.values()]
     for m in hub.wrapped.values():
         m.eval()
-    bs = batch_size or hub.batch_size
-    out: list[float] = []
+    by_prefix: dict[tuple, list[int]] = {}
+    for i, (prefix, _) in enumerate(encoded):
+        by_prefix.setdefault(tuple(prefix), []).append(i)
+    shared = [idx for idx in by_prefix.values() if len(idx) >= 4]
+    single = [i for idx in by_prefix.values() if len(idx) < 4 for i in idx]
+    out = [0.0] * len(encoded)
     try:
-        for start in tqdm(range(0, len(encoded), bs), desc=desc, disable=not progress, leave=False):
-            chunk = encoded[start:start + bs]
-            out += hub.score_ids([key] * len(chunk), [p + s for p, s in chunk], bs)
+        with torch.no_grad():
+            for idx in tqdm(shared, desc=desc, disable=not progress, leave=False):
+                scores = hub.score_candidates_ids(key, encoded[idx[0]][0], [encoded[i][1] for i in idx], batch_size)
+                for i, s in zip(idx, scores):
+                    out[i] = s
+            if single:
+                scores = hub.score_ids([key] * len(single), [encoded[i][0] + encoded[i][1] for i in single], batch_size)
+                for i, s in zip(single, scores):
+                    out[i] = s
     finally:
         for m, w in zip(hub.wrapped.values(), was):
             m.train(w)

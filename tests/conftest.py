@@ -29,14 +29,14 @@ def hub(tmp_path):
     return Hub(base="random:tiny", registry=tmp_path / "adapters", quant="fp32", device="cpu")
 
 
-def toy_data(n_users: int = 24, seed: int = 0, scenario: str = "toy") -> ScenarioData:
-    """A learnable toy scenario: users like items of their favourite category."""
+def toy_data(n_users: int = 24, seed: int = 0, scenario: str = "toy", same_taste: bool = False) -> ScenarioData:
+    """A toy scenario: users like items of their favourite category (all the same one if same_taste)."""
     rng = random.Random(seed)
     cats = ["red", "blue"]
     items = {f"i{j}": Item(f"i{j}", f"{cats[j % 2]} thing {j}", cats[j % 2]) for j in range(40)}
     splits = {"train": [], "valid": [], "test": []}
     for u in range(n_users):
-        fav = cats[u % 2]
+        fav = cats[0 if same_taste else u % 2]
         liked = [i for i in items if items[i].category == fav]
         split = "train" if u < n_users * 2 // 3 else ("valid" if u % 2 else "test")
         for k in range(6):

