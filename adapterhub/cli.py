@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .errors import AdapterHubError
@@ -92,16 +93,24 @@ def _load_data(args):
 
 def cmd_train(args) -> int:
     from .config import TrainConfig
-    overrides = {k: getattr(args, k) for k in ("r", "alpha", "targets", "lr", "batch_size", "grad_accum", "max_steps",
+    overrides = {k: getattr(args, k) for k in ("r", "alpha", "dropout", "targets", "lr", "batch_size", "grad_accum", "max_steps",
                                                 "epochs", "seed", "n_train", "n_valid", "n_test", "eval_every", "patience",
                                                 "init_from", "teacher", "distill_weight", "domain_steps")
                  if getattr(args, k, None) is not None}
     cfg = TrainConfig.from_dict(overrides)
     data = _load_data(args)
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun / accelerate launch
+        from accelerate import Accelerator
+        accelerator = Accelerator(cpu=args.device == "cpu")
+        if args.device == "auto":
+            args.device = str(accelerator.device)
     hub = _hub(args)
     promote = True if args.force else None
     adapter, card = hub.train(args.name, data, cfg, promote=promote, description=args.description or "",
-                              progress=None)
+                              progress=None, accelerator=accelerator)
+    if adapter is None:  # a non-main process of a multi-process run: the main one publishes
+        return 0
     print(f"published {adapter.key} ({'current' if hub.registry.current(adapter.name) == adapter.version else 'not promoted'})")
     _print_metrics(card["metrics"], card["primary_metric"])
     return 0
@@ -210,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name", help="adapter name, e.g. news")
     s.add_argument("--description")
     s.add_argument("--force", action="store_true", help="make the new version current even if its metric is worse")
-    for name, typ in (("r", int), ("alpha", float), ("lr", float), ("batch_size", int), ("grad_accum", int),
+    for name, typ in (("r", int), ("alpha", float), ("dropout", float), ("lr", float), ("batch_size", int), ("grad_accum", int),
                       ("max_steps", int), ("epochs", float), ("n_train", int), ("n_valid", int), ("n_test", int),
                       ("eval_every", int), ("patience", int), ("distill_weight", float), ("domain_steps", int)):
         s.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, help=help_of(TrainConfig, name))

@@ -101,6 +101,7 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
     for path, m in modules.items():
         params += m.add_trainable(cfg.r, cfg.alpha, cfg.dropout, torch.float32, init.get(path))
         m.train()
+    domain_log = _domain_adapt(hub, data, params, cfg, rng, rank, world) if cfg.domain_steps else []
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_step = cfg.batch_size * cfg.grad_accum
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / per_step))
@@ -175,7 +176,8 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
                 p.copy_(b)
         card = None
         if is_main:
-            card = _card(hub, name, data, cfg, description, history, best, train_s, len(train), valid, test)
+            card = _card(hub, name, data, cfg, description, history, best, train_s, len(train), valid, test, world)
+            card["train"]["domain_log"] = domain_log
         tensors = {}
         for path, m in modules.items():
             tensors[peft_key(path, "A")] = m.lora_A.detach().float().cpu().contiguous()
@@ -192,7 +194,45 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
     return hub.load(f"{name}@{version}"), hub.registry.card(f"{name}@{version}")
 
 
-def _card(hub, name, data, cfg, description, history, best, train_s, n_train, valid, test) -> dict:
+def _domain_adapt(hub, data, params, cfg: TrainConfig, rng: random.Random, rank: int, world: int) -> list[dict]:
+    """Causal-LM steps on the scenario's item texts (titles, headlines, artist names), with the
+    trainable LoRA pair active, before the Yes/No task tuning."""
+    texts = [item.text for item in data.items.values() if item.text]
+    if not texts:
+        raise DataError(f"--domain-steps: scenario '{data.scenario}' has no item text to adapt on")
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    saved = hub.routing.active
+    hub.routing.active, hub.routing.groups = TRAIN, None
+    log_rows = []
+    try:
+        for step in range(cfg.domain_steps):
+            batch = [rng.choice(texts) for _ in range(cfg.batch_size * world)][rank::world]
+            ids = [hub.encode(t)[:64] for t in batch]
+            width = max(len(x) for x in ids)
+            input_ids = torch.zeros(len(ids), width, dtype=torch.long)
+            labels = torch.full((len(ids), width), -100, dtype=torch.long)  # padding is not predicted
+            for i, x in enumerate(ids):
+                input_ids[i, :len(x)] = labels[i, :len(x)] = torch.tensor(x)
+            mask = (labels != -100).long()
+            loss = hub.model(input_ids=input_ids.to(hub.device), attention_mask=mask.to(hub.device),
+                             labels=labels.to(hub.device)).loss
+            loss.backward()
+            if world > 1:
+                for p in params:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if (step + 1) % max(1, cfg.domain_steps // 5) == 0 or step + 1 == cfg.domain_steps:
+                log_rows.append({"domain_step": step + 1, "lm_loss": round(float(loss), 4)})
+                log.info("domain step %d/%d | lm loss %.3f", step + 1, cfg.domain_steps, float(loss))
+    finally:
+        hub.routing.active = saved
+    return log_rows
+
+
+def _card(hub, name, data, cfg, description, history, best, train_s, n_train, valid, test, world=1) -> dict:
     """Evaluate the trained pair (still resident as TRAIN) beside the base and baselines; build the card."""
     metrics = {}
     for split, examples in (("valid", valid), ("test", test)):
@@ -210,7 +250,7 @@ def _card(hub, name, data, cfg, description, history, best, train_s, n_train, va
         "lora": {"r": cfg.r, "alpha": cfg.alpha, "targets": sorted(cfg.targets), "dropout": cfg.dropout},
         "data": {"source": data.source, "sha256": data.sha256, "sizes": data.sizes(), "task": data.task,
                  "used": {"train": n_train, "valid": len(valid), "test": len(test)}},
-        "train": {**cfg.to_dict(), "best_step": best[2], "train_s": round(train_s, 1), "log": history},
+        "train": {**cfg.to_dict(), "world_size": world, "best_step": best[2], "train_s": round(train_s, 1), "log": history},
         "primary_metric": primary_metric(data.task),
         "metrics": metrics,
         "parents": parents,

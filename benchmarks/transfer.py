@@ -1,0 +1,141 @@
+"""Scenario transfer with few examples: cold LoRA vs warm start vs distillation.
+
+The "new scenario" is built from MovieLens/TALLRec (the movie -> TV idea of the source material):
+  target genres  T = {Comedy, Romance}; an example belongs to the target scenario when its
+                 candidate movie has a genre in T, to the source scenario otherwise.
+  source adapter trained on source-scenario TRAIN examples only (never a target-genre candidate).
+  target few-shot n examples (16, 64, 256) sampled per seed from target-scenario TRAIN examples.
+  evaluation     target-scenario examples of the TEST split (users disjoint from train), same for
+                 every run. No test example is used for training or model selection (early stopping
+                 is off: a fixed number of steps).
+Methods: cold (fresh LoRA), warm (init from the source adapter), distilled (fresh LoRA, loss mixes
+the hard labels with the source adapter's P(yes) as teacher, weight 0.5).
+
+    python benchmarks/transfer.py                 # 3 seeds x n in (16, 64, 256), SmolLM2 NF4 (CPU: ~1 h)
+    python benchmarks/transfer.py --quick         # 3 seeds x n in (16, 64), fewer test examples
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import Recorder
+
+TARGET_GENRES = {"Comedy", "Romance"}
+
+
+def split_by_genre(data):
+    """-> (source ScenarioData, target ScenarioData): the same items, examples split by candidate genre."""
+    def is_target(ex):
+        return bool(set(data.items[ex.candidate].category.split("|")) & TARGET_GENRES)
+    src = {s: [e for e in ex if not is_target(e)] for s, ex in data.splits.items()}
+    tgt = {s: [e for e in ex if is_target(e)] for s, ex in data.splits.items()}
+    return (dataclasses.replace(data, scenario="video", splits=src, sha256=data.sha256 + ":source"),
+            dataclasses.replace(data, scenario="video", splits=tgt, sha256=data.sha256 + ":target"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default="smollm2-135m")
+    ap.add_argument("--quant", default="nf4")
+    ap.add_argument("--data", default=None, help="video data folder (default ../shared/data/video)")
+    ap.add_argument("--ns", default="16,64,256")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--n-test", type=int, default=300)
+    ap.add_argument("--source-steps", type=int, default=60)
+    ap.add_argument("--quick", action="store_true", help="n in (16, 64), 150 test examples")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    if args.quick:
+        args.ns, args.n_test = "16,64", 150
+    from adapterhub.config import TrainConfig
+    from adapterhub.datasets import load
+    from adapterhub.evaluation import evaluate
+    from adapterhub.hub import Hub
+    from adapterhub.report import cap_examples, encode_examples, score_examples
+
+    data = load("video", args.data)
+    source, target = split_by_genre(data)
+    test = cap_examples(target.splits["test"], args.n_test, 0)
+    rec = Recorder("transfer", args.out, base=args.base, quant=args.quant, device="cpu")
+    print(f"source train {len(source.splits['train'])}, target train pool {len(target.splits['train'])}, "
+          f"target test {len(test)} (genres {sorted(TARGET_GENRES)})", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = Hub(base=args.base, registry=Path(tmp) / "adapters", quant=args.quant)
+        enc_test = encode_examples(hub, target, test)
+        t = time.perf_counter()
+        hub.train("source", source, TrainConfig(max_steps=args.source_steps, eval_every=args.source_steps,
+                                                n_valid=64, n_test=0), progress=False)
+        print(f"source adapter trained in {time.perf_counter() - t:.0f} s", flush=True)
+        base_auc = evaluate("pointwise", test, score_examples(hub, None, enc_test))["auc"]
+        src_auc = evaluate("pointwise", test, score_examples(hub, hub.load("source").key, enc_test))["auc"]
+        rec.record("target_test_auc", {"method": "base (no adapter)", "n": 0}, base_auc, unit="auc")
+        rec.record("target_test_auc", {"method": "source adapter as is", "n": 0}, src_auc, unit="auc")
+        results: dict[tuple[str, int], list[float]] = {}
+        for n in [int(x) for x in args.ns.split(",")]:
+            for seed in range(args.seeds):
+                pool = random.Random(seed).sample(target.splits["train"], n)
+                few = dataclasses.replace(target, splits={"train": pool, "valid": pool, "test": []})
+                steps = max(8, math.ceil(2 * n / 8))  # ~2 epochs, at least 8 updates
+                for method, extra in (("cold", {}), ("warm", {"init_from": "source"}),
+                                      ("distilled", {"teacher": "source", "distill_weight": 0.5})):
+                    cfg = TrainConfig(max_steps=steps, eval_every=steps, seed=seed, n_valid=None, n_test=0,
+                                      batch_size=8, lr=1e-3, warmup_steps=2, **extra)
+                    t = time.perf_counter()
+                    name = f"{method}-{n}-{seed}"
+                    adapter, _ = hub.train(name, few, cfg, progress=False)
+                    auc = evaluate("pointwise", test, score_examples(hub, adapter.key, enc_test))["auc"]
+                    hub.unload(adapter.key)
+                    results.setdefault((method, n), []).append(auc)
+                    rec.record("target_test_auc", {"method": method, "n": n, "seed": seed}, auc, unit="auc",
+                               extra={"train_s": time.perf_counter() - t, "steps": steps})
+                    print(f"n={n} seed={seed} {method}: auc {auc:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
+    print(f"\nTarget test AUC (n_test={len(test)}); base {base_auc:.4f}; source adapter as is {src_auc:.4f}\n")
+    print("| n | cold | warm start | distilled |\n|---|---|---|---|")
+    for n in sorted({n for _, n in results}):
+        cells = []
+        for method in ("cold", "warm", "distilled"):
+            v = results[(method, n)]
+            cells.append(f"{statistics.mean(v):.4f} ± {statistics.pstdev(v):.4f} (min {min(v):.3f}, max {max(v):.3f})")
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    summary = {f"{m}@{n}": v for (m, n), v in results.items()}
+    (Path(args.out) / "transfer_summary.json").write_text(json.dumps(
+        {"base_auc": base_auc, "source_auc": src_auc, "n_test": len(test), "runs": summary}, indent=2))
+    plot(results, base_auc, src_auc, Path(args.out) / "transfer_auc_vs_n.png")
+
+
+def plot(results, base_auc, src_auc, path: Path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing (pip install -e '.[bench]'): no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ns = sorted({n for _, n in results})
+    for method in ("cold", "warm", "distilled"):
+        means = [statistics.mean(results[(method, n)]) for n in ns]
+        errs = [statistics.pstdev(results[(method, n)]) for n in ns]
+        ax.errorbar(ns, means, yerr=errs, marker="o", capsize=3, label=method)
+    ax.axhline(base_auc, ls=":", c="gray", label="base, no adapter")
+    ax.axhline(src_auc, ls="--", c="black", label="source adapter as is")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("target examples (n)")
+    ax.set_ylabel("target test AUC")
+    ax.set_title("Movies: other genres -> Comedy/Romance")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+import math
+
+import pytest
+
+from adapterhub import metrics as M
+
+
+def test_auc_hand_computed_with_ties():
+    # pairs (pos, neg): (0.8,0.1) win, (0.8,0.4) win, (0.4,0.1) win, (0.4,0.4) tie -> 3.5 / 4
+    assert M.auc([1, 0, 1, 0], [0.8, 0.1, 0.4, 0.4]) == pytest.approx(0.875)
+    assert M.auc([1, 0], [0.2, 0.9]) == 0.0
+    assert M.auc([1, 1, 0, 0], [0.5] * 4) == 0.5
+    with pytest.raises(ValueError, match="both classes"):
+        M.auc([1, 1], [0.2, 0.3])
+
+
+def test_logloss():
+    assert M.logloss([1, 0], [0.8, 0.4]) == pytest.approx(-(math.log(0.8) + math.log(0.6)) / 2)
+    assert M.logloss([1], [0.0]) == pytest.approx(-math.log(1e-7))
+
+
+def test_rank_metrics():
+    assert M.rank_of_positive(0.5, [0.9, 0.5, 0.1]) == 3   # tie counted against the positive
+    assert M.hr_at_k(3, 3) == 1.0 and M.hr_at_k(4, 3) == 0.0
+    assert M.ndcg_at_k(1, 5) == 1.0 and M.ndcg_at_k(3, 5) == pytest.approx(0.5)
+    assert M.ndcg_at_k(6, 5) == 0.0
+    assert M.mrr([1, 2, 4]) == pytest.approx((1 + 0.5 + 0.25) / 3)
+
+
+def test_multi_positive_mind_definitions():
+    labels, scores = [0, 1, 0, 1], [0.9, 0.8, 0.7, 0.1]   # clicks at ranks 2 and 4
+    assert M.mrr_multi(labels, scores) == pytest.approx((1 / 2 + 1 / 4) / 2)
+    dcg = 1 / math.log2(3) + 1 / math.log2(5)
+    idcg = 1 + 1 / math.log2(3)
+    assert M.ndcg_at_k_multi(labels, scores, 10) == pytest.approx(dcg / idcg)
+    assert M.ndcg_at_k_multi(labels, scores, 2) == pytest.approx((1 / math.log2(3)) / idcg)
+    assert M.mrr_multi([1, 0], [0.5, 0.5]) == 0.5   # pessimistic tie: the click goes second
+
+
+def test_group_auc_skips_single_class_groups():
+    labels = [1, 0, 1, 0, 1, 1]
+    scores = [0.9, 0.1, 0.2, 0.8, 0.5, 0.5]
+    assert M.group_auc(labels, scores, ["a", "a", "b", "b", "c", "c"]) == pytest.approx(0.5)
