@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common import Recorder, rss_bytes
+from common import Recorder, sync, used_bytes
 
 RESIDENT = (1, 4, 16, 64)
 RANK, TARGETS = 8, ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -50,6 +50,7 @@ def median_ms(fn, repeat: int) -> float:
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
+        sync()
         times.append(1000 * (time.perf_counter() - t))
     return statistics.median(times)
 
@@ -87,7 +88,8 @@ def bench_load_switch(rec, hub, pm, names, folders, repeat):
 
 @torch.no_grad()
 def bench_mixed(rec, hub, pm, names, folders, quant, repeat):
-    ids = torch.randint(100, 1000, (BATCH, SEQ), device=hub.device)
+    vocab = hub.model.config.vocab_size
+    ids = torch.randint(3, min(1000, vocab), (BATCH, SEQ), device=hub.device)
     keys = [hub.load(n).key for n in names[:N_ADAPTERS_MIXED]]
     for k in range(N_ADAPTERS_MIXED):
         if names[k] not in pm.peft_config:
@@ -113,20 +115,20 @@ def bench_memory(rec, hub, pm, names, folders):
     """RSS growth per resident adapter / its weight bytes; what unload gives back."""
     n = 16
     gc.collect()
-    before = rss_bytes()
+    before = used_bytes(hub.device)
     weights = sum(hub.load(x).weight_bytes for x in names[:n])
-    loaded = rss_bytes()
+    loaded = used_bytes(hub.device)
     for x in names[:n]:
         hub.unload(x)
     gc.collect()
-    after = rss_bytes()
+    after = used_bytes(hub.device)
     for name in list(pm.peft_config)[1:]:
         pm.delete_adapter(name)
     gc.collect()
-    p_before = rss_bytes()
+    p_before = used_bytes(hub.device)
     for k in range(1, n + 1):
         pm.load_adapter(folders[k], adapter_name=f"m{k}")
-    p_loaded = rss_bytes()
+    p_loaded = used_bytes(hub.device)
     rec.pair("resident_bytes_per_weight_byte", {"adapters": n}, (loaded - before) / weights,
              (p_loaded - p_before) / weights, unit="x",
              extra={"weight_bytes_per_adapter": weights / n, "ours_returned_on_unload": (loaded - after) / max(1, loaded - before)})

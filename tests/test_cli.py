@@ -69,3 +69,33 @@ def test_help_runs_as_a_module():
         assert cmd in out.stdout
     out = subprocess.run([sys.executable, "-m", "adapterhub", "train", "--help"], capture_output=True, text=True, timeout=120)
     assert "--max-steps" in out.stdout and "LoRA rank" in out.stdout
+
+
+def test_train_eval_recommend_from_the_command_line(tmp_path, capsys):
+    from test_distributed import write_jsonl
+    write_jsonl(tmp_path / "toy")
+    model = ["--base", "random:tiny", "--quant", "fp32", "--device", "cpu", "--registry", str(tmp_path / "reg")]
+    data = ["--scenario", "jsonl", "--data", str(tmp_path / "toy")]
+    assert main(["train", "toy", *data, *model, "--max-steps", "4", "--eval-every", "2", "--n-valid", "24",
+                 "--n-test", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "published toy@v1 (current)" in out and "| adapter |" in out and "| random |" in out
+    assert main(["eval", "toy", *data, *model, "--split", "test", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "test" and {"adapter", "base", "random", "most-popular"} <= set(report["metrics"])
+    assert 0 <= report["metrics"]["adapter"]["auc"] <= 1
+    assert main(["recommend", "toy", *model, "--history", "red thing 1|red thing 3",
+                 "--candidates", "red thing 5|blue thing 6|red thing 7", "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("  1.")
+    assert main(["train", "toy", "--scenario", "jsonl", "--data", str(tmp_path / "missing"), *model]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_merge_and_export_commands(reg, tmp_path, capsys):
+    model = ["--base", "random:tiny", "--quant", "fp32", "--device", "cpu", "--registry", reg]
+    assert main(["merge", "news=0.5", "music=0.5", "--method", "cat", "--name", "nm", *model]) == 0
+    assert "published nm@v1" in capsys.readouterr().out
+    assert main(["export", "nm", str(tmp_path / "out"), "--peft", *model]) == 0
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    assert main(["merge", "news=abc", "music", *model]) == 2

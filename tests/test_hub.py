@@ -152,3 +152,17 @@ def test_quantized_hub_close_to_fp32(quant, tmp_path):
     mixed = q.score(rows)
     alone = [q.score([r])[0] for r in rows]
     assert max(abs(a - b) for a, b in zip(mixed, alone)) < 2e-2
+
+
+def test_score_examples_shares_prefixes_and_matches_full_prompts(hub, toy):
+    from adapterhub.datasets.common import Example
+    from adapterhub.report import encode_examples, score_examples
+    publish_random(hub, "news")
+    key = hub.load("news").key
+    hist = toy.splits["train"][0].history
+    group = [Example("u", hist, c, int(i == 0), group="g") for i, c in enumerate(list(toy.items)[:6])]
+    examples = group + toy.splits["test"][:3]             # one shared-prefix group + singletons
+    encoded = encode_examples(hub, toy, examples)
+    got = score_examples(hub, key, encoded, batch_size=4)
+    want = hub.score_ids([key] * len(encoded), [p + s for p, s in encoded])
+    assert max(abs(a - b) for a, b in zip(got, want)) < 1e-5
