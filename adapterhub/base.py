@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,6 +224,8 @@ def quantize_(model: nn.Module, quant: str, dev: torch.device) -> None:
         model.to(torch.bfloat16 if quant == "bf16" else torch.float32)
         return
     import bitsandbytes as bnb
+    # int8 on CPU casts fp32 inputs to fp16 and says so on every forward: expected, not news.
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     compute_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     model.to(compute_dtype)  # embeddings and norms compute in the same dtype as the 4/8-bit layers
     decoder = model.get_decoder()

@@ -15,6 +15,8 @@ def cap_examples(examples: list, n: int | None, seed: int) -> list:
     """At most n examples, whole ranking groups only, as a seeded sample (order kept)."""
     if n is None or len(examples) <= n:
         return list(examples)
+    if n <= 0:
+        return []
     groups: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):
         groups.setdefault(ex.group or f"#{i}", []).append(i)

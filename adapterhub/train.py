@@ -236,8 +236,10 @@ def _card(hub, name, data, cfg, description, history, best, train_s, n_train, va
     """Evaluate the trained pair (still resident as TRAIN) beside the base and baselines; build the card."""
     metrics = {}
     for split, examples in (("valid", valid), ("test", test)):
-        if examples:
+        if len({ex.label for ex in examples}) == 2:  # AUC needs both classes
             metrics[split] = evaluate_split(hub, data, examples, TRAIN, seed=cfg.seed)
+        elif examples:
+            log.warning("%s split has one label only: no metrics for it in the card", split)
     parents = []
     if cfg.init_from:
         parents.append({"ref": cfg.init_from, "role": "warm start"})

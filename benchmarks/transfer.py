@@ -83,10 +83,10 @@ def main():
             for seed in range(args.seeds):
                 pool = random.Random(seed).sample(target.splits["train"], n)
                 few = dataclasses.replace(target, splits={"train": pool, "valid": pool, "test": []})
-                steps = max(8, math.ceil(2 * n / 8))  # ~2 epochs, at least 8 updates
+                steps = max(8, math.ceil(n / 8))  # one epoch, at least 8 updates
                 for method, extra in (("cold", {}), ("warm", {"init_from": "source"}),
                                       ("distilled", {"teacher": "source", "distill_weight": 0.5})):
-                    cfg = TrainConfig(max_steps=steps, eval_every=steps, seed=seed, n_valid=None, n_test=0,
+                    cfg = TrainConfig(max_steps=steps, eval_every=steps, seed=seed, n_valid=16, n_test=0,
                                       batch_size=8, lr=1e-3, warmup_steps=2, **extra)
                     t = time.perf_counter()
                     name = f"{method}-{n}-{seed}"

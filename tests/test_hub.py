@@ -166,3 +166,21 @@ def test_score_examples_shares_prefixes_and_matches_full_prompts(hub, toy):
     got = score_examples(hub, key, encoded, batch_size=4)
     want = hub.score_ids([key] * len(encoded), [p + s for p, s in encoded])
     assert max(abs(a - b) for a, b in zip(got, want)) < 1e-5
+
+
+@pytest.mark.parametrize("quant,tol", [("fp32", 1e-5), ("nf4", 1e-5), ("int8", 1e-5), ("bf16", 0.05)])
+def test_same_logits_as_peft_on_every_quant(quant, tol, tmp_path):
+    """The stated tolerances: max abs logit difference vs PEFT on the same quantized base."""
+    import peft
+    from adapterhub.base import load_base
+    from adapterhub.hub import Hub
+    hub = Hub(base="random:small", registry=tmp_path / "a", quant=quant, device="cpu")
+    publish_random(hub, "news", scale=0.2)
+    ids = torch.tensor([[5, 17, 33, 2, 90, 41, 7, 64]])
+    with hub.use("news") as model, torch.no_grad():
+        ours = model(ids).logits.float()
+    pm = peft.PeftModel.from_pretrained(load_base("random:small", quant=quant, device="cpu").model,
+                                        hub.registry.resolve("news"))
+    with torch.no_grad():
+        theirs = pm(ids).logits.float()
+    assert (ours - theirs).abs().max() < tol
