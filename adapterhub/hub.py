@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import DEFAULT_BASE, Base, load_base
-from .errors import AdapterHubError, IncompatibleAdapterError
+from .errors import AdapterHubError, ConfigError, IncompatibleAdapterError
 from .lora import SERVABLE, wrap_model, split_peft_key
 from .registry import Registry, parse_ref
 
@@ -56,6 +56,8 @@ class Adapter:
 class Hub:
     def __init__(self, base: str | Base = DEFAULT_BASE, registry: str | Registry = "adapters",
                  quant: str = "nf4", device: str = "auto", max_resident: int = 64, batch_size: int = 16):
+        if max_resident < 1:
+            raise ConfigError(f"max_resident={max_resident} must be >= 1")
         self.base = base if isinstance(base, Base) else load_base(base, quant=quant, device=device)
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.model = self.base.model
@@ -90,7 +92,10 @@ class Hub:
         return list(self._resident)
 
     def _key(self, ref: str) -> str:
-        """'news' -> the resident key ('news@v2'); loads the adapter when it is not resident."""
+        """'news' -> the resident key ('news@v2'); loads the adapter when it is not resident.
+
+        A plain name stays pinned to the version it was loaded at (no disk read per call); a version
+        promoted later is picked up by hub.unload(name) + hub.load(name), or on eviction."""
         key = self._alias.get(ref, ref)
         if key in self._resident:
             self._resident.move_to_end(key)

@@ -2,8 +2,9 @@
 
 Writes are atomic and locked: a version is written into a temp folder beside its target, fsynced,
 and appears with one os.replace; card.json is written last inside it. One lock per name
-(fcntl-based, so a killed writer releases it). Only safetensors are read, and their sha256 is
-checked against the card before any tensor is built.
+(flock-based, so a killed writer releases it); the next writer removes what a killed one left.
+Only safetensors are read, and their sha256 is checked against the card before any tensor is
+built. Nothing is read or written through a symbolic link, so nothing outside the registry is.
 """
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ import re
 import shutil
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from filelock import FileLock, Timeout
 
 from . import __version__
 from .errors import AdapterNotFoundError, RegistryError
-from .safetensors_io import read_safetensors, save_safetensors
+from .safetensors_io import read_header, read_safetensors, save_safetensors
+
+if TYPE_CHECKING:
+    import torch  # only for annotations: listing and resolving never import torch
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,8 @@ CONFIG = "adapter_config.json"
 CARD = "card.json"
 PICKLES = ("adapter_model.bin", "pytorch_model.bin", "adapter_model.pt", "adapter_model.pth")
 LOCK_TIMEOUT_S = 120
+MAX_JSON_BYTES = 16 << 20  # a card or adapter_config.json; real ones are KBs
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_name(name: str) -> str:
@@ -68,8 +74,48 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from a regular file inside a version folder; RegistryError otherwise."""
+    if path.is_symlink():
+        raise RegistryError(f"{path} is a symbolic link; refusing to read it (republish the adapter)")
+    try:
+        size = path.stat().st_size
+        data = path.read_bytes() if size <= MAX_JSON_BYTES else None
+    except OSError as e:
+        raise RegistryError(f"{path} is missing or unreadable ({e})") from e
+    if data is None:
+        raise RegistryError(f"{path} is {size} bytes, larger than any card or config should be; refusing")
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RegistryError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise RegistryError(f"{path} must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _check_ranks(config: dict, header: dict, path: Path) -> None:
+    """adapter_config.json's r against the LoRA shapes in the weights' header (no data read yet)."""
+    r = config.get("r")
+    if type(r) is not int or r < 1:
+        raise RegistryError(f"{path.parent / CONFIG}: r={r!r}; need a positive integer rank")
+    if config.get("rank_pattern"):
+        return  # per-module ranks: the hub refuses these with its own message
+    for key, info in header.items():
+        shape = info["shape"]  # A is (r, d_in), B is (d_out, r)
+        if key.endswith(".lora_A.weight"):
+            ok = len(shape) == 2 and shape[0] == r
+        elif key.endswith(".lora_B.weight"):
+            ok = len(shape) == 2 and shape[1] == r
+        else:
+            continue
+        if not ok:
+            raise RegistryError(f"{path.parent / CONFIG} says r={r}, but {path.name} holds {key!r} with shape "
+                                f"{shape}: the config and the weights do not belong together")
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")  # removed by _clean_stale if we die
     _write_file(tmp, text.encode())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
@@ -89,29 +135,43 @@ class Registry:
     def versions(self, name: str) -> list[str]:
         """Complete versions (card.json present), oldest first."""
         folder = self.root / check_name(name)
+        if folder.is_symlink():
+            raise RegistryError(f"{folder} is a symbolic link; refusing to read or write through it")
         if not folder.is_dir():
             return []
         found = []
         for p in folder.iterdir():
             m = VERSION_RE.fullmatch(p.name)
-            if m and (p / CARD).is_file():
+            if m and not p.is_symlink() and (p / CARD).is_file():
                 found.append((int(m.group(1)), p.name))
         return [v for _, v in sorted(found)]
 
     def current(self, name: str) -> str | None:
         versions = self.versions(name)
-        f = self.root / name / "current"
-        if f.is_file():
-            v = f.read_text().strip()
-            if v in versions:
-                return v
-            log.warning("%s names %r, which is not a complete version; using the newest", f, v)
+        v = self._current_file(name)
+        if v in versions:
+            return v
+        if v is not None:
+            log.warning("%s names %r, which is not a complete version; using the newest", self.root / name / "current", v)
         return versions[-1] if versions else None
+
+    def _current_file(self, name: str) -> str | None:
+        """What <name>/current says, read without following a link (a link is reported, never read)."""
+        f = self.root / name / "current"
+        if f.is_symlink():
+            return "<a symbolic link, not followed>"
+        if not f.is_file():
+            return None
+        with open(f, "rb") as fh:
+            return fh.read(64).decode(errors="replace").strip()
 
     def resolve(self, ref: str) -> Path:
         """A reference -> its version folder, checked to lie inside the registry."""
         name, version = parse_ref(ref)
         version = version or self.current(name)
+        if version is not None and (self.root / name / version).is_symlink():
+            raise RegistryError(f"{self.root / name / version} is a symbolic link; refusing to read it "
+                                f"(remove the link; versions are only written by publish)")
         if version is None or version not in self.versions(name):
             avail = self.names()
             hint = ""
@@ -127,43 +187,40 @@ class Registry:
     def card(self, ref: str) -> dict:
         path = self.resolve(ref) / CARD
         try:
-            card = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RegistryError(f"{path} is not valid JSON ({e}); remove the version with: adapterhub rm {ref}") from e
-        if not isinstance(card, dict):
-            raise RegistryError(f"{path} must hold a JSON object")
-        return card
+            return _read_json(path)
+        except RegistryError as e:
+            raise RegistryError(f"{e}; remove the version with: adapterhub rm {ref}") from e
 
     def list(self) -> list[dict]:
         """One card per name (its current version), with 'versions' and 'current' added."""
         out = []
         for name in self.names():
+            versions, current = self.versions(name), self.current(name)
             try:
-                card = self.card(name)
+                card = self.card(f"{name}@{current}")
             except RegistryError as e:
                 card = {"name": name, "error": str(e)}
-            card["versions"] = self.versions(name)
-            card["current"] = self.current(name)
-            out.append(card)
+            out.append({**card, "versions": versions, "current": current})
         return out
 
     def load(self, ref: str) -> tuple[dict, dict[str, torch.Tensor], dict, Path]:
-        """-> (adapter_config, tensors, card, folder). Checks sha256 before building tensors."""
+        """-> (adapter_config, tensors, card, folder). Checks shapes and sha256 before building tensors."""
         folder = self.resolve(ref)
         card = self.card(ref)
         weights = folder / WEIGHTS
-        for p in (weights, folder / CONFIG):
-            if p.is_symlink():
-                raise RegistryError(f"{p} is a symbolic link; refusing to read it")
+        if weights.is_symlink():
+            raise RegistryError(f"{weights} is a symbolic link; refusing to read it")
         if not weights.is_file():
             pickles = [p for p in PICKLES if (folder / p).exists()]
             extra = f" ({', '.join(pickles)} present but never loaded: pickles can run code)" if pickles else ""
             raise RegistryError(f"{weights} is missing{extra}; republish the adapter as safetensors")
-        try:
-            config = json.loads((folder / CONFIG).read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RegistryError(f"{folder / CONFIG} is missing or not valid JSON ({e})") from e
-        tensors, digest = read_safetensors(weights, expected_sha256=card.get("weights_sha256"))
+        sha = card.get("weights_sha256")
+        if not isinstance(sha, str) or not SHA256_RE.fullmatch(sha):
+            raise RegistryError(f"{folder / CARD}: weights_sha256 is {sha!r}, not a sha256; the weights cannot be "
+                                f"checked, so they are not loaded (republish the adapter)")
+        config = _read_json(folder / CONFIG)
+        _check_ranks(config, read_header(weights)[0], weights)
+        tensors, _ = read_safetensors(weights, expected_sha256=sha)
         return config, tensors, card, folder
 
     # ------------------------------------------------------------ writing
@@ -183,7 +240,11 @@ class Registry:
         folder = self.root / name
         try:
             with self._lock(name):
-                folder.mkdir(parents=True, exist_ok=True)
+                if folder.is_symlink():
+                    raise RegistryError(f"{folder} is a symbolic link; refusing to write through it")
+                if not folder.is_dir():
+                    folder.mkdir(parents=True)
+                    _fsync_dir(self.root)
                 self._clean_stale(folder)
                 numbers = [int(m.group(1)) for p in folder.iterdir() if (m := VERSION_RE.fullmatch(p.name))]
                 version = f"v{max(numbers, default=0) + 1}"
@@ -210,15 +271,18 @@ class Registry:
                                 "another process is publishing it") from None
 
     def _clean_stale(self, folder: Path) -> None:
-        # Under the lock, any temp folder belongs to a writer that died mid-publish.
+        # Under the lock, any temp folder or file belongs to a writer that died mid-publish.
         for p in folder.iterdir():
             if p.name.startswith((".tmp-", ".trash-")):
-                shutil.rmtree(p, ignore_errors=True)
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
     def _should_promote(self, name: str, new_card: dict, promote: bool | None, metric: str | None) -> bool:
         if promote is not None:
             return promote
-        cur = self.current(name) if (self.root / name / "current").is_file() else None
+        cur = self.current(name) if self._current_file(name) is not None else None
         if cur is None or cur == new_card["version"]:
             return True
         metric = metric or new_card.get("primary_metric")
@@ -257,7 +321,7 @@ class Registry:
             cur_file = folder / "current"
             if not left:
                 shutil.rmtree(folder, ignore_errors=True)
-            elif not cur_file.is_file() or cur_file.read_text().strip() not in left:
+            elif self._current_file(name) not in left:
                 _atomic_write_text(cur_file, left[-1] + "\n")
         return targets
 

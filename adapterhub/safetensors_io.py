@@ -1,7 +1,8 @@
 """Read and write safetensors files, checking the header before any memory is allocated.
 
 Reading builds every tensor as a view into one buffer holding the file, so a resident adapter
-costs exactly its file's bytes, and dropping the tensors gives that one buffer back.
+costs exactly its file's bytes, and dropping the tensors gives that one buffer back. torch is
+imported only to build or save tensors, so checking a header (and `adapterhub list`) stays fast.
 """
 from __future__ import annotations
 
@@ -12,21 +13,25 @@ import mmap
 import os
 import struct
 from pathlib import Path
-
-import torch
-from safetensors.torch import save as _st_save
+from typing import TYPE_CHECKING
 
 from .errors import RegistryError
 
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-          "U8": torch.uint8, "BOOL": torch.bool}
+if TYPE_CHECKING:
+    import torch
+
+# safetensors dtype -> (torch dtype name, bytes per element)
+DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+          "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
+          "U8": ("uint8", 1), "BOOL": ("bool", 1)}
 MAX_HEADER_BYTES = 16 << 20
 MAX_FILE_BYTES = 4 << 30  # a LoRA adapter is MBs; anything near this is hostile or a mistake
+MAX_DIM, MAX_NDIM = 1 << 40, 8  # beyond these a shape is hostile (and torch would overflow on it)
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
     """Write (fsynced) and return the sha256 of the bytes written."""
+    from safetensors.torch import save as _st_save
     data = _st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
     with open(path, "wb") as fh:
         fh.write(data)
@@ -38,6 +43,8 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
 def read_header(path: Path) -> tuple[dict, int]:
     """-> (tensor entries, data start). Every claim is checked against the file's real size."""
     size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise RegistryError(f"{path} is {size} bytes, larger than any adapter should be; refusing")
     if size < 8:
         raise RegistryError(f"{path} is empty or truncated ({size} bytes): not a safetensors file")
     with open(path, "rb") as fh:
@@ -54,22 +61,23 @@ def read_header(path: Path) -> tuple[dict, int]:
     data_bytes = size - 8 - n
     for name, info in header.items():
         try:
-            dtype, shape, (begin, end) = DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
-            ok = all(isinstance(d, int) and d >= 0 for d in shape) and isinstance(begin, int) and isinstance(end, int)
+            (_, itemsize), shape, (begin, end) = DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
+            ok = (isinstance(shape, list) and len(shape) <= MAX_NDIM and all(type(d) is int and 0 <= d < MAX_DIM for d in shape)
+                  and type(begin) is int and type(end) is int)
         except (KeyError, TypeError, ValueError):
-            raise RegistryError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
-        want = math.prod(shape) * torch.empty((), dtype=dtype).element_size() if ok else -1
+            raise RegistryError(f"{path}: tensor {name!r} has a malformed header entry {str(info)[:200]} "
+                                f"(dtypes read: {', '.join(DTYPES)})") from None
+        want = math.prod(shape) * itemsize if ok else -1
         if not ok or not 0 <= begin <= end <= data_bytes or end - begin != want:
-            raise RegistryError(f"{path}: tensor {name!r} claims shape {shape} at bytes {begin}..{end}, "
+            raise RegistryError(f"{path}: tensor {name!r} claims shape {str(shape)[:200]} at bytes {begin}..{end}, "
                                 f"but the file holds {data_bytes} data bytes: truncated or hostile file")
     return header, 8 + n
 
 
 def read_safetensors(path: Path, expected_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """-> (tensors as views into one buffer, sha256). Raises RegistryError on any mismatch."""
+    import torch
     path = Path(path)
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise RegistryError(f"{path} is {path.stat().st_size} bytes, larger than any adapter should be; refusing")
     header, start = read_header(path)
     size = path.stat().st_size
     # An anonymous mapping rather than bytes/bytearray: one copy of the file, and unmapped (given
@@ -84,7 +92,7 @@ def read_safetensors(path: Path, expected_sha256: str | None = None) -> tuple[di
                             "the weights were changed or corrupted after publishing")
     tensors = {}
     for name, info in header.items():
-        dtype, shape, (begin, _end) = DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
+        dtype, shape, begin = getattr(torch, DTYPES[info["dtype"]][0]), info["shape"], info["data_offsets"][0]
         n = math.prod(shape)
         t = torch.frombuffer(buf, dtype=dtype, count=n, offset=start + begin) if n else torch.empty(0, dtype=dtype)
         tensors[name] = t.view(shape)

@@ -82,6 +82,7 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
     if not train or not valid:
         raise DataError(f"scenario '{data.scenario}' needs non-empty train and valid splits (sizes: {data.sizes()})")
     _check_labels(train, "train")
+    _check_labels(valid, "valid")
     enc_train = encode_examples(hub, data, train)
     enc_valid = encode_examples(hub, data, valid)
     labels = torch.tensor([float(ex.label) for ex in train])

@@ -184,3 +184,10 @@ def test_same_logits_as_peft_on_every_quant(quant, tol, tmp_path):
     with torch.no_grad():
         theirs = pm(ids).logits.float()
     assert (ours - theirs).abs().max() < tol
+
+
+def test_max_resident_must_be_positive(tiny_base):
+    from adapterhub.errors import ConfigError
+    from adapterhub.hub import Hub
+    with pytest.raises(ConfigError, match="max_resident"):
+        Hub(base=tiny_base, registry="x", max_resident=0)
