@@ -171,6 +171,11 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import run_from_args
+    return run_from_args(args)
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args)
@@ -257,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("bench", parents=[common], help="run the benchmark suite (benchmarks/) and write its report")
+    from .bench import add_arguments
+    add_arguments(s)
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("demo", parents=[common, model], help="the main job: load the shipped adapters, recommend, "
                        "then train -> publish -> load a small example adapter")

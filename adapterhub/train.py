@@ -253,7 +253,7 @@ def _card(hub, name, data, cfg, description, history, best, train_s, n_train, va
         "lora": {"r": cfg.r, "alpha": cfg.alpha, "targets": sorted(cfg.targets), "dropout": cfg.dropout},
         "data": {"source": data.source, "sha256": data.sha256, "sizes": data.sizes(), "task": data.task,
                  "used": {"train": n_train, "valid": len(valid), "test": len(test)}},
-        "train": {**cfg.to_dict(), "world_size": world, "best_step": best[2], "train_s": round(train_s, 1), "log": history},
+        "train": {**cfg.to_dict(), "world_size": world, "best_step": best[2], "train_s": round(train_s, 3), "log": history},
         "primary_metric": primary_metric(data.task),
         "metrics": metrics,
         "parents": parents,

@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 
@@ -17,12 +19,56 @@ def rss_bytes() -> int:
     return 0
 
 
+def used_bytes(device) -> int:
+    """Memory an allocation shows up in: the CUDA allocator on a GPU, the process RSS on CPU."""
+    import torch
+    if str(device).startswith("cuda"):
+        return torch.cuda.memory_allocated()
+    return rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set (Linux reports ru_maxrss in KiB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so a timer measures the work and not its launch."""
+    import torch
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def dtype_of(quant: str, device) -> str:
+    """Weight storage / compute dtype of a quant mode on a device (4/8-bit layers compute in bf16 on CUDA)."""
+    compute = "bfloat16" if str(device).startswith("cuda") else "float32"
+    return {"fp32": "float32", "bf16": "bfloat16", "nf4": f"nf4/{compute}", "int8": f"int8/{compute}"}.get(quant, str(quant))
+
+
 def git_sha() -> str:
+    """HEAD's short sha (+'-dirty' with uncommitted changes); $ADAPTERHUB_GIT_SHA where there is no git."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
+        cwd = Path(__file__).parent
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=cwd, timeout=10).stdout.strip()
+        if sha and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                  text=True, cwd=cwd, timeout=10).stdout.strip():
+            sha += "-dirty"
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return sha or os.environ.get("ADAPTERHUB_GIT_SHA") or "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
-        return "unknown"
+        pass
+    return platform.processor() or platform.machine()
 
 
 def environment(device: str) -> dict:
@@ -31,7 +77,12 @@ def environment(device: str) -> dict:
     import peft
     env = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
            "python": platform.python_version(), "threads": torch.get_num_threads(), "git": git_sha(),
-           "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+           "cpu": cpu_model(), "cpus": os.cpu_count()}
+    try:
+        import accelerate
+        env["accelerate"] = accelerate.__version__
+    except ImportError:
+        env["accelerate"] = None
     try:
         import bitsandbytes
         env["bitsandbytes"] = bitsandbytes.__version__
@@ -51,12 +102,15 @@ class Recorder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.context = dict(context)
         self.env = environment(context.get("device", "cpu"))
-        self.run = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        # `adapterhub bench` gives every script of one invocation the same run id
+        self.run = os.environ.get("ADAPTERHUB_BENCH_RUN") or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         self.rows: list[dict] = []
 
     def record(self, metric: str, params: dict, value: float, unit: str = "ms", extra: dict | None = None) -> dict:
         row = {"suite": self.suite, "run": self.run, "metric": metric, "params": params, "value": value, "unit": unit,
                **self.context, **(extra or {}), "env": self.env}
+        if "quant" in self.context and "dtype" not in row:
+            row["dtype"] = dtype_of(self.context["quant"], self.context.get("device", "cpu"))
         self.rows.append(row)
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -69,7 +123,7 @@ class Recorder:
     def print_table(self) -> None:
         print(f"\n| metric | params | quant | adapterhub | plain PEFT | notes |\n|---|---|---|---|---|---|")
         for r in self.rows:
-            skip = {"suite", "run", "metric", "params", "value", "unit", "env", "peft", "base", "device", "quant"}
+            skip = {"suite", "run", "metric", "params", "value", "unit", "env", "peft", "base", "device", "quant", "dtype"}
             notes = ", ".join(f"{k}={_fmt(v)}" for k, v in r.items() if k not in skip)
             peft = _fmt(r["peft"]) + " " + r["unit"] if "peft" in r else "-"
             print(f"| {r['metric']} | {json.dumps(r['params'])} | {r.get('quant', '-')} | {_fmt(r['value'])} {r['unit']} | {peft} | {notes} |")
@@ -80,3 +134,50 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
     return str(v)
+
+
+# ---------------------------------------------------------------- shared by the suite's scripts
+
+def add_args(ap, quants: str = "auto") -> None:
+    """The arguments every script of the suite takes (`adapterhub bench` passes them through)."""
+    ap.add_argument("--base", default="smollm2-135m", help="base spec: smollm2-135m, random:<preset>, a folder")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--quick", action="store_true", help="small sizes and few repeats (CPU)")
+    ap.add_argument("--quants", default=quants, help="comma-separated quant modes; 'auto' = fp32,nf4 on CPU, bf16,nf4 on CUDA")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for <suite>.jsonl")
+    ap.add_argument("--budget-s", type=float, default=None, help="soft time budget: what is left after it is skipped")
+
+
+def quant_list(arg: str, device: str) -> list[str]:
+    if arg == "auto":
+        return ["bf16" if str(device).startswith("cuda") else "fp32", "nf4"]
+    return [q.strip() for q in arg.split(",") if q.strip()]
+
+
+class Budget:
+    """A soft deadline: scripts check it between measurements and record what they skipped."""
+
+    def __init__(self, seconds: float | None):
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def over(self) -> bool:
+        return self.end is not None and time.monotonic() > self.end
+
+    def left(self, default: float = 3600.0) -> float:
+        return default if self.end is None else max(1.0, self.end - time.monotonic())
+
+
+def run_child(argv: list[str], timeout: float) -> dict:
+    """Run `python <argv>` (a script's --child mode, so its memory peak is its own); -> its last stdout line as JSON.
+
+    Raises RuntimeError with the child's last stderr line when it fails.
+    """
+    try:
+        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timed out after {timeout:.0f} s") from None
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        raise RuntimeError(f"exit {proc.returncode}: {tail[-1] if tail else 'no output'}")
+    return json.loads(lines[-1])

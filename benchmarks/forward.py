@@ -1,0 +1,140 @@
+"""Forward throughput, adapterhub and plain PEFT side by side, in the same run (issue 5, item 4).
+
+    python benchmarks/forward.py --quick                              # CPU, SmolLM2-135M fp32 + NF4, ~2 min
+    python benchmarks/forward.py --base random:llama-1b --device cuda # bf16 + NF4
+
+One batch of ROWS equal-length rows of SEQ random tokens, per quant mode. Modes (rows/s, higher is better):
+  base     no adapter               hub: active=None        PEFT: disable_adapter()
+  single   one adapter, all rows    hub: last_hidden(rows, key)                 PEFT: set_adapter + forward
+  mixed-k  k adapters among the rows (row i -> adapter i % k), one forward
+                                    hub: per-row keys       PEFT: forward(adapter_names=[...])
+  split-k  the same rows, one forward per adapter on its own rows, switching between them
+                                    hub: last_hidden(subset, key)               PEFT: set_adapter + forward(subset)
+  merged   adapter 0 folded into the base weights (fp32/bf16 bases only; merging into a 4-bit base
+           re-quantizes, which is lossy, so NF4 rows say n/a)
+                                    hub: W += B@A*scale in the hub's own (wrapped) Linear weights, routed to no adapter
+                                    PEFT: merge_and_unload() on its non-quantized copy
+The hub returns the last position's hidden state; PEFT runs the model with logits_to_keep=1 (the
+LM head on one position). Rows record max_abs_diff of the hub's answer logit against the
+single-adapter (merged) or split (mixed) result.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from common import Budget, Recorder, add_args, quant_list
+from runtime import median_ms, publish_random_adapters
+
+ROWS, SEQ, SEQ_QUICK = 16, 128, 32
+MIXED, SPLIT = (1, 4, 16), (4, 16)
+REPEAT, REPEAT_QUICK = 10, 3
+
+
+@torch.no_grad()
+def bench_quant(rec, args, quant, tmp, budget, seq, repeat):
+    import peft
+    from adapterhub.base import load_base
+    from adapterhub.hub import Hub
+    rec.context.update(quant=quant)
+    if budget.over():
+        rec.record("skipped", {"quant": quant}, None, unit="", extra={"reason": "time budget"})
+        return
+    hub = Hub(base=args.base, registry=Path(tmp) / quant, quant=quant, device=args.device)
+    names = publish_random_adapters(hub, max(MIXED))
+    folders = [str(hub.registry.resolve(n)) for n in names]
+    keys = [hub.load(n).key for n in names]
+    plain = load_base(args.base, quant=quant, device=args.device).model  # PEFT gets its own copy
+    pm = peft.PeftModel.from_pretrained(plain, folders[0], adapter_name=names[0])
+    for name, folder in zip(names[1:], folders[1:]):
+        pm.load_adapter(folder, adapter_name=name)
+    pm.eval()
+    vocab = hub.model.config.vocab_size
+    ids = torch.randint(3, min(1000, vocab), (ROWS, seq), generator=torch.Generator().manual_seed(0)).to(hub.device)
+    rows = ids.tolist()
+    base_params = {"rows": ROWS, "seq": seq}
+
+    def measure(mode, k, ours, theirs, check=None):
+        params = {"mode": mode, "adapters": k, **base_params}
+        if budget.over():
+            rec.record("skipped", params, None, unit="", extra={"reason": "time budget"})
+            return
+        ours(), theirs()  # warm-up
+        ours_ms, peft_ms = median_ms(ours, repeat), median_ms(theirs, repeat)
+        extra = {"ours_ms": ours_ms, "peft_ms": peft_ms}
+        if check is not None:
+            extra["max_abs_diff"] = check
+        rec.pair("forward_rows_per_s", params, ROWS / ours_ms * 1000, ROWS / peft_ms * 1000, unit="rows/s", extra=extra)
+
+    def peft_base():
+        with pm.disable_adapter():
+            pm(input_ids=ids, logits_to_keep=1)
+
+    def peft_single():
+        pm.set_adapter(names[0])
+        pm(input_ids=ids, logits_to_keep=1)
+
+    measure("base", 0, lambda: hub.last_hidden(rows, None), peft_base)
+    measure("single", 1, lambda: hub.last_hidden(rows, keys[0]), peft_single)
+    single_logit = hub.yes_logit(hub.last_hidden(rows, keys[0]))
+    for k in MIXED:
+        row_keys = [keys[i % k] for i in range(ROWS)]
+        row_names = [names[i % k] for i in range(ROWS)]
+        mixed = hub.yes_logit(hub.last_hidden(rows, row_keys))
+        split = torch.empty_like(mixed)
+        for j in range(k):
+            split[j::k] = hub.yes_logit(hub.last_hidden(rows[j::k], keys[j]))
+        measure("mixed", k, lambda: hub.last_hidden(rows, row_keys),
+                lambda: pm(input_ids=ids, adapter_names=row_names, logits_to_keep=1),
+                float((mixed - split).abs().max()))
+    for k in SPLIT:
+        def ours_split(k=k):
+            for j in range(k):
+                hub.last_hidden(rows[j::k], keys[j])
+
+        def peft_split(k=k):
+            for j in range(k):
+                pm.set_adapter(names[j])
+                pm(input_ids=ids[j::k], logits_to_keep=1)
+        measure("split", k, ours_split, peft_split)
+
+    params = {"mode": "merged", "adapters": 1, **base_params}
+    if quant in ("nf4", "int8"):
+        rec.record("forward_rows_per_s", params, None, unit="rows/s", extra={
+            "peft": None, "note": "n/a: merging into a 4-bit/8-bit base re-quantizes (lossy); merge into a bf16/fp32 base"})
+    elif budget.over():
+        rec.record("skipped", params, None, unit="", extra={"reason": "time budget"})
+    else:
+        for m in hub.wrapped.values():  # fold adapter 0 into the hub's own base weights (the hub is dropped after)
+            pair = m.adapters.get(keys[0])
+            if pair is not None:
+                m.base.weight += (pair[1] @ pair[0]).to(m.base.weight.dtype)
+        merged_logit = hub.yes_logit(hub.last_hidden(rows, None))
+        pm.set_adapter(names[0])
+        merged = pm.merge_and_unload()
+        measure("merged", 1, lambda: hub.last_hidden(rows, None), lambda: merged(input_ids=ids, logits_to_keep=1),
+                float((merged_logit - single_logit).abs().max()))
+    del hub, pm, plain
+    gc.collect()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(ap)
+    args = ap.parse_args(argv)
+    budget = Budget(args.budget_s)
+    seq, repeat = (SEQ_QUICK, REPEAT_QUICK) if args.quick else (SEQ, REPEAT)
+    rec = Recorder("forward", args.out, base=args.base, device=args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        for quant in quant_list(args.quants, args.device):
+            bench_quant(rec, args, quant, tmp, budget, seq, repeat)
+    rec.print_table()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
