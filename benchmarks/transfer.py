@@ -13,6 +13,10 @@ the hard labels with the source adapter's P(yes) as teacher, weight 0.5).
 
     python benchmarks/transfer.py                 # 3 seeds x n in (16, 64, 256), SmolLM2 NF4 (CPU: ~1 h)
     python benchmarks/transfer.py --quick         # 3 seeds x n in (16, 64), fewer test examples
+
+The run resumes: the source adapter and every finished (method, n, seed) AUC are kept in --work
+(default benchmarks/results/transfer-work/, not committed), keyed by the settings that change them,
+so a killed run picks up where it stopped. Delete that folder to start over.
 """
 from __future__ import annotations
 
@@ -22,7 +26,6 @@ import json
 import math
 import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,6 +55,8 @@ def main():
     ap.add_argument("--source-steps", type=int, default=60)
     ap.add_argument("--quick", action="store_true", help="n in (16, 64), 150 test examples")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--work", default=str(Path(__file__).parent / "results" / "transfer-work"),
+                    help="registry + finished runs, so a killed run resumes")
     args = ap.parse_args()
     if args.quick:
         args.ns, args.n_test = "16,64", 150
@@ -67,36 +72,63 @@ def main():
     rec = Recorder("transfer", args.out, base=args.base, quant=args.quant, device="cpu")
     print(f"source train {len(source.splits['train'])}, target train pool {len(target.splits['train'])}, "
           f"target test {len(test)} (genres {sorted(TARGET_GENRES)})", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        hub = Hub(base=args.base, registry=Path(tmp) / "adapters", quant=args.quant)
-        enc_test = encode_examples(hub, target, test)
+    # Finished runs are only reused under the same settings (a different test set or source is a new run).
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    settings = f"{args.base}/{args.quant}/test{len(test)}/src{args.source_steps}/{data.sha256[:12]}"
+    done_path = work / "runs.json"
+    done = json.loads(done_path.read_text()) if done_path.exists() else {}
+    done = done.get(settings, {})
+
+    def remember(key, value):
+        all_runs = json.loads(done_path.read_text()) if done_path.exists() else {}
+        all_runs.setdefault(settings, {})[key] = value
+        tmp = done_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(all_runs, indent=1))
+        tmp.replace(done_path)  # atomic: a kill never leaves half a file
+        done[key] = value
+
+    hub = Hub(base=args.base, registry=work / "adapters", quant=args.quant)
+    enc_test = encode_examples(hub, target, test)
+    source_name = f"source-s{args.source_steps}"
+    if source_name not in hub.registry.names():
         t = time.perf_counter()
-        hub.train("source", source, TrainConfig(max_steps=args.source_steps, eval_every=args.source_steps,
-                                                n_valid=64, n_test=0), progress=False)
+        hub.train(source_name, source, TrainConfig(max_steps=args.source_steps, eval_every=args.source_steps,
+                                                   n_valid=64, n_test=0), progress=False)
         print(f"source adapter trained in {time.perf_counter() - t:.0f} s", flush=True)
-        base_auc = evaluate("pointwise", test, score_examples(hub, None, enc_test))["auc"]
-        src_auc = evaluate("pointwise", test, score_examples(hub, hub.load("source").key, enc_test))["auc"]
-        rec.record("target_test_auc", {"method": "base (no adapter)", "n": 0}, base_auc, unit="auc")
-        rec.record("target_test_auc", {"method": "source adapter as is", "n": 0}, src_auc, unit="auc")
-        results: dict[tuple[str, int], list[float]] = {}
-        for n in [int(x) for x in args.ns.split(",")]:
-            for seed in range(args.seeds):
-                pool = random.Random(seed).sample(target.splits["train"], n)
-                few = dataclasses.replace(target, splits={"train": pool, "valid": pool, "test": []})
-                steps = max(8, math.ceil(n / 8))  # one epoch, at least 8 updates
-                for method, extra in (("cold", {}), ("warm", {"init_from": "source"}),
-                                      ("distilled", {"teacher": "source", "distill_weight": 0.5})):
-                    cfg = TrainConfig(max_steps=steps, eval_every=steps, seed=seed, n_valid=16, n_test=0,
-                                      batch_size=8, lr=1e-3, warmup_steps=2, **extra)
-                    t = time.perf_counter()
-                    name = f"{method}-{n}-{seed}"
-                    adapter, _ = hub.train(name, few, cfg, progress=False)
-                    auc = evaluate("pointwise", test, score_examples(hub, adapter.key, enc_test))["auc"]
-                    hub.unload(adapter.key)
-                    results.setdefault((method, n), []).append(auc)
-                    rec.record("target_test_auc", {"method": method, "n": n, "seed": seed}, auc, unit="auc",
-                               extra={"train_s": time.perf_counter() - t, "steps": steps})
-                    print(f"n={n} seed={seed} {method}: auc {auc:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
+    else:
+        print(f"source adapter {source_name} reused from {work}", flush=True)
+    if "base" not in done:
+        remember("base", evaluate("pointwise", test, score_examples(hub, None, enc_test))["auc"])
+        remember("source", evaluate("pointwise", test, score_examples(hub, hub.load(source_name).key,
+                                                                      enc_test))["auc"])
+    base_auc, src_auc = done["base"], done["source"]
+    rec.record("target_test_auc", {"method": "base (no adapter)", "n": 0}, base_auc, unit="auc")
+    rec.record("target_test_auc", {"method": "source adapter as is", "n": 0}, src_auc, unit="auc")
+    results: dict[tuple[str, int], list[float]] = {}
+    for n in [int(x) for x in args.ns.split(",")]:
+        for seed in range(args.seeds):
+            pool = random.Random(seed).sample(target.splits["train"], n)
+            few = dataclasses.replace(target, splits={"train": pool, "valid": pool, "test": []})
+            steps = max(8, math.ceil(n / 8))  # one epoch, at least 8 updates
+            for method, extra in (("cold", {}), ("warm", {"init_from": source_name}),
+                                  ("distilled", {"teacher": source_name, "distill_weight": 0.5})):
+                name = f"{method}-{n}-{seed}"
+                if name in done:
+                    results.setdefault((method, n), []).append(done[name])
+                    print(f"n={n} seed={seed} {method}: auc {done[name]:.4f} (earlier run)", flush=True)
+                    continue
+                cfg = TrainConfig(max_steps=steps, eval_every=steps, seed=seed, n_valid=16, n_test=0,
+                                  batch_size=8, lr=1e-3, warmup_steps=2, **extra)
+                t = time.perf_counter()
+                adapter, _ = hub.train(name, few, cfg, progress=False)
+                auc = evaluate("pointwise", test, score_examples(hub, adapter.key, enc_test))["auc"]
+                hub.unload(adapter.key)
+                remember(name, auc)
+                results.setdefault((method, n), []).append(auc)
+                rec.record("target_test_auc", {"method": method, "n": n, "seed": seed}, auc, unit="auc",
+                           extra={"train_s": time.perf_counter() - t, "steps": steps})
+                print(f"n={n} seed={seed} {method}: auc {auc:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
     print(f"\nTarget test AUC (n_test={len(test)}); base {base_auc:.4f}; source adapter as is {src_auc:.4f}\n")
     print("| n | cold | warm start | distilled |\n|---|---|---|---|")
     for n in sorted({n for _, n in results}):
