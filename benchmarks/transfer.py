@@ -11,17 +11,18 @@ The "new scenario" is built from MovieLens/TALLRec (the movie -> TV idea of the 
 Methods: cold (fresh LoRA), warm (init from the source adapter), distilled (fresh LoRA, loss mixes
 the hard labels with the source adapter's P(yes) as teacher, weight 0.5).
 
-    python benchmarks/transfer.py                 # 3 seeds x n in (16, 64, 256), SmolLM2 NF4 (CPU: ~1 h)
+    python benchmarks/transfer.py                 # 3 seeds x n in (16, 64, 256), SmolLM2 NF4 (CPU: ~75 min)
     python benchmarks/transfer.py --quick         # 3 seeds x n in (16, 64), fewer test examples
 
 The run resumes: the source adapter and every finished (method, n, seed) AUC are kept in --work
-(default benchmarks/results/transfer-work/, not committed), keyed by the settings that change them,
+(default benchmarks/results/transfer-work/<settings hash>/, not committed), one folder per settings,
 so a killed run picks up where it stopped. Delete that folder to start over.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -64,6 +65,7 @@ def main():
     from adapterhub.datasets import load
     from adapterhub.evaluation import evaluate
     from adapterhub.hub import Hub
+    from adapterhub.registry import _atomic_write_text
     from adapterhub.report import cap_examples, encode_examples, score_examples
 
     data = load("video", args.data)
@@ -72,25 +74,20 @@ def main():
     rec = Recorder("transfer", args.out, base=args.base, quant=args.quant, device="cpu")
     print(f"source train {len(source.splits['train'])}, target train pool {len(target.splits['train'])}, "
           f"target test {len(test)} (genres {sorted(TARGET_GENRES)})", flush=True)
-    # Finished runs are only reused under the same settings (a different test set or source is a new run).
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    # One folder per settings: a different base, data, test set or source is a fresh run, never a reuse.
     settings = f"{args.base}/{args.quant}/test{len(test)}/src{args.source_steps}/{data.sha256[:12]}"
+    work = Path(args.work) / hashlib.sha256(settings.encode()).hexdigest()[:12]
+    work.mkdir(parents=True, exist_ok=True)
     done_path = work / "runs.json"
-    done = json.loads(done_path.read_text()) if done_path.exists() else {}
-    done = done.get(settings, {})
+    done = json.loads(done_path.read_text()) if done_path.exists() else {"settings": settings}
 
     def remember(key, value):
-        all_runs = json.loads(done_path.read_text()) if done_path.exists() else {}
-        all_runs.setdefault(settings, {})[key] = value
-        tmp = done_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(all_runs, indent=1))
-        tmp.replace(done_path)  # atomic: a kill never leaves half a file
         done[key] = value
+        _atomic_write_text(done_path, json.dumps(done, indent=1))  # a kill never leaves half a file
 
     hub = Hub(base=args.base, registry=work / "adapters", quant=args.quant)
     enc_test = encode_examples(hub, target, test)
-    source_name = f"source-s{args.source_steps}"
+    source_name = "source"
     if source_name not in hub.registry.names():
         t = time.perf_counter()
         hub.train(source_name, source, TrainConfig(max_steps=args.source_steps, eval_every=args.source_steps,
@@ -98,10 +95,10 @@ def main():
         print(f"source adapter trained in {time.perf_counter() - t:.0f} s", flush=True)
     else:
         print(f"source adapter {source_name} reused from {work}", flush=True)
-    if "base" not in done:
-        remember("base", evaluate("pointwise", test, score_examples(hub, None, enc_test))["auc"])
-        remember("source", evaluate("pointwise", test, score_examples(hub, hub.load(source_name).key,
-                                                                      enc_test))["auc"])
+    for key, adapter_key in (("base", None), ("source", source_name)):
+        if key not in done:
+            key_loaded = adapter_key and hub.load(adapter_key).key
+            remember(key, evaluate("pointwise", test, score_examples(hub, key_loaded, enc_test))["auc"])
     base_auc, src_auc = done["base"], done["source"]
     rec.record("target_test_auc", {"method": "base (no adapter)", "n": 0}, base_auc, unit="auc")
     rec.record("target_test_auc", {"method": "source adapter as is", "n": 0}, src_auc, unit="auc")
