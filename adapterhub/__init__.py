@@ -13,11 +13,11 @@ def __getattr__(name):
     if name == "Registry":
         from .registry import Registry
         return Registry
-    if name in ("TrainConfig", "LoraConfig"):
-        from . import config
-        return getattr(config, name)
+    if name == "TrainConfig":
+        from .config import TrainConfig
+        return TrainConfig
     raise AttributeError(f"module 'adapterhub' has no attribute {name!r}")
 
 
-__all__ = ["Hub", "Registry", "TrainConfig", "LoraConfig", "AdapterHubError", "AdapterNotFoundError",
+__all__ = ["Hub", "Registry", "TrainConfig", "AdapterHubError", "AdapterNotFoundError",
            "BaseModelError", "ConfigError", "DataError", "IncompatibleAdapterError", "RegistryError"]

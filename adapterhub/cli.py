@@ -1,15 +1,27 @@
-"""adapterhub command line: parse -> call the public API -> print. Errors become exit code 2 here."""
+"""adapterhub command line: parse -> check -> call the public API -> print. Errors become exit code 2 here.
+
+Everything that can be checked without the base (names, references, config values, data, empty
+lists, the output folder) is checked before the base loads, so a typo costs milliseconds.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
+import typing
+from pathlib import Path
 
-from .errors import AdapterHubError
+from .errors import AdapterHubError, ConfigError, DataError, RegistryError
 
 DEFAULT_REGISTRY = "adapters"
+REGISTRY_ENV = "ADAPTERHUB_REGISTRY"
+BUILT_IN_SCENARIOS = ("video", "ecommerce", "news", "music")
+FORMATS = ("jsonl", "csv")
+TAIL_CHARS = 80  # of each prompt, in `score`'s output: prompts sharing a history differ at the end
 
 
 def _hub(args):
@@ -22,6 +34,14 @@ def _registry(args):
     return Registry(args.registry)
 
 
+def _check_refs(args, *refs: str | None) -> None:
+    """Each reference names a published version ('base' and None name none): before the base loads."""
+    registry = _registry(args)
+    for ref in refs:
+        if ref is not None and ref != "base":
+            registry.resolve(ref)
+
+
 def _metric_summary(card: dict) -> str:
     m = card.get("primary_metric")
     test = ((card.get("metrics") or {}).get("test") or {})
@@ -30,8 +50,20 @@ def _metric_summary(card: dict) -> str:
     return f"test {m} {test['adapter'].get(m, float('nan')):.3f} (base {test.get('base', {}).get(m, float('nan')):.3f})"
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _tail(text: str, n: int = TAIL_CHARS) -> str:
+    text = _one_line(text)
+    return text if len(text) <= n else "..." + text[-(n - 3):]
+
+
 # ------------------------------------------------------------------ commands
 def cmd_list(args) -> int:
+    if not Path(args.registry).is_dir():
+        raise RegistryError(f"registry '{args.registry}' does not exist. Pass --registry PATH or set {REGISTRY_ENV}; "
+                            f"or create it by training: adapterhub train NAME --scenario SCENARIO --registry {args.registry}")
     cards = _registry(args).list()
     if args.json:
         print(json.dumps(cards, indent=2))
@@ -64,10 +96,15 @@ def cmd_score(args) -> int:
             prompts += [line.rstrip("\n") for line in fh if line.strip()]
     if not prompts:
         raise AdapterHubError("nothing to score: give --prompt TEXT or --file PATH (one prompt per line)")
+    _check_refs(args, args.ref)
     hub = _hub(args)
     ref = None if args.ref == "base" else args.ref
-    for p, s in zip(prompts, hub.score([(ref, p) for p in prompts])):
-        print(f"{s:.4f}\t{p.replace(chr(10), ' ')[:100]}")
+    scores = hub.score([(ref, p) for p in prompts])
+    if args.json:
+        print(json.dumps([{"index": i, "score": s, "prompt": p} for i, (p, s) in enumerate(zip(prompts, scores), 1)], indent=2))
+        return 0
+    for i, (p, s) in enumerate(zip(prompts, scores), 1):
+        print(f"{i}\t{s:.4f}\t{_tail(p)}")
     return 0
 
 
@@ -87,17 +124,36 @@ def cmd_rm(args) -> int:
 
 
 def _load_data(args):
-    from .datasets import load
-    return load(args.scenario, args.data, seed=args.seed)
+    """--scenario names the scenario; --format jsonl|csv says the data is the user's own (docs/DATA.md)."""
+    from .datasets import ALIASES, generic, load
+    fmt, scenario = args.format, args.scenario
+    if fmt is None and scenario in FORMATS:  # the old spelling, when --scenario also meant the format
+        fmt, scenario = scenario, None
+    if fmt is None:
+        if scenario is None:
+            raise ConfigError("which scenario? Give --scenario " + "|".join(BUILT_IN_SCENARIOS) + " (the shared data), "
+                              "or for your own data --format jsonl|csv --data PATH [--scenario NAME]")
+        if ALIASES.get(scenario, scenario) not in BUILT_IN_SCENARIOS:
+            raise DataError(f"scenario {scenario!r} is not built in (built in: {', '.join(BUILT_IN_SCENARIOS)}; aliases "
+                            f"{', '.join(ALIASES)}). For your own data add --format jsonl|csv --data PATH "
+                            "(see docs/DATA.md)")
+        return load(scenario, args.data, seed=args.seed)
+    if args.data is None:
+        raise DataError(f"--format {fmt} needs --data PATH: the folder holding items.{fmt} and examples.{fmt} "
+                        "(see docs/DATA.md)")
+    data = generic.load(args.data, fmt=fmt, seed=args.seed, scenario=scenario)
+    if data.extra.get("templates"):  # meta.json's prompt templates for this scenario
+        from . import prompts
+        prompts.register_templates(data.scenario, **data.extra["templates"])
+    return data
 
 
 def cmd_train(args) -> int:
     from .config import TrainConfig
-    overrides = {k: getattr(args, k) for k in ("r", "alpha", "dropout", "targets", "lr", "batch_size", "grad_accum", "max_steps",
-                                                "epochs", "seed", "n_train", "n_valid", "n_test", "eval_every", "patience",
-                                                "init_from", "teacher", "distill_weight", "domain_steps")
-                 if getattr(args, k, None) is not None}
-    cfg = TrainConfig.from_dict(overrides)
+    from .registry import check_name
+    check_name(args.name)
+    cfg = TrainConfig.from_dict(_config_overrides(args, TrainConfig))
+    _check_refs(args, cfg.init_from, cfg.teacher)
     data = _load_data(args)
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun / accelerate launch
@@ -120,36 +176,48 @@ def _print_metrics(metrics: dict, primary: str) -> None:
     from .evaluation import format_table
     for split, rows in metrics.items():
         print(f"\n{split} ({primary} is the primary metric):")
-        print(format_table(rows))
+        print(format_table({method: row for method, row in rows.items() if isinstance(row, dict)}))
 
 
 def cmd_eval(args) -> int:
-    from .report import cap_examples, evaluate_split
-    hub = _hub(args)
+    from .report import cap_examples, evaluate_split, primary_metric
+    _check_refs(args, args.ref)
     data = _load_data(args)
     examples = cap_examples(data.splits[args.split], args.n, args.seed)
+    labels = sorted({ex.label for ex in examples})
+    if labels != [0, 1]:
+        found = f"only label {labels[0]} in its {len(examples)} examples" if labels else "no examples"
+        raise DataError(f"the {args.split} split of scenario '{data.scenario}' has {found}; its metrics need both "
+                        "labels 0 and 1: evaluate another split (--split) or more examples (--n)")
+    hub = _hub(args)
     key = None if args.ref == "base" else hub.load(args.ref).key
-    rows = evaluate_split(hub, data, examples, key, with_base=key is not None, seed=args.seed, progress=True)
+    rows = evaluate_split(hub, data, examples, key, with_base=True, seed=args.seed, progress=True)
     if args.json:
         print(json.dumps({"ref": args.ref, "split": args.split, "n": len(examples), "metrics": rows}, indent=2))
     else:
-        from .report import primary_metric
         _print_metrics({args.split: rows}, primary_metric(data.task))
     return 0
 
 
 def cmd_recommend(args) -> int:
-    hub = _hub(args)
     history = [h.strip() for h in args.history.split("|") if h.strip()]
     candidates = [c.strip() for c in args.candidates.split("|") if c.strip()]
     if not candidates:
-        raise AdapterHubError("--candidates is empty: give item texts separated by '|'")
+        raise AdapterHubError(f"--candidates {args.candidates!r} names no item: give item texts separated by '|', "
+                              "e.g. --candidates 'Alien (1979)|Emma (1996)'")
+    if args.k < 1:
+        raise AdapterHubError(f"-k {args.k}: give how many items to print (>= 1)")
+    _check_refs(args, args.ref)
+    hub = _hub(args)
     for rank, (item, score) in enumerate(hub.load(args.ref).recommend(history, candidates, k=args.k), 1):
         print(f"{rank:>3}. {score:.4f}  {item}")
     return 0
 
 
 def cmd_merge(args) -> int:
+    from .errors import did_you_mean
+    from .merge import METHODS
+    from .registry import check_name
     weights = {}
     for item in args.adapters:
         ref, _, w = item.partition("=")
@@ -157,6 +225,11 @@ def cmd_merge(args) -> int:
             weights[ref] = float(w) if w else 1.0 / len(args.adapters)
         except ValueError:
             raise AdapterHubError(f"bad weight in {item!r}: write REF=WEIGHT, e.g. news=0.5") from None
+    if args.method not in METHODS:
+        raise ConfigError(f"unknown merge method {args.method!r} (valid: {', '.join(METHODS)}).{did_you_mean(args.method, METHODS)}")
+    if args.name is not None:
+        check_name(args.name)
+    _check_refs(args, *weights)
     hub = _hub(args)
     adapter = hub.merge(weights, method=args.method, name=args.name, rank=args.rank, density=args.density)
     print(f"published {adapter.key}: {adapter.card['description']}")
@@ -164,6 +237,9 @@ def cmd_merge(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .export import check_out
+    check_out(args.out, args.dtype, args.overwrite)
+    _check_refs(args, args.ref)
     hub = _hub(args)
     out = hub.export(args.ref, args.out, merge_into_base=not args.peft, dtype=args.dtype, overwrite=args.overwrite)
     kind = "PEFT adapter folder (PEFT, vLLM, LoRAX)" if args.peft else f"standalone {args.dtype} model folder"
@@ -181,70 +257,142 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+# ------------------------------------------------------------------ options from a config dataclass
+UNSET = object()  # `--n-valid none`: set an Optional field to None (argparse's None means 'not given')
+
+
+def _option(hint) -> dict:
+    """add_argument keywords for a field annotated `hint`: int, float, str, bool, Literal, tuple/list of
+    those (comma lists), each optionally `| None`."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        rest = [a for a in args if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else str
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is typing.Literal:
+        return {"choices": list(args), "type": type(args[0]) if args else str}
+    if origin in (tuple, list):
+        item = args[0] if args and args[0] in (int, float, str) else str
+        kind = origin
+
+        def comma_list(text: str):
+            return kind(item(t.strip()) for t in text.split(",") if t.strip())
+        return {"type": comma_list, "metavar": "A,B,..."}
+    convert = hint if hint in (int, float, str) else str
+    if optional and convert in (int, float):
+        def number_or_none(text: str, convert=convert):
+            return UNSET if text.strip().lower() == "none" else convert(text)
+        number_or_none.__name__ = convert.__name__  # argparse names the type in its error message
+        return {"type": number_or_none, "metavar": "N|none" if convert is int else "X|none"}
+    return {"type": convert, "metavar": {int: "N", float: "X"}.get(convert, "TEXT")}
+
+
+def _shown(default) -> str:
+    if isinstance(default, (tuple, list)):
+        return ",".join(map(str, default))
+    if isinstance(default, bool) or default is None:
+        return {True: "on", False: "off", None: "none"}[default]
+    return str(default)
+
+
+def _add_config_options(parser: argparse.ArgumentParser, cls) -> None:
+    """One --option per field of the dataclass `cls`, its metadata "help" as help. A field whose
+    option another parent already defines (e.g. --seed) shares that option."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        text = f.metadata.get("help", "") or f.name.replace("_", " ")
+        kwargs = _option(hints[f.name])
+        help_ = f"{text} (default: {_shown(default)})".replace("%", "%%")
+        try:
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=help_, **kwargs)
+        except argparse.ArgumentError:
+            pass  # already an option of this command: its value is used for the field too
+
+
+def _config_overrides(args, cls) -> dict:
+    """The fields of `cls` given on the command line (None: not given; UNSET: set to None)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            out[f.name] = None if value is UNSET else value
+    return out
+
+
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    from .config import TrainConfig, help_of
+    from .config import TrainConfig
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", default=DEFAULT_REGISTRY, help="registry folder (default: adapters)")
+    common.add_argument("--registry", default=None, metavar="PATH",
+                        help=f"registry folder (default: ${REGISTRY_ENV}, else ./{DEFAULT_REGISTRY})")
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--base", default="smollm2-135m", help="base spec: smollm2-135m, random:tiny, or a model folder")
     model.add_argument("--quant", default="nf4", choices=["nf4", "int8", "bf16", "fp32"], help="base quantization (default nf4)")
     model.add_argument("--device", default="auto", help="auto, cpu or cuda")
     data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--scenario", required=True, help="video | ecommerce | news | music | jsonl | csv")
-    data.add_argument("--data", default=None, help="data folder (default: the scenario's folder under ../shared/data)")
-    data.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and training")
+    data.add_argument("--scenario", help=f"the scenario: {' | '.join(BUILT_IN_SCENARIOS)} (their data under ../shared/data), "
+                      "or your own scenario's name with --format (default there: meta.json's \"scenario\", else the "
+                      "data folder's name)")
+    data.add_argument("--format", choices=FORMATS, help="your own data's format: --data holds items.FORMAT and "
+                      "examples.FORMAT (docs/DATA.md)")
+    data.add_argument("--data", default=None, metavar="PATH", help="data folder (default: the scenario's folder under "
+                      "$ADAPTERHUB_DATA or ../shared/data; required with --format)")
+    data.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and training (default 0)")
 
     p = argparse.ArgumentParser(prog="adapterhub", description="One frozen, quantized base LLM; many LoRA "
                                 "adapters for recommendation scenarios.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="one of these; 'adapterhub COMMAND --help' lists its options")
 
     s = sub.add_parser("list", parents=[common], help="list the registry's adapters")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the cards as JSON instead of a table")
     s.set_defaults(func=cmd_list)
     s = sub.add_parser("show", parents=[common], help="print an adapter's card")
-    s.add_argument("ref", help="name or name@vN")
+    s.add_argument("ref", help="adapter: name (its current version) or name@vN")
     s.add_argument("--full", action="store_true", help="include the training log")
     s.set_defaults(func=cmd_show)
     s = sub.add_parser("score", parents=[common, model], help="P(yes) for prompts under an adapter ('base' = none)")
-    s.add_argument("ref")
+    s.add_argument("ref", help="adapter: name, name@vN, or 'base' for the base without an adapter")
     s.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     s.add_argument("--file", help="a text file, one prompt per line")
+    s.add_argument("--json", action="store_true", help="print [{index, score, prompt}] as JSON instead of "
+                   f"'index<TAB>score<TAB>the prompt's last {TAIL_CHARS} characters' lines")
     s.set_defaults(func=cmd_score)
     s = sub.add_parser("promote", parents=[common], help="make a version current")
-    s.add_argument("ref", help="name@vN")
+    s.add_argument("ref", help="the version to make current: name@vN")
     s.set_defaults(func=cmd_promote)
     s = sub.add_parser("rm", parents=[common], help="remove a version (name@vN) or, with --all, an adapter")
-    s.add_argument("ref")
+    s.add_argument("ref", help="name@vN, or a bare name with --all")
     s.add_argument("--all", action="store_true", help="remove every version of a bare name")
     s.set_defaults(func=cmd_rm)
 
     s = sub.add_parser("train", parents=[common, model, data], help="train and publish a scenario adapter")
-    s.add_argument("name", help="adapter name, e.g. news")
-    s.add_argument("--description")
+    s.add_argument("name", help="adapter name, e.g. news (a-z, 0-9, '_', '-')")
+    s.add_argument("--description", help="one line for the card (default: '<scenario> recommendation adapter (<source>)')")
     s.add_argument("--force", action="store_true", help="make the new version current even if its metric is worse")
-    for name, typ in (("r", int), ("alpha", float), ("dropout", float), ("lr", float), ("batch_size", int), ("grad_accum", int),
-                      ("max_steps", int), ("epochs", float), ("n_train", int), ("n_valid", int), ("n_test", int),
-                      ("eval_every", int), ("patience", int), ("distill_weight", float), ("domain_steps", int)):
-        s.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, help=help_of(TrainConfig, name))
-    s.add_argument("--targets", help="comma-separated: " + help_of(TrainConfig, "targets"))
-    s.add_argument("--init-from", dest="init_from", help=help_of(TrainConfig, "init_from"))
-    s.add_argument("--teacher", help=help_of(TrainConfig, "teacher"))
+    _add_config_options(s.add_argument_group("training options (TrainConfig fields)"), TrainConfig)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", parents=[common, model, data], help="metrics of an adapter beside the base and baselines")
-    s.add_argument("ref", help="name, name@vN, or 'base'")
-    s.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    s.add_argument("--n", type=int, default=512, help="at most this many examples (whole groups)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("ref", help="adapter: name, name@vN, or 'base' for the base without an adapter")
+    s.add_argument("--split", default="test", choices=["train", "valid", "test"], help="the split to evaluate (default test)")
+    s.add_argument("--n", type=int, default=512, help="at most this many examples (whole groups; default 512)")
+    s.add_argument("--json", action="store_true", help="print {ref, split, n, metrics} as JSON instead of a table")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("recommend", parents=[common, model], help="rank candidate items for a history")
-    s.add_argument("ref")
+    s.add_argument("ref", help="adapter: name or name@vN")
     s.add_argument("--history", required=True, help="item texts, oldest first, separated by '|'")
     s.add_argument("--candidates", required=True, help="item texts separated by '|'")
-    s.add_argument("-k", type=int, default=10)
+    s.add_argument("-k", type=int, default=10, help="print the k best candidates (default 10)")
     s.set_defaults(func=cmd_recommend)
 
     s = sub.add_parser("merge", parents=[common, model], help="merge adapters into a new one (cat is exact)")
@@ -256,11 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("export", parents=[common, model], help="write a standalone merged model or the PEFT folder")
-    s.add_argument("ref")
-    s.add_argument("out", help="output folder")
+    s.add_argument("ref", help="adapter: name or name@vN")
+    s.add_argument("out", help="output folder (new or empty, unless --overwrite)")
     s.add_argument("--peft", action="store_true", help="write the PEFT adapter folder instead of merging into the base")
-    s.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="weights dtype of a merged "
+                   "model (default bf16)")
+    s.add_argument("--overwrite", action="store_true", help="replace the output folder if it is not empty")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bench", parents=[common], help="run the benchmark suite (benchmarks/) and write its report")
@@ -275,16 +424,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_stdout() -> None:
+    """After a broken pipe: later writes (and the flush at exit) go nowhere instead of failing again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.registry = args.registry or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(message)s" if not args.debug else "%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "bitsandbytes", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        return args.func(args) or 0
-    except (AdapterHubError, FileNotFoundError) as e:
+        code = args.func(args) or 0
+        sys.stdout.flush()  # a reader that went away (`| head`) shows up here, not at exit
+        return code
+    except BrokenPipeError:  # like a Unix tool: stop quietly; the shell sees 128 + SIGPIPE
+        _quiet_stdout()
+        return 128 + getattr(signal, "SIGPIPE", 13)
+    except (AdapterHubError, OSError) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .datasets.common import Example
+from .errors import DataError
 from .metrics import (auc, group_auc, hr_at_k, logloss, mrr, mrr_multi, ndcg_at_k,
                       ndcg_at_k_multi, rank_of_positive)
 
@@ -26,7 +27,7 @@ def evaluate(task: str, examples: list[Example], scores, ks=(1, 5, 10)) -> dict[
     """
     scores = [float(s) for s in scores]
     if len(scores) != len(examples):
-        raise ValueError(f"{len(scores)} scores for {len(examples)} examples")
+        raise DataError(f"{len(scores)} scores for {len(examples)} examples")
     labels = [ex.label for ex in examples]
     if task == "pointwise":
         out = {"auc": auc(labels, scores)}
@@ -44,7 +45,7 @@ def evaluate(task: str, examples: list[Example], scores, ks=(1, 5, 10)) -> dict[
                 sizes.append(len(members))
                 ranks += [rank_of_positive(p, negs) for p in pos]
         if not ranks:
-            raise ValueError("no ranking group has a positive example")
+            raise DataError(f"none of the {len(groups)} ranking groups has a positive example (label 1)", field="label")
         out = {}
         for k in ks:
             out[f"hr@{k}"] = sum(hr_at_k(r, k) for r in ranks) / len(ranks)
@@ -57,14 +58,14 @@ def evaluate(task: str, examples: list[Example], scores, ks=(1, 5, 10)) -> dict[
     if task == "impression":
         kept = [m for m in groups.values() if any(y for y, _ in m)]
         if not kept:
-            raise ValueError("no impression has a clicked candidate")
+            raise DataError(f"none of the {len(groups)} impressions has a clicked candidate (label 1)", field="label")
         mean = lambda f: sum(f([y for y, _ in m], [s for _, s in m]) for m in kept) / len(kept)  # noqa: E731
         return {"auc": group_auc(labels, scores, [ex.group or ex.user for ex in examples]),
                 "mrr": mean(mrr_multi),
                 "ndcg@5": mean(lambda y, s: ndcg_at_k_multi(y, s, 5)),
                 "ndcg@10": mean(lambda y, s: ndcg_at_k_multi(y, s, 10)),
                 "n_groups": len(kept)}
-    raise ValueError(f"unknown task {task!r} (valid: pointwise, ranking, impression)")
+    raise DataError(f"unknown task {task!r} (valid: pointwise, ranking, impression)", field="task")
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:

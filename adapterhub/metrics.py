@@ -1,4 +1,4 @@
-"""Recommendation metrics as pure functions (numpy only).
+"""Recommendation metrics as pure functions (numpy only; bad input is a DataError).
 
 Ranks are 1-based. Ties in ranking metrics are broken pessimistically: a positive tied with
 negatives is ranked after them, so a constant scorer earns no credit. (Baselines with integer
@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from .errors import DataError
+
 
 def auc(labels, scores) -> float:
     """ROC AUC = P(score of a random positive > a random negative), ties count 1/2."""
@@ -17,7 +19,7 @@ def auc(labels, scores) -> float:
     s = np.asarray(scores, dtype=float)
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUC needs both classes, got {n_pos} positives and {n_neg} negatives")
+        raise DataError(f"AUC needs both classes, got {n_pos} positives and {n_neg} negatives")
     _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
     ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]   # 1-based, ties get their mean rank
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
@@ -81,5 +83,5 @@ def group_auc(labels, scores, groups) -> float:
         if 0 < y[mask].sum() < mask.sum():
             values.append(auc(y[mask], s[mask]))
     if not values:
-        raise ValueError("no group has both positives and negatives")
+        raise DataError("no group has both positives and negatives: AUC is undefined for every group")
     return float(np.mean(values))

@@ -50,3 +50,32 @@ def toy_data(n_users: int = 24, seed: int = 0, scenario: str = "toy", same_taste
 @pytest.fixture
 def toy():
     return toy_data()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_prompt_templates(monkeypatch):
+    """Templates a test registers for a custom scenario (prompts.register_templates) end with it."""
+    from adapterhub import prompts
+    monkeypatch.setattr(prompts, "_REGISTERED", {})
+
+
+def write_jsonl_folder(folder, data: ScenarioData, meta: dict | None = None):
+    """`data` as a generic JSONL scenario folder (items.jsonl, examples.jsonl, meta.json)."""
+    import json
+    folder.mkdir(parents=True)
+    with open(folder / "items.jsonl", "w") as fh:
+        for item in data.items.values():
+            fh.write(json.dumps({"id": item.id, "text": item.text, "category": item.category}) + "\n")
+    with open(folder / "examples.jsonl", "w") as fh:
+        for split, examples in data.splits.items():
+            for e in examples:
+                fh.write(json.dumps({"user": e.user, "history": list(e.history), "candidate": e.candidate,
+                                     "label": e.label, "split": split}) + "\n")
+    (folder / "meta.json").write_text(json.dumps({"scenario": data.scenario} if meta is None else meta))
+    return folder
+
+
+@pytest.fixture
+def toy_folder(tmp_path):
+    """The toy scenario as a JSONL folder (docs/DATA.md), scenario 'toy'."""
+    return write_jsonl_folder(tmp_path / "toy", toy_data())

@@ -57,7 +57,7 @@ def test_score_prompts_and_file(reg, tmp_path, capsys):
     args = ["score", "news", "--registry", reg, "--base", "random:tiny", "--quant", "fp32"]
     assert main(args + ["--prompt", "hello Answer:", "--file", str(f)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and all(0 < float(l.split("\t")[0]) < 1 for l in lines)
+    assert [l.split("\t")[0] for l in lines] == ["1", "2", "3"] and all(0 < float(l.split("\t")[1]) < 1 for l in lines)
     assert main(args) == 2
     assert "nothing to score" in capsys.readouterr().err
 

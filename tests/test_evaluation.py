@@ -1,6 +1,7 @@
 import pytest
 
 from adapterhub.datasets import Example
+from adapterhub.errors import DataError
 from adapterhub.evaluation import evaluate, format_table
 
 
@@ -40,3 +41,13 @@ def test_errors_and_table():
     table = format_table({"random": {"auc": 0.5, "n": 10}, "adapter": {"auc": 0.71234}})
     assert table.splitlines() == ["| method | auc | n |", "|---|---|---|",
                                   "| random | 0.5000 | 10 |", "| adapter | 0.7123 |  |"]
+
+
+def test_every_refusal_is_a_data_error():
+    one = [Example("u", (), "a", 1), Example("u", (), "b", 1)]
+    for task, examples in (("pointwise", one), ("ranking", [Example("u", (), "a", 0, group="g")]),
+                           ("impression", [Example("u", (), "a", 0, group="g")]), ("listwise", one)):
+        with pytest.raises(DataError):
+            evaluate(task, examples, [0.5] * len(examples))
+    with pytest.raises(DataError, match="2 scores for 1"):
+        evaluate("pointwise", one[:1], [0.5, 0.1])

@@ -3,6 +3,7 @@ import torch
 
 from adapterhub.errors import ConfigError, RegistryError
 from adapterhub.merge import METHODS, read_pairs
+from adapterhub.model_ids import hub_model_id
 
 from test_hub import publish_random
 
@@ -80,3 +81,28 @@ def test_export_peft_folder_loads_with_plain_peft(two, tmp_path):
     ids = torch.tensor([two.encode("hello Answer:")])
     with two.use("news") as hub_model, torch.no_grad():
         assert (hub_model(ids).logits - pm(ids).logits).abs().max() < 1e-5
+
+
+def test_exports_name_a_base_that_peft_vllm_and_lorax_resolve(hub, tmp_path):
+    import json
+    from adapterhub.lora import peft_key
+    from test_hub import TARGETS
+    assert hub_model_id("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert hub_model_id("random:tiny") == "random:tiny" and hub_model_id("org/model") == "org/model"
+    (tmp_path / "my-model").mkdir()
+    assert hub_model_id("my-model") == str((tmp_path / "my-model").resolve())   # cwd is tmp_path
+    # an adapter trained on the embedded base, as train.py wrote them before (spec as the base name)
+    g = torch.Generator().manual_seed(0)
+    tensors = {peft_key(p, w): torch.randn(*((2, m.in_features) if w == "A" else (m.out_features, 2)), generator=g)
+               for p, m in hub.wrapped.items() if p.rsplit(".", 1)[-1] in TARGETS for w in "AB"}
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "smollm2-135m", "r": 2,
+              "lora_alpha": 4, "target_modules": list(TARGETS), "bias": "none"}
+    hub.registry.publish("news", tensors, config, {"scenario": "news", "base": {"spec": "smollm2-135m",
+                                                                                "fingerprint": hub.fingerprint}})
+    out = hub.export("news", tmp_path / "peft", merge_into_base=False)
+    exported = json.loads((out / "adapter_config.json").read_text())
+    assert exported["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert {k: v for k, v in exported.items() if k != "base_model_name_or_path"} == {
+        k: v for k, v in config.items() if k != "base_model_name_or_path"}
+    merged = hub.export("news", tmp_path / "merged", merge_into_base=True, dtype="fp32")
+    assert json.loads((merged / "adapterhub_export.json").read_text())["base_model"] == hub_model_id(hub.base.spec)

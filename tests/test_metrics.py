@@ -3,6 +3,7 @@ import math
 import pytest
 
 from adapterhub import metrics as M
+from adapterhub.errors import DataError
 
 
 def test_auc_hand_computed_with_ties():
@@ -41,3 +42,10 @@ def test_group_auc_skips_single_class_groups():
     labels = [1, 0, 1, 0, 1, 1]
     scores = [0.9, 0.1, 0.2, 0.8, 0.5, 0.5]
     assert M.group_auc(labels, scores, ["a", "a", "b", "b", "c", "c"]) == pytest.approx(0.5)
+
+
+def test_undefined_metrics_are_data_errors():
+    with pytest.raises(DataError, match="2 positives and 0 negatives"):
+        M.auc([1, 1], [0.2, 0.3])
+    with pytest.raises(DataError, match="no group has both"):
+        M.group_auc([1, 0], [0.5, 0.4], ["a", "b"])

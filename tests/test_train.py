@@ -43,7 +43,13 @@ def test_training_learns_the_toy_task(hub):
 def test_same_seed_same_adapter(hub, toy):
     _, c1 = hub.train("a", toy, TrainConfig(**{**FAST, "max_steps": 5}), progress=False)
     _, c2 = hub.train("b", toy, TrainConfig(**{**FAST, "max_steps": 5}), progress=False)
-    assert c1["weights_sha256"] == c2["weights_sha256"]
+    _, c3 = hub.train("c", toy, TrainConfig(**{**FAST, "max_steps": 5, "seed": 1}), progress=False)
+    assert c1["weights_sha256"] == c2["weights_sha256"] != c3["weights_sha256"]
+    # the optimizer stepped: B starts at zero (a fresh adapter is the base), so every B moved
+    _, tensors, _, _ = hub.registry.load("a")
+    bs = {k: t for k, t in tensors.items() if "lora_B" in k}
+    assert bs and all(t.abs().max() > 0 for t in bs.values())
+    assert hub.score([("a", "The user liked red thing 2. Answer:")]) != hub.score([(None, "The user liked red thing 2. Answer:")])
 
 
 def test_one_label_training_set_is_refused_and_nothing_published(hub, toy):

@@ -2,7 +2,8 @@
 
 folder/items.jsonl     {"id": "i1", "text": "Blue kettle", "category": "kitchen"}
 folder/examples.jsonl  {"user": "u1", "history": ["i1"], "candidate": "i2", "label": 1, "split": "train"}
-folder/meta.json       optional {"scenario": "podcasts", "task": "ranking"}
+folder/meta.json       optional {"scenario": "podcasts", "task": "ranking",
+                                 "templates": {"history": "... {items}.", "question": "... {item}?"}}
 CSV: items.csv (id,text[,category]) and examples.csv (user,history,candidate,label,split[,group,disliked]),
 lists separated by "|".
 """
@@ -13,11 +14,12 @@ import io
 import json
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, did_you_mean
 from .common import Example, Item, ScenarioData, finish, one_line, read_lines, read_text
 
 SPLITS = ("train", "valid", "test")
 TASKS = ("pointwise", "ranking", "impression")
+TEMPLATE_KEYS = ("history", "question")
 
 
 def read_records(path: Path, fmt: str) -> list[tuple[int, dict]]:
@@ -43,8 +45,16 @@ def read_records(path: Path, fmt: str) -> list[tuple[int, dict]]:
 
 
 def load(path, *, fmt: str = "jsonl", seed: int = 0, n_candidates: int = 20,
-         max_examples=None) -> ScenarioData:
+         max_examples=None, scenario: str | None = None) -> ScenarioData:
+    """scenario: the scenario's name; default meta.json's "scenario", else the folder's name.
+
+    meta.json's "templates" ({"history": ..., "question": ...}) land in extra["templates"]; they
+    take effect once prompts.register_templates(data.scenario, **data.extra["templates"]) runs.
+    """
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"no such folder or file: pass the folder holding items.{fmt} and examples.{fmt} with "
+                        "--data PATH (see docs/DATA.md)", file=str(path))
     folder = path if path.is_dir() else path.parent
     items_file = folder / f"items.{fmt}"
     examples_file = path if path.is_file() else folder / f"examples.{fmt}"
@@ -110,17 +120,39 @@ def load(path, *, fmt: str = "jsonl", seed: int = 0, n_candidates: int = 20,
                         file=str(examples_file), line=first_train_line, field="label")
 
     meta_file = folder / "meta.json"
-    meta = {}
-    if meta_file.is_file():
-        try:
-            meta = json.loads(read_text(meta_file))
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON ({e.msg})", file=str(meta_file), line=e.lineno) from None
+    meta = read_meta(meta_file) if meta_file.is_file() else {}
     has_groups = any(ex.group for s in splits.values() for ex in s)
     task = meta.get("task") or ("ranking" if has_groups else "pointwise")
     if task not in TASKS:
         raise DataError(f"task must be one of {', '.join(TASKS)}, got {task!r}", file=str(meta_file), field="task")
     files = [items_file, examples_file] + ([meta_file] if meta_file.is_file() else [])
     params = {"seed": seed, "max_examples": max_examples}
-    scenario = meta.get("scenario") or folder.name
-    return finish(scenario, f"{fmt}:{folder.name}", items, splits, task, files, params)
+    scenario = scenario or meta.get("scenario") or folder.name
+    extra = {"templates": dict(meta["templates"])} if meta.get("templates") else {}
+    return finish(scenario, f"{fmt}:{folder.name}", items, splits, task, files, params, extra)
+
+
+def read_meta(meta_file: Path) -> dict:
+    """meta.json: an object; "scenario" and "task" strings, "templates" an object of strings."""
+    try:
+        meta = json.loads(read_text(meta_file))
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON ({e.msg})", file=str(meta_file), line=e.lineno) from None
+    if not isinstance(meta, dict):
+        raise DataError(f"expected a JSON object, got {type(meta).__name__}", file=str(meta_file))
+    for key in ("scenario", "task"):
+        if key in meta and not isinstance(meta[key], str):
+            raise DataError(f"expected a string, got {meta[key]!r}", file=str(meta_file), field=key)
+    templates = meta.get("templates")
+    if templates is None:
+        return meta
+    if not isinstance(templates, dict):
+        raise DataError(f"expected an object like {{\"history\": \"... {{items}}.\", \"question\": \"... {{item}}?\"}}, "
+                        f"got {templates!r}", file=str(meta_file), field="templates")
+    for key, text in templates.items():
+        if key not in TEMPLATE_KEYS:
+            raise DataError(f"unknown template {key!r} (valid: {', '.join(TEMPLATE_KEYS)}).{did_you_mean(key, TEMPLATE_KEYS)}",
+                            file=str(meta_file), field=f"templates.{key}")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"expected a non-empty string, got {text!r}", file=str(meta_file), field=f"templates.{key}")
+    return meta
