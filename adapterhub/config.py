@@ -21,7 +21,17 @@ class TrainConfig:
     dropout: float = _f(0.05, "dropout on the LoRA input while training")
     lr: float = _f(1e-3, "AdamW learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
-    batch_size: int = _f(8, "examples per step (per process)")
+    batch_size: int = _f(8, "candidates per step (per process): whole groups are taken until a step holds this many")
+    group_size: int = _f(8, "candidates per group in a step, all sharing one history prefix that runs once: "
+                            "a ranking group or impression is sampled down to this (its positive kept)")
+    negatives: int = _f(7, "a group with a positive but fewer than group_size candidates (a pointwise row, a "
+                           "train pair) is topped up with negatives sampled from the train items the user never "
+                           "interacted with: at most this many per positive; 0 = none")
+    listwise_weight: float = _f(0.5, "loss = w * softmax cross-entropy over each group's candidates + (1 - w) * "
+                                     "pointwise BCE (keeps P(yes) calibrated); 0 = BCE only")
+    grad_checkpointing: bool = _f(True, "recompute activations in the backward pass: keeps a batch-8 step of "
+                                        "SmolLM2 under 1.5 GB peak RSS (2.2 GB without), ~1.6x slower per step")
+    max_minutes: float | None = _f(None, "stop training after this many minutes (evaluation time excluded)")
     grad_accum: int = _f(1, "steps whose gradients are summed before one optimizer update")
     max_steps: int | None = _f(None, "optimizer updates; default: --epochs over the train split")
     epochs: float = _f(1.0, "passes over the train split when max_steps is not given")
@@ -48,13 +58,19 @@ class TrainConfig:
             problems.append(f"dropout={self.dropout} must be in [0, 1)")
         if self.lr <= 0:
             problems.append(f"lr={self.lr} must be > 0")
-        for name in ("batch_size", "grad_accum", "eval_every"):
+        for name in ("batch_size", "grad_accum", "eval_every", "group_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps={self.max_steps} must be >= 1")
         if not self.targets:
             problems.append("targets must name at least one module, e.g. q_proj,v_proj")
+        if self.negatives < 0:
+            problems.append(f"negatives={self.negatives} must be >= 0")
+        if not 0 <= self.listwise_weight <= 1:
+            problems.append(f"listwise_weight={self.listwise_weight} must be in [0, 1]")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            problems.append(f"max_minutes={self.max_minutes} must be > 0")
         if not 0 <= self.distill_weight <= 1:
             problems.append(f"distill_weight={self.distill_weight} must be in [0, 1]")
         if problems:

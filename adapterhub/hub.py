@@ -11,12 +11,14 @@ import contextlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from .base import DEFAULT_BASE, Base, load_base
 from .errors import AdapterHubError, ConfigError, IncompatibleAdapterError
-from .lora import SERVABLE, wrap_model, split_peft_key
+from . import packing
+from .lora import SERVABLE, TRAIN, peft_key, split_peft_key, wrap_model
 from .registry import Registry, parse_ref
 
 log = logging.getLogger(__name__)
@@ -53,25 +55,47 @@ class Adapter:
         return self.hub.recommend(self.key, history, candidates, k=k, disliked=disliked)
 
 
+@dataclass
+class TrainablePairs:
+    """The LoRA pairs being trained (see Hub.trainable)."""
+    modules: dict          # module path -> LoraLinear
+    params: list = field(default_factory=list)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """PEFT-named, unscaled A and B: what adapter_model.safetensors holds."""
+        out = {}
+        for path, m in self.modules.items():
+            out[peft_key(path, "A")] = m.lora_A.detach().float().cpu().contiguous()
+            out[peft_key(path, "B")] = m.lora_B.detach().float().cpu().contiguous()
+        return out
+
+
 class Hub:
     def __init__(self, base: str | Base = DEFAULT_BASE, registry: str | Registry = "adapters",
-                 quant: str = "nf4", device: str = "auto", max_resident: int = 64, batch_size: int = 16):
+                 quant: str = "nf4", device: str = "auto", max_resident: int = 64, batch_size: int = 16,
+                 compute: str = "auto"):
+        """compute: how a quantized base runs (base.COMPUTES): 'auto' dequantizes NF4/int8 once to bf16
+        on CPUs with bf16 matmul (fp32 on others) and keeps the bitsandbytes kernels on CUDA;
+        'native' forces the kernels, 'bf16'/'fp32' force a dequantized copy. Ignored for a Base object."""
         if max_resident < 1:
             raise ConfigError(f"max_resident={max_resident} must be >= 1")
-        self.base = base if isinstance(base, Base) else load_base(base, quant=quant, device=device)
+        self.base = base if isinstance(base, Base) else load_base(base, quant=quant, device=device, compute=compute)
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.model = self.base.model
         self.tokenizer = self.base.tokenizer
         self.device = self.base.device
         self.max_resident = max_resident
         self.batch_size = batch_size
-        # Hubs built over one Base share its wrappers (and so what is resident): the base is never copied.
+        # Hubs built over one Base share its wrappers: the base is never copied. Weights placed in the
+        # shared wrappers are keyed by registry folder + version, so two hubs whose registries both
+        # hold 'news@v1' never overwrite each other's weights.
         if not hasattr(self.model, "_adapterhub_lora"):
             self.model._adapterhub_lora = wrap_model(self.model)
         self.routing, self.wrapped = self.model._adapterhub_lora
         self.decoder = self.model.get_decoder()
         self._resident: OrderedDict[str, Adapter] = OrderedDict()  # least recently used first
         self._alias: dict[str, str] = {}                            # 'news' -> 'news@v2'
+        self._slot = f"{Path(self.registry.root).resolve()}::"       # wrapper-key prefix of this hub
         yes, no = (self.tokenizer.encode(a, add_special_tokens=False)[0] for a in (" Yes", " No"))
         if yes == no:
             raise AdapterHubError("the tokenizer gives ' Yes' and ' No' the same first token; cannot score")
@@ -102,6 +126,17 @@ class Hub:
             return key
         return self.load(ref).key
 
+    def _ref(self, ref: str | None) -> str | None:
+        """A row's adapter ref -> its resident key; None or 'base' = the bare base, as in the CLI
+        (lora.TRAIN, the pair being trained, passes as it is)."""
+        if ref is None or ref == "base" or ref == TRAIN:
+            return None if ref != TRAIN else TRAIN
+        return self._key(ref)
+
+    def _wkey(self, key: str | None) -> str | None:
+        """The key this hub's weights carry inside the (possibly shared) wrappers."""
+        return key if key is None or key == TRAIN else self._slot + key
+
     def load(self, ref: str) -> Adapter:
         """Make an adapter resident (cold: read + check + place; warm: nothing) and return it."""
         name, version = parse_ref(ref)
@@ -111,10 +146,13 @@ class Hub:
             return self._resident[key]
         config, tensors, card, folder = self.registry.load(key)
         placed = self._check_and_cast(key, config, tensors, card, folder)
+        if card.get("templates"):  # a custom scenario's prompt sentences travel with its card
+            from .prompts import register_templates
+            register_templates(card.get("scenario", name), **card["templates"])
         while len(self._resident) >= self.max_resident:
             self.unload(next(iter(self._resident)))
         for path, pair in placed.items():  # nothing is touched until every check has passed
-            self.wrapped[path].adapters[key] = pair
+            self.wrapped[path].adapters[self._wkey(key)] = pair
         adapter = Adapter(self, key, card, sum(a.numel() * a.element_size() + b.numel() * b.element_size()
                                                 for a, b in placed.values()), list(placed))
         self._resident[key] = adapter
@@ -167,23 +205,31 @@ class Hub:
             raise IncompatibleAdapterError(f"{folder}: the adapter holds no LoRA weights")
         return placed
 
-    def unload(self, ref: str) -> None:
-        key = self._alias.get(ref, ref)
-        adapter = self._resident.pop(key, None)
-        if adapter is None:
-            return
-        for path in adapter.modules:
-            self.wrapped[path].adapters.pop(key, None)
-        for alias in [a for a, k in self._alias.items() if k == key]:
-            del self._alias[alias]
+    def unload(self, ref: str) -> list[str]:
+        """Unload what `ref` has resident: 'news@v1' that version; 'news' every resident version of
+        news (however it was loaded). -> the keys unloaded; [] (and a warning) when none was."""
+        if ref in self._resident or "@" in ref:
+            keys = [self._alias.get(ref, ref)]
+        else:
+            keys = [k for k in self._resident if k.split("@")[0] == ref]
+        keys = [k for k in keys if k in self._resident]
+        if not keys:
+            log.warning("unload(%r): not resident (resident: %s)", ref, ", ".join(self._resident) or "none")
+        for key in keys:
+            adapter = self._resident.pop(key)
+            for path in adapter.modules:
+                self.wrapped[path].adapters.pop(self._wkey(key), None)
+            for alias in [a for a, k in self._alias.items() if k == key]:
+                del self._alias[alias]
+        return keys
 
     # ------------------------------------------------------------ running
     @contextlib.contextmanager
     def use(self, ref: str | None):
         """`with hub.use("news") as model:` the torch model with that adapter active (None = base)."""
-        key = self._key(ref) if ref is not None else None
+        key = self._ref(ref)
         saved = (self.routing.active, self.routing.groups)
-        self.routing.active, self.routing.groups = key, None
+        self.routing.active, self.routing.groups = self._wkey(key), None
         try:
             yield self.model
         finally:
@@ -197,7 +243,7 @@ class Hub:
         """P(yes) per row. rows: [(adapter ref or None for the base, prompt), ...]; one forward per
         batch even when the rows name different adapters."""
         rows = list(rows)
-        keys = [self._key(ref) if ref is not None else None for ref, _ in rows]
+        keys = [self._ref(ref) for ref, _ in rows]
         ids = [self.encode(prompt) for _, prompt in rows]
         return self.score_ids(keys, ids, batch_size)
 
@@ -219,8 +265,7 @@ class Hub:
     def yes_logit(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden.float() @ self._answer_dir
 
-    def last_hidden(self, ids: list[list[int]], keys: list[str | None] | str | None, past=None,
-                    past_len: int = 0) -> torch.Tensor:
+    def last_hidden(self, ids: list[list[int]], keys: list[str | None] | str | None) -> torch.Tensor:
         """Final hidden state at each row's last real token -> (batch, hidden). Right-padded."""
         lengths = torch.tensor([len(x) for x in ids], device=self.device)
         width = int(lengths.max())
@@ -229,27 +274,24 @@ class Hub:
             input_ids[i, :len(x)] = torch.tensor(x)
         input_ids = input_ids.to(self.device)
         mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
-        kwargs = {}
-        if past is not None:
-            mask = torch.cat([torch.ones(len(ids), past_len, dtype=torch.long, device=self.device), mask], 1)
-            kwargs = dict(cache=past, position_ids=torch.arange(past_len, past_len + width, device=self.device)[None].expand(len(ids), -1))
         with self._route(keys, len(ids)):
-            h = self.decoder(input_ids=input_ids, attention_mask=mask, use_cache=past is not None, **kwargs).last_hidden_state
+            h = self.decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
         return h[torch.arange(len(ids), device=self.device), lengths - 1]  # (batch, hidden)
 
     @contextlib.contextmanager
     def _route(self, keys, n: int):
         saved = (self.routing.active, self.routing.groups)
         if keys is None or isinstance(keys, str):
-            self.routing.active, self.routing.groups = keys, None
+            self.routing.active, self.routing.groups = self._wkey(keys), None
         elif len(set(keys)) == 1:  # the common case: one adapter for the whole batch
-            self.routing.active, self.routing.groups = keys[0], None
+            self.routing.active, self.routing.groups = self._wkey(keys[0]), None
         else:
             rows: dict[str | None, list[int]] = {}
             for i, k in enumerate(keys):
                 rows.setdefault(k, []).append(i)
             self.routing.active = None
-            self.routing.groups = [(k, torch.tensor(r, device=self.device)) for k, r in rows.items() if k is not None]
+            self.routing.groups = [(self._wkey(k), torch.tensor(r, device=self.device))
+                                   for k, r in rows.items() if k is not None]
         try:
             yield
         finally:
@@ -260,7 +302,7 @@ class Hub:
     def score_candidates(self, ref: str | None, prefix: str, suffixes: list[str], batch_size: int | None = None,
                          reuse_prefix: bool = True) -> list[float]:
         """P(yes) of prefix+suffix for each suffix. The shared prefix runs once (KV cache)."""
-        key = self._key(ref) if ref is not None else None
+        key = self._ref(ref)
         return self.score_candidates_ids(key, self.encode(prefix), [self.encode(s, special=False) for s in suffixes],
                                          batch_size, reuse_prefix)
 
@@ -269,19 +311,17 @@ class Hub:
                              batch_size: int | None = None, reuse_prefix: bool = True) -> list[float]:
         if not reuse_prefix:
             return self.score_ids([key] * len(suffix_ids), [prefix_ids + s for s in suffix_ids], batch_size)
-        from transformers import DynamicCache
         bs = batch_size or self.batch_size
+        chunks = [(prefix_ids, suffix_ids[i:i + bs]) for i in range(0, len(suffix_ids), bs)]
+        return torch.sigmoid(self.packed_logits(key, chunks)).tolist()
+
+    def packed_logits(self, key: str | None, groups: list[tuple[list[int], list[list[int]]]]) -> torch.Tensor:
+        """Yes-No logit of every (prefix + suffix) in `groups` = [(prefix ids, [suffix ids, ...]), ...],
+        each prefix run once (adapterhub.packing) -> (candidates,), groups in order. The one forward
+        that ranking, evaluation and training share; differentiable when grad is enabled."""
+        packed = packing.pack(groups, self.base.compute_dtype, self.device)
         with self._route(key, 1):
-            past = self.decoder(input_ids=torch.tensor([prefix_ids], device=self.device), use_cache=True).cache
-        kv = [(layer.keys, layer.values) for layer in past.layers]  # each (1, kv_heads, prefix, head_dim)
-        out: list[float] = []
-        for start in range(0, len(suffix_ids), bs):
-            chunk = suffix_ids[start:start + bs]
-            n = len(chunk)
-            cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv],
-                                 config=self.model.config)
-            out += self.yes_prob(self.last_hidden(chunk, key, past=cache, past_len=len(prefix_ids))).tolist()
-        return out
+            return self.yes_logit(packing.last_hidden(self.decoder, packed))
 
     def recommend(self, ref: str, history: list[str], candidates: list[str], k: int = 10,
                   disliked: list[str] = (), scenario: str | None = None) -> list[tuple[str, float]]:
@@ -297,6 +337,25 @@ class Hub:
         return ranked[:k]
 
     # ------------------------------------------------------------ training, merging, export
+    @contextlib.contextmanager
+    def trainable(self, r: int, alpha: float, dropout: float, targets, init: dict | None = None):
+        """Attach one trainable LoRA pair per target module (routing key lora.TRAIN) for the body
+        of the `with`; they are removed on exit, whatever happens. Yields a TrainablePairs."""
+        modules = {p: m for p, m in self.wrapped.items() if p.rsplit(".", 1)[-1] in targets}
+        if not modules:
+            raise ConfigError(f"targets {list(targets)} match no module of base {self.base.spec!r} "
+                              "(try q_proj,k_proj,v_proj,o_proj)")
+        pairs = TrainablePairs(modules)
+        try:
+            for path, m in modules.items():
+                pairs.params += m.add_trainable(r, alpha, dropout, torch.float32, (init or {}).get(path))
+                m.train()
+            yield pairs
+        finally:
+            for m in modules.values():
+                m.drop_trainable()
+                m.eval()
+
     def train(self, name: str, data, config=None, **kwargs):
         """Train a LoRA adapter for `data` on this base; publish it as `name`. -> (Adapter, card)."""
         from .train import train_adapter

@@ -46,27 +46,34 @@ def score_examples(hub, key: str | None, encoded, batch_size: int | None = None,
                    desc: str = "scoring") -> list[float]:
     """P(yes) per example under adapter `key` (None = the base, or lora.TRAIN while training).
 
-    Examples sharing a history prefix (one user's candidates) run the prefix once (KV cache).
+    Examples sharing a history prefix (one user's candidates) run it once (Hub.packed_logits);
+    packed rows of similar length go through the model together, up to a token budget.
     """
-    was = [m.training for m in hub.wrapped.values()]
-    for m in hub.wrapped.values():
-        m.eval()
+    bs = batch_size or hub.batch_size
     by_prefix: dict[tuple, list[int]] = {}
     for i, (prefix, _) in enumerate(encoded):
         by_prefix.setdefault(tuple(prefix), []).append(i)
-    shared = [idx for idx in by_prefix.values() if len(idx) >= 4]
-    single = [i for idx in by_prefix.values() if len(idx) < 4 for i in idx]
+    rows = [idx[j:j + bs] for idx in by_prefix.values() for j in range(0, len(idx), bs)]
+    rows.sort(key=lambda r: len(encoded[r[0]][0]) + sum(len(encoded[i][1]) for i in r))
+    batches, cur, tokens = [], [], 0
+    for r in rows:  # ~ bs full prompts' worth of tokens per forward
+        cur.append(r)
+        tokens += len(encoded[r[0]][0]) + sum(len(encoded[i][1]) for i in r)
+        if tokens >= bs * 256:
+            batches.append(cur)
+            cur, tokens = [], 0
+    batches += [cur] if cur else []
     out = [0.0] * len(encoded)
+    was = [m.training for m in hub.wrapped.values()]
+    for m in hub.wrapped.values():
+        m.eval()
     try:
         with torch.no_grad():
-            for idx in tqdm(shared, desc=desc, disable=not progress, leave=False):
-                scores = hub.score_candidates_ids(key, encoded[idx[0]][0], [encoded[i][1] for i in idx], batch_size)
-                for i, s in zip(idx, scores):
-                    out[i] = s
-            if single:
-                scores = hub.score_ids([key] * len(single), [encoded[i][0] + encoded[i][1] for i in single], batch_size)
-                for i, s in zip(single, scores):
-                    out[i] = s
+            for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+                groups = [(encoded[r[0]][0], [encoded[i][1] for i in r]) for r in batch]
+                probs = torch.sigmoid(hub.packed_logits(key, groups)).tolist()
+                for i, p in zip((i for r in batch for i in r), probs):
+                    out[i] = p
     finally:
         for m, w in zip(hub.wrapped.values(), was):
             m.train(w)

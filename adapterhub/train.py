@@ -1,8 +1,12 @@
-"""train_adapter: a plain LoRA loop you can read top to bottom.
+"""train_adapter: a LoRA loop you can read top to bottom, in its steps:
 
-Loss on the answer token: the P(yes) logit (the Yes-vs-No logit difference at the last position)
-against the label, optionally mixed with a teacher's P(yes). Validation AUC at intervals, early
-stopping, the best weights published as a new registry version.
+    pick examples -> build groups -> loss -> loop -> evaluate -> card -> publish
+
+A step takes whole groups: one user's history prefix and several candidates (the positive(s) and
+negatives). The prefix runs once, with gradient, and every candidate runs after it in the same
+packed row (adapterhub.packing), so a step judges many candidates for the price of one prompt.
+The loss mixes a listwise softmax over each group's Yes-No logits (what ranking metrics reward)
+with pointwise BCE (which keeps P(yes) calibrated), optionally with a teacher's P(yes).
 """
 from __future__ import annotations
 
@@ -18,30 +22,288 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import TrainConfig
-from .errors import ConfigError, DataError, IncompatibleAdapterError
-from .lora import TRAIN, peft_key
-from .report import cap_examples, encode_examples, evaluate_split, primary_metric, score_examples
+from .datasets.common import Example
+from .errors import DataError, IncompatibleAdapterError
+from .lora import TRAIN, split_peft_key
+from .report import cap_examples, evaluate_split, primary_metric, score_examples, encode_examples
 
 log = logging.getLogger(__name__)
+LOG_EVERY_S = 30.0  # without a progress bar, a log line at least this often
 
 
 def peft_adapter_config(cfg: TrainConfig, base_spec: str) -> dict:
     """The adapter_config.json PEFT, vLLM and LoRAX read."""
-    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_spec,
+    from .model_ids import hub_model_id
+    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": hub_model_id(base_spec),
             "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
             "target_modules": sorted(cfg.targets), "bias": "none", "fan_in_fan_out": False,
             "inference_mode": True, "use_rslora": False, "use_dora": False, "init_lora_weights": True}
 
 
-def _check_labels(examples, what: str) -> None:
-    labels = {ex.label for ex in examples}
-    if labels != {0, 1}:
-        raise DataError(f"the {what} split has only label(s) {sorted(labels)}: training needs both positives and negatives")
+# ---------------------------------------------------------------- 1. pick examples
+
+def pick_examples(data, cfg: TrainConfig, rng: random.Random) -> tuple[list, list, list]:
+    """-> (train, valid, test) examples: train optionally sampled, valid/test capped by whole groups."""
+    train = list(data.splits.get("train", []))
+    if cfg.n_train is not None:
+        train = rng.sample(train, min(cfg.n_train, len(train)))
+    valid = cap_examples(data.splits.get("valid", []), cfg.n_valid, cfg.seed)
+    test = cap_examples(data.splits.get("test", []), cfg.n_test, cfg.seed)
+    if not train or not valid:
+        raise DataError(f"scenario '{data.scenario}' needs non-empty train and valid splits (sizes: {data.sizes()})")
+    for what, examples in (("train", train), ("valid", valid)):
+        labels = {ex.label for ex in examples}
+        if labels != {0, 1}:
+            raise DataError(f"the {what} split has only label(s) {sorted(labels)}: training needs both positives and negatives")
+    return train, valid, test
+
+
+# ---------------------------------------------------------------- 2. build groups
+
+def build_groups(train: list[Example]) -> list[list[Example]]:
+    """Examples sharing a ranking group (or, for pointwise data, one history prefix) form a group."""
+    groups: dict[object, list[Example]] = {}
+    for ex in train:
+        groups.setdefault(ex.group or (ex.user, ex.history, ex.disliked), []).append(ex)
+    return list(groups.values())
+
+
+class NegativeSampler:
+    """Negatives for rows that share no prefix: train items the user never interacted with."""
+
+    def __init__(self, train: list[Example]):
+        seen: dict[str, set] = {}
+        for ex in train:
+            seen.setdefault(ex.user, set()).update(ex.history, ex.disliked, (ex.candidate,))
+        self.seen = seen
+        self.pool = sorted(set().union(*seen.values())) if seen else []
+
+    def sample(self, ex: Example, k: int, rng: random.Random) -> list[Example]:
+        seen = self.seen.get(ex.user, set())
+        out: list[Example] = []
+        for _ in range(20 * k):  # rejection sampling; the pool is much larger than a user's items
+            if len(out) == k:
+                break
+            item = self.pool[rng.randrange(len(self.pool))]
+            if item not in seen and all(o.candidate != item for o in out):
+                out.append(Example(ex.user, ex.history, item, 0, ex.disliked, ex.group))
+        return out
+
+
+def visit(group: list[Example], cfg: TrainConfig, sampler: NegativeSampler, rng: random.Random) -> list[Example]:
+    """The candidates one step sees of a group: at most group_size, a positive first when there is
+    one. A group with a positive but fewer than group_size candidates (a pointwise row, a train
+    pair) is topped up with sampled negatives: at most `negatives` per positive."""
+    pos = [ex for ex in group if ex.label]
+    if len(group) > cfg.group_size:
+        first = [rng.choice(pos)] if pos else []
+        rest = [ex for ex in group if not (first and ex is first[0])]
+        return first + rng.sample(rest, cfg.group_size - len(first))
+    room = min(cfg.group_size - len(group), cfg.negatives * len(pos))
+    return list(group) + (sampler.sample(pos[0], room, rng) if room > 0 else [])
+
+
+class Encoder:
+    """Token ids of prefixes and candidate suffixes, each text encoded once."""
+
+    def __init__(self, hub, data):
+        self.hub, self.data, self.cache = hub, data, {}
+
+    def __call__(self, group: list[Example]) -> tuple[list[int], list[list[int]]]:
+        from . import prompts
+        suffixes = []
+        for ex in group:
+            prefix, suffix = prompts.render(self.data.scenario, ex, self.data.items)
+            suffixes.append(self._ids(suffix, special=False))
+        return self._ids(prefix, special=True), suffixes
+
+    def _ids(self, text: str, special: bool) -> list[int]:
+        if text not in self.cache:
+            self.cache[text] = self.hub.encode(text, special=special)
+        return self.cache[text]
+
+
+# ---------------------------------------------------------------- 3. loss
+
+def group_loss(logits: torch.Tensor, labels: torch.Tensor, sizes: list[int], listwise_weight: float,
+               soft: torch.Tensor | None = None, distill_weight: float = 0.0) -> torch.Tensor:
+    """(1 - w) * BCE + w * mean over groups with a positive and a negative of
+    -mean_{positives} log softmax(group logits). logits/labels: (candidates,), groups in order."""
+    bce = F.binary_cross_entropy_with_logits(logits, labels)
+    if soft is not None:  # distillation: the teacher's P(yes) as soft labels
+        bce = (1 - distill_weight) * bce + distill_weight * F.binary_cross_entropy_with_logits(logits, soft)
+    if not listwise_weight:
+        return bce
+    terms = []
+    for z, y in zip(torch.split(logits, sizes), torch.split(labels, sizes)):
+        if 0 < y.sum() < len(y):
+            terms.append(-(torch.log_softmax(z, 0) * y).sum() / y.sum())
+    if not terms:
+        return bce
+    return (1 - listwise_weight) * bce + listwise_weight * torch.stack(terms).mean()
+
+
+# ---------------------------------------------------------------- 4. loop
+
+def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, promote: bool | None = None,
+                  description: str = "", progress: bool | None = None, publish: bool = True,
+                  accelerator=None) -> tuple[object, dict]:
+    """Train a LoRA adapter for `data.scenario` on the hub's base; publish it as `name`.
+
+    -> (the resident Adapter, the card). With publish=False, returns (None, card) and nothing is written.
+    """
+    from .registry import check_name
+    cfg = config or TrainConfig()
+    check_name(name)
+    progress = sys.stderr.isatty() if progress is None else progress
+    is_main = accelerator is None or accelerator.is_main_process
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+
+    if data.extra.get("templates"):  # a custom scenario's own prompt sentences (meta.json)
+        from .prompts import register_templates
+        register_templates(data.scenario, **data.extra["templates"])
+    train, valid, test = pick_examples(data, cfg, rng)
+    groups = build_groups(train)
+    sampler = NegativeSampler(train)
+    encode = Encoder(hub, data)
+    enc_valid = encode_examples(hub, data, valid)
+    teacher = hub.load(cfg.teacher).key if cfg.teacher else None
+    init = _init_pairs(hub, cfg.init_from, cfg) if cfg.init_from else {}
+    per_step = max(1, round(sum(len(g) for g in groups) / len(groups)))  # candidates per group, roughly
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(groups) * per_step / (cfg.batch_size * cfg.grad_accum)))
+    eval_every = cfg.eval_every
+    if eval_every > total:
+        log.info("eval_every=%d > max_steps=%d: validating every %d steps instead", eval_every, total, total)
+        eval_every = total
+    metric = primary_metric(data.task)
+
+    # hub.use(TRAIN) for the whole loop: a checkpointed backward re-runs the forward, and must see
+    # the same routing as the forward did
+    with hub.trainable(cfg.r, cfg.alpha, cfg.dropout, cfg.targets, init) as pairs, hub.use(TRAIN), \
+            _checkpointing(hub, cfg):
+        domain_log = _domain_adapt(hub, data, pairs.params, cfg, rng, rank, world) if cfg.domain_steps else []
+        opt = torch.optim.AdamW(pairs.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
+                                                  * max(0.0, (total - s) / total))
+        best = (-math.inf, None, 0)  # (valid metric, weights, step)
+        history: list[dict] = []
+        bad_checks, order = 0, []
+        step_s, n_candidates, loss_sum, loss_n, step = 0.0, 0, 0.0, 0, 0
+        bar = tqdm(total=total, desc=f"train {name}", disable=not (progress and is_main))
+        last_log = time.perf_counter()
+        while step < total:
+            t_step = time.perf_counter()
+            for _ in range(cfg.grad_accum):
+                batch, order = _next_groups(groups, order, cfg.batch_size, world, rank, rng, cfg, sampler)
+                encoded = [encode(g) for g in batch]
+                logits = hub.packed_logits(TRAIN, encoded)
+                labels = torch.tensor([float(ex.label) for g in batch for ex in g], device=logits.device)
+                soft = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = torch.sigmoid(hub.packed_logits(teacher, encoded))
+                loss = group_loss(logits, labels, [len(g) for g in batch], cfg.listwise_weight, soft, cfg.distill_weight)
+                (accelerator.backward(loss / cfg.grad_accum) if accelerator is not None
+                 else (loss / cfg.grad_accum).backward())
+                loss_sum += loss.detach()
+                loss_n += 1
+                n_candidates += len(labels)
+            if world > 1:  # data parallel: every process applies the same averaged gradient
+                for p in pairs.params:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+            torch.nn.utils.clip_grad_norm_(pairs.params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            step_s += time.perf_counter() - t_step
+            bar.update(1)
+            out_of_time = cfg.max_minutes is not None and step_s >= 60 * cfg.max_minutes
+            if not progress and is_main and time.perf_counter() - last_log >= LOG_EVERY_S:
+                last_log = time.perf_counter()
+                log.info("step %d/%d | loss %.3f | %.0f ms/step | ETA %.0f s", step, total, float(loss_sum) / max(1, loss_n),
+                         1000 * step_s / step, step_s / step * (total - step))
+            if step % eval_every == 0 or step == total or out_of_time:
+                val = _evaluate(hub, data, valid, enc_valid, metric)
+                entry = {"step": step, "loss": round(float(loss_sum) / max(1, loss_n), 4), f"val_{metric}": round(val, 4),
+                         "ms_per_step": round(1000 * step_s / step, 1)}
+                history.append(entry)
+                loss_sum, loss_n = 0.0, 0
+                if is_main:
+                    log.info("step %d/%d | loss %.3f | val_%s %.4f | %.0f ms/step", step, total, entry["loss"],
+                             metric, val, entry["ms_per_step"])
+                bar.set_postfix(loss=entry["loss"], **{f"val_{metric}": round(val, 3)})
+                if val > best[0]:
+                    best, bad_checks = (val, [p.detach().clone() for p in pairs.params], step), 0
+                else:
+                    bad_checks += 1
+                    if bad_checks >= cfg.patience:
+                        log.info("early stop at step %d (best val_%s %.4f at step %d)", step, metric, best[0], best[2])
+                        break
+            if out_of_time:
+                log.info("max_minutes=%s reached at step %d/%d", cfg.max_minutes, step, total)
+                break
+        bar.close()
+        with torch.no_grad():
+            for p, b in zip(pairs.params, best[1]):
+                p.copy_(b)
+        speed = {"train_s": round(step_s, 3), "steps": step, "candidates": n_candidates * world,
+                 "candidates_per_s": round(n_candidates * world / max(step_s, 1e-9), 3)}
+        card = None
+        if is_main:  # 5. evaluate and 6. card, with the trained pair still resident
+            card = _card(hub, name, data, cfg, description, history, best, speed, len(train), valid, test, world)
+            card["train"]["domain_log"] = domain_log
+        tensors = pairs.tensors()
+    if not (publish and is_main):  # 7. publish
+        return None, card
+    version = hub.registry.publish(name, tensors, peft_adapter_config(cfg, hub.base.spec), card,
+                                   promote=promote, metric=metric)
+    return hub.load(f"{name}@{version}"), hub.registry.card(f"{name}@{version}")
+
+
+def _next_groups(groups, order, batch_size, world, rank, rng, cfg, sampler):
+    """Whole groups until a step holds batch_size candidates, for each process; -> (this process's
+    visits, the rest of the epoch order)."""
+    per_rank: list[list[list[Example]]] = [[] for _ in range(world)]
+    for r in range(world):
+        count = 0
+        while count < batch_size:
+            if not order:
+                order = list(range(len(groups)))
+                rng.shuffle(order)
+            chosen = visit(groups[order.pop()], cfg, sampler, rng)
+            per_rank[r].append(chosen)
+            count += len(chosen)
+    return per_rank[rank], order
+
+
+class _checkpointing:
+    """Gradient checkpointing for the body of a `with`, when the config asks for it."""
+
+    def __init__(self, hub, cfg: TrainConfig):
+        self.model, self.on = hub.model, cfg.grad_checkpointing
+
+    def __enter__(self):
+        if self.on:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.get_decoder().train()  # the layers only checkpoint in training mode (no dropout: p = 0)
+
+    def __exit__(self, *exc):
+        if self.on:
+            self.model.gradient_checkpointing_disable()
+            self.model.eval()
+
+
+def _evaluate(hub, data, valid, enc_valid, metric: str) -> float:
+    from .evaluation import evaluate
+    return evaluate(data.task, valid, score_examples(hub, TRAIN, enc_valid))[metric]
 
 
 def _init_pairs(hub, ref: str, cfg: TrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Warm start: the parent adapter's unscaled A and B per module path."""
-    from .lora import split_peft_key
     config, tensors, card, _ = hub.registry.load(ref)
     fp = (card.get("base") or {}).get("fingerprint")
     if fp and fp != hub.fingerprint:
@@ -59,142 +321,6 @@ def _init_pairs(hub, ref: str, cfg: TrainConfig) -> dict[str, tuple[torch.Tensor
     return {p: (ab["A"], ab["B"]) for p, ab in pairs.items()}
 
 
-def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, promote: bool | None = None,
-                  description: str = "", progress: bool | None = None, publish: bool = True,
-                  accelerator=None) -> tuple[object, dict]:
-    """Train a LoRA adapter for `data.scenario` on the hub's base; publish it as `name`.
-
-    -> (the resident Adapter, the card). With publish=False, returns (None, card) and nothing is written.
-    """
-    from .registry import check_name
-    cfg = config or TrainConfig()
-    check_name(name)
-    progress = sys.stderr.isatty() if progress is None else progress
-    is_main = accelerator is None or accelerator.is_main_process
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-
-    train = list(data.splits.get("train", []))
-    if cfg.n_train is not None:
-        train = rng.sample(train, min(cfg.n_train, len(train)))
-    valid = cap_examples(data.splits.get("valid", []), cfg.n_valid, cfg.seed)
-    test = cap_examples(data.splits.get("test", []), cfg.n_test, cfg.seed)
-    if not train or not valid:
-        raise DataError(f"scenario '{data.scenario}' needs non-empty train and valid splits (sizes: {data.sizes()})")
-    _check_labels(train, "train")
-    _check_labels(valid, "valid")
-    enc_train = encode_examples(hub, data, train)
-    enc_valid = encode_examples(hub, data, valid)
-    labels = torch.tensor([float(ex.label) for ex in train])
-
-    teacher_p = None
-    if cfg.teacher:
-        teacher_key = hub.load(cfg.teacher).key
-        teacher_p = torch.tensor(score_examples(hub, teacher_key, enc_train, progress=progress, desc="teacher"))
-
-    # --- the trainable pairs, inside the hub's own wrappers
-    init = _init_pairs(hub, cfg.init_from, cfg) if cfg.init_from else {}
-    modules = {p: m for p, m in hub.wrapped.items() if p.rsplit(".", 1)[-1] in cfg.targets}
-    if not modules:
-        raise ConfigError(f"targets {list(cfg.targets)} match no module of base {hub.base.spec!r} "
-                          "(try q_proj,k_proj,v_proj,o_proj)")
-    params = []
-    for path, m in modules.items():
-        params += m.add_trainable(cfg.r, cfg.alpha, cfg.dropout, torch.float32, init.get(path))
-        m.train()
-    domain_log = _domain_adapt(hub, data, params, cfg, rng, rank, world) if cfg.domain_steps else []
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_step = cfg.batch_size * cfg.grad_accum
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / per_step))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
-                                              * max(0.0, (total - s) / total))
-    metric = primary_metric(data.task)
-    best = (-math.inf, None, 0)  # (valid metric, weights, step)
-    history: list[dict] = []
-    bad_checks = 0
-    order: list[int] = []
-    t0 = time.perf_counter()
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    bar = tqdm(total=total, desc=f"train {name}", disable=not (progress and is_main))
-    routing_saved = hub.routing.active
-    hub.routing.active, hub.routing.groups = TRAIN, None
-    try:
-        step, loss_sum, loss_n = 0, 0.0, 0
-        while step < total:
-            for _ in range(cfg.grad_accum):
-                if len(order) < cfg.batch_size * world:
-                    epoch = list(range(len(train)))
-                    rng.shuffle(epoch)
-                    order += epoch
-                batch = order[:cfg.batch_size * world][rank::world]  # each process its own rows
-                del order[:cfg.batch_size * world]
-                ids = [enc_train[i][0] + enc_train[i][1] for i in batch]
-                logit = hub.yes_logit(hub.last_hidden(ids, TRAIN))
-                target = labels[batch].to(logit.device)
-                loss = F.binary_cross_entropy_with_logits(logit, target)
-                if teacher_p is not None:
-                    soft = F.binary_cross_entropy_with_logits(logit, teacher_p[batch].to(logit.device))
-                    loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * soft
-                if accelerator is not None:
-                    accelerator.backward(loss / cfg.grad_accum)
-                else:
-                    (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach()
-                loss_n += 1
-            if world > 1:  # data parallel: every process applies the same averaged gradient
-                for p in params:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= world
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            if step % cfg.eval_every == 0 or step == total:
-                from .evaluation import evaluate
-                val = evaluate(data.task, valid, score_examples(hub, TRAIN, enc_valid))[metric]
-                entry = {"step": step, "loss": round(float(loss_sum) / loss_n, 4), f"val_{metric}": round(val, 4),
-                         "ms_per_step": round(1000 * (time.perf_counter() - t0) / step, 1)}
-                history.append(entry)
-                loss_sum, loss_n = 0.0, 0
-                if is_main:
-                    log.info("step %d/%d | loss %.3f | val_%s %.4f | %.0f ms/step", step, total, entry["loss"],
-                             metric, val, entry["ms_per_step"])
-                bar.set_postfix(loss=entry["loss"], **{f"val_{metric}": round(val, 3)})
-                if val > best[0]:
-                    best = (val, [(p.detach().clone()) for p in params], step)
-                    bad_checks = 0
-                else:
-                    bad_checks += 1
-                    if bad_checks >= cfg.patience:
-                        log.info("early stop at step %d (best val_%s %.4f at step %d)", step, metric, best[0], best[2])
-                        break
-        bar.close()
-        train_s = time.perf_counter() - t0
-        with torch.no_grad():
-            for p, b in zip(params, best[1]):
-                p.copy_(b)
-        card = None
-        if is_main:
-            card = _card(hub, name, data, cfg, description, history, best, train_s, len(train), valid, test, world)
-            card["train"]["domain_log"] = domain_log
-        tensors = {}
-        for path, m in modules.items():
-            tensors[peft_key(path, "A")] = m.lora_A.detach().float().cpu().contiguous()
-            tensors[peft_key(path, "B")] = m.lora_B.detach().float().cpu().contiguous()
-    finally:
-        hub.routing.active = routing_saved
-        for m in modules.values():
-            m.drop_trainable()
-            m.eval()
-    if not (publish and is_main):
-        return None, card
-    version = hub.registry.publish(name, tensors, peft_adapter_config(cfg, hub.base.spec), card,
-                                   promote=promote, metric=metric)
-    return hub.load(f"{name}@{version}"), hub.registry.card(f"{name}@{version}")
-
-
 def _domain_adapt(hub, data, params, cfg: TrainConfig, rng: random.Random, rank: int, world: int) -> list[dict]:
     """Causal-LM steps on the scenario's item texts (titles, headlines, artist names), with the
     trainable LoRA pair active, before the Yes/No task tuning."""
@@ -202,10 +328,8 @@ def _domain_adapt(hub, data, params, cfg: TrainConfig, rng: random.Random, rank:
     if not texts:
         raise DataError(f"--domain-steps: scenario '{data.scenario}' has no item text to adapt on")
     opt = torch.optim.AdamW(params, lr=cfg.lr)
-    saved = hub.routing.active
-    hub.routing.active, hub.routing.groups = TRAIN, None
     log_rows = []
-    try:
+    with hub.use(TRAIN):
         for step in range(cfg.domain_steps):
             batch = [rng.choice(texts) for _ in range(cfg.batch_size * world)][rank::world]
             ids = [hub.encode(t)[:64] for t in batch]
@@ -226,19 +350,22 @@ def _domain_adapt(hub, data, params, cfg: TrainConfig, rng: random.Random, rank:
             opt.step()
             opt.zero_grad(set_to_none=True)
             if (step + 1) % max(1, cfg.domain_steps // 5) == 0 or step + 1 == cfg.domain_steps:
-                log_rows.append({"domain_step": step + 1, "lm_loss": round(float(loss), 4)})
-                log.info("domain step %d/%d | lm loss %.3f", step + 1, cfg.domain_steps, float(loss))
-    finally:
-        hub.routing.active = saved
+                log_rows.append({"domain_step": step + 1, "lm_loss": round(loss.item(), 4)})
+                log.info("domain step %d/%d | lm loss %.3f", step + 1, cfg.domain_steps, log_rows[-1]["lm_loss"])
     return log_rows
 
 
-def _card(hub, name, data, cfg, description, history, best, train_s, n_train, valid, test, world=1) -> dict:
+# ---------------------------------------------------------------- 6. card
+
+def _card(hub, name, data, cfg, description, history, best, speed, n_train, valid, test, world=1) -> dict:
     """Evaluate the trained pair (still resident as TRAIN) beside the base and baselines; build the card."""
-    metrics = {}
+    from .prompts import registered_templates
+    metrics, eval_s = {}, {}
     for split, examples in (("valid", valid), ("test", test)):
         if len({ex.label for ex in examples}) == 2:  # AUC needs both classes
+            t0 = time.perf_counter()
             metrics[split] = evaluate_split(hub, data, examples, TRAIN, seed=cfg.seed)
+            eval_s[split] = round(time.perf_counter() - t0, 1)
         elif examples:
             log.warning("%s split has one label only: no metrics for it in the card", split)
     parents = []
@@ -246,16 +373,21 @@ def _card(hub, name, data, cfg, description, history, best, train_s, n_train, va
         parents.append({"ref": cfg.init_from, "role": "warm start"})
     if cfg.teacher:
         parents.append({"ref": cfg.teacher, "role": "teacher", "distill_weight": cfg.distill_weight})
+    loss = {"bce": round(1 - cfg.listwise_weight, 4), "listwise_softmax": cfg.listwise_weight,
+            "group_size": cfg.group_size, "sampled_negatives": cfg.negatives}
     return {
         "scenario": data.scenario,
         "description": description or f"{data.scenario} recommendation adapter ({data.source})",
-        "base": {"spec": hub.base.spec, "fingerprint": hub.fingerprint, "quant": hub.base.quant},
+        "base": {"spec": hub.base.spec, "fingerprint": hub.fingerprint, "quant": hub.base.quant,
+                 "compute": hub.base.compute},
         "lora": {"r": cfg.r, "alpha": cfg.alpha, "targets": sorted(cfg.targets), "dropout": cfg.dropout},
         "data": {"source": data.source, "sha256": data.sha256, "sizes": data.sizes(), "task": data.task,
                  "used": {"train": n_train, "valid": len(valid), "test": len(test)}},
-        "train": {**cfg.to_dict(), "world_size": world, "best_step": best[2], "train_s": round(train_s, 3), "log": history},
+        "train": {**cfg.to_dict(), "world_size": world, "best_step": best[2], **speed, "loss": loss, "log": history},
         "primary_metric": primary_metric(data.task),
         "metrics": metrics,
+        "eval_s": eval_s,
+        **({"templates": registered_templates(data.scenario)} if registered_templates(data.scenario) else {}),
         "parents": parents,
         "adapterhub_version": __version__,
     }

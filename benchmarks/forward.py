@@ -111,7 +111,7 @@ def bench_quant(rec, args, quant, tmp, budget, seq, repeat):
         rec.record("skipped", params, None, unit="", extra={"reason": "time budget"})
     else:
         for m in hub.wrapped.values():  # fold adapter 0 into the hub's own base weights (the hub is dropped after)
-            pair = m.adapters.get(keys[0])
+            pair = m.adapters.get(hub._wkey(keys[0]))
             if pair is not None:
                 m.base.weight += (pair[1] @ pair[0]).to(m.base.weight.dtype)
         merged_logit = hub.yes_logit(hub.last_hidden(rows, None))

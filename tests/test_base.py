@@ -25,7 +25,7 @@ def test_fingerprint_depends_on_weights_not_quant():
 
 @pytest.mark.parametrize("quant", ["nf4", "int8", "bf16", "fp32"])
 def test_every_quant_runs_on_cpu(quant):
-    b = load_base("random:small", quant=quant, device="cpu")
+    b = load_base("random:small", quant=quant, device="cpu", compute="native")
     with torch.no_grad():
         logits = b.model(torch.tensor([[5, 6, 7]])).logits
     assert logits.shape == (1, 3, 128) and torch.isfinite(logits).all()
@@ -33,14 +33,14 @@ def test_every_quant_runs_on_cpu(quant):
 
 
 def test_quantized_bases_are_smaller():
-    sizes = {q: param_bytes(load_base("random:small", quant=q, device="cpu").model) for q in ("nf4", "int8", "bf16", "fp32")}
+    sizes = {q: param_bytes(load_base("random:small", quant=q, device="cpu", compute="native").model) for q in ("nf4", "int8", "bf16", "fp32")}
     assert sizes["nf4"] < sizes["int8"] < sizes["fp32"]
     assert sizes["bf16"] * 2 == sizes["fp32"]
 
 
 def test_nf4_state_dict_does_not_corrupt_the_base():
     """DESIGN.md section 2: the AVX512-BF16 repacking + state_dict() trap stays neutralised."""
-    b = load_base("random:small", quant="nf4", device="cpu")
+    b = load_base("random:small", quant="nf4", device="cpu", compute="native")
     assert guard_nf4_(b.model) > 0
     ids = torch.tensor([[3, 9, 27, 81, 11, 33]])
     with torch.no_grad():

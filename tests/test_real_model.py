@@ -41,11 +41,38 @@ def test_conversion_is_cached(smol_hub, monkeypatch):
     assert load_base("smollm2-135m", quant="fp32", device="cpu").fingerprint == smol_hub.fingerprint
 
 
+@pytest.fixture(scope="session")
+def smol_native(smol_hub):
+    """The same NF4 base running bitsandbytes' own kernels (smol_hub dequantizes it once to bf16)."""
+    from adapterhub.base import load_base
+    from adapterhub.hub import Hub
+    base = load_base("smollm2-135m", quant="nf4", device="cpu", compute="native")
+    return Hub(base=base, registry=smol_hub.registry)
+
+
 @needs_smollm2
-def test_nf4_save_load_adapter_keeps_logits_identical(smol_hub):
+def test_fast_path_adapter_scores_the_same_over_native_nf4(smol_hub, smol_native):
+    """QLoRA semantics: an adapter trained over the dequantized bf16 copy scores the same over the
+    NF4 kernels, within bf16 rounding (the issue-11 check)."""
+    from adapterhub.config import TrainConfig
+    from adapterhub.demo import example_data
+    assert smol_hub.base.compute in ("bf16", "fp32") and smol_native.base.compute == "native"
+    assert smol_hub.fingerprint == smol_native.fingerprint
+    smol_hub.train("fastpath", example_data(), TrainConfig(max_steps=3, batch_size=8, eval_every=3, lr=5e-3,
+                                                           n_valid=8, n_test=8), progress=False)
+    history = ["Improv Hour", "Sketch Club", "Laugh Track"]
+    candidates = ["Stand-up Weekly", "True Crime Daily", "Market Watch", "Comedy Bang"]
+    fast = [s for _, s in smol_hub.recommend("fastpath", history, candidates, k=4)]
+    native = [s for _, s in smol_native.recommend("fastpath", history, candidates, k=4)]
+    assert max(abs(a - b) for a, b in zip(sorted(fast), sorted(native))) < 0.02, (fast, native)
+
+
+@needs_smollm2
+def test_nf4_save_load_adapter_keeps_logits_identical(smol_native):
     """DESIGN.md section 2: forward -> save an adapter -> load an adapter -> forward: identical."""
     from adapterhub.config import TrainConfig
     from adapterhub.demo import example_data
+    smol_hub = smol_native
     ids = torch.tensor([smol_hub.encode("The user listened to: Metallica. Will the user listen to Slayer? Answer:")])
     with smol_hub.use(None) as model, torch.no_grad():
         before = model(ids).logits

@@ -1,0 +1,66 @@
+"""Issue 13 items 2, 3, 8, 12: residency per hub over a shared base, unload by name, 'base' in
+Python, and a quiet library."""
+import logging
+import warnings
+
+import torch
+
+from adapterhub.hub import Hub
+
+from test_hub import publish_random
+
+
+def test_two_hubs_over_one_base_with_different_registries_do_not_clobber(tiny_base, tmp_path):
+    """Before: both held 'news@v1' under one wrapper key; the second load overwrote the first hub's
+    weights, and after one unloaded, the other served base outputs while listing news as resident."""
+    a = Hub(base=tiny_base, registry=tmp_path / "a")
+    b = Hub(base=tiny_base, registry=tmp_path / "b")
+    publish_random(a, "news", seed=1)
+    publish_random(b, "news", seed=2)
+    prompt = [("news", "The user liked A B C. Will the user like D? Answer:")]
+    base = a.score([(None, prompt[0][1])])
+    sa = a.score(prompt)
+    sb = b.score(prompt)
+    assert sa != sb and sa != base and sb != base
+    assert a.score(prompt) == sa  # b's load did not overwrite a's weights
+    b.unload("news")
+    assert a.resident() == ["news@v1"] and a.score(prompt) == sa
+    assert b.score(prompt) == sb  # reloads on demand
+
+
+def test_unload_by_name_unloads_what_was_loaded_by_version(hub, caplog):
+    """Before: hub.unload('news') did nothing when 'news@v1' had been loaded."""
+    publish_random(hub, "news")
+    hub.load("news@v1")
+    assert hub.unload("news") == ["news@v1"]
+    assert hub.resident() == [] and all(not m.adapters for m in hub.wrapped.values())
+    with caplog.at_level(logging.WARNING, logger="adapterhub.hub"):
+        assert hub.unload("news") == []
+    assert "not resident" in caplog.text
+
+
+def test_base_is_accepted_in_python_as_in_the_cli(hub):
+    p = "The user liked A. Will the user like B? Answer:"
+    assert hub.score([("base", p)]) == hub.score([(None, p)])
+    with hub.use("base") as model:
+        assert hub.routing.active is None and model is hub.model
+
+
+def test_quantized_base_load_is_quiet_and_sets_no_process_wide_filter(tmp_path, caplog):
+    """Before: base.py set a process-wide warnings filter, and the Python API printed bitsandbytes'
+    'Failed to load CPU gemm_4bit_forward from kernels-community' note."""
+    from adapterhub.base import load_base
+    filters = list(warnings.filters)
+    with caplog.at_level(logging.WARNING):
+        b = load_base("random:small", quant="nf4", device="cpu", compute="native")
+        with torch.no_grad():
+            b.model(torch.tensor([[5, 6, 7]]))
+    assert warnings.filters == filters
+    # in a fresh process, where bitsandbytes is imported for the first time
+    import subprocess
+    import sys
+    code = ("import logging; logging.basicConfig(); from adapterhub.base import load_base; "
+            "load_base('random:small', quant='nf4', device='cpu', compute='native')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "gemm_4bit_forward" not in out.stderr + out.stdout

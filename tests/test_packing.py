@@ -1,0 +1,57 @@
+"""Shared-prefix packing (issue 11): one row per group must give each candidate exactly what its own
+full prompt gives, in the forward and in the gradient."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adapterhub import packing
+from adapterhub.lora import TRAIN
+
+GROUPS = [([1, 5, 9, 14, 3, 7], [[20, 21], [22], [23, 24, 25]]), ([1, 8, 8], [[30, 31, 32, 33]]),
+          ([1, 40, 41, 42, 43, 44, 45, 46, 47], [[50], [51, 52]])]
+
+
+def test_pack_layout():
+    p = packing.pack([([1, 2], [[3], [4, 5]])], torch.float32, "cpu")
+    assert p.input_ids.tolist() == [[1, 2, 3, 4, 5]]
+    assert p.position_ids.tolist() == [[0, 1, 2, 2, 3]]  # every candidate restarts after the prefix
+    allowed = (p.mask[0, 0] == 0).int().tolist()
+    assert allowed == [[1, 0, 0, 0, 0],
+                       [1, 1, 0, 0, 0],
+                       [1, 1, 1, 0, 0],
+                       [1, 1, 0, 1, 0],   # candidate 2 does not see candidate 1
+                       [1, 1, 0, 1, 1]]
+    assert p.last[1].tolist() == [2, 4] and p.sizes == [2]
+
+
+def test_packed_logits_equal_full_prompts(hub):
+    full = [p + s for p, sufs in GROUPS for s in sufs]
+    with torch.no_grad():
+        packed = hub.packed_logits(None, GROUPS)
+        alone = torch.stack([hub.yes_logit(hub.last_hidden([ids], None))[0] for ids in full])
+    assert torch.allclose(packed, alone, atol=1e-5), (packed, alone)
+
+
+def test_packed_gradients_equal_full_prompt_gradients(hub):
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
+    full = [p + s for p, sufs in GROUPS for s in sufs]
+    grads = []
+    for run in ("packed", "full"):
+        torch.manual_seed(0)
+        with hub.trainable(4, 8.0, 0.0, ("q_proj", "v_proj")) as pairs, hub.use(TRAIN):
+            for p in pairs.params[1::2]:  # B starts at zero: give it values so A gets a gradient too
+                torch.nn.init.normal_(p, std=0.1)
+            logits = (hub.packed_logits(TRAIN, GROUPS) if run == "packed"
+                      else torch.cat([hub.yes_logit(hub.last_hidden([ids], TRAIN)) for ids in full]))
+            F.binary_cross_entropy_with_logits(logits, labels).backward()
+            grads.append([p.grad.clone() for p in pairs.params])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert all(m.lora_A is None for m in hub.wrapped.values())  # the pairs are gone after the with
+
+
+def test_ranking_uses_packing_and_matches_full_prompts(hub):
+    prefix, suffixes = "The user liked a b c", [" x?", " yy?", " zzz?", " w?", " v?"]
+    packed = hub.score_candidates(None, prefix, suffixes, batch_size=2)  # 3 packed rows
+    full = hub.score_candidates(None, prefix, suffixes, reuse_prefix=False)
+    assert packed == pytest.approx(full, abs=1e-6)
