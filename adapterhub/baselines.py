@@ -20,6 +20,26 @@ def _jitter(scores: list[float], seed: int, name: str) -> list[float]:
     return [s + JITTER * rng.random() for s in scores]
 
 
+# The rules' arithmetic, shared with adapterhub.facts (which computes the same values from a
+# version's stored facts): write each rule once.
+def like_share(n_liked: int, n_disliked: int) -> float:
+    """Share of liked items among the rated ones; 0.5 when nothing is rated."""
+    seen = n_liked + n_disliked
+    return n_liked / seen if seen else 0.5
+
+
+def overlap(category: str, subcategory: str, history_categories, history_subcategories) -> float:
+    """#history items with the candidate's category + 0.5 x #with its subcategory ("" never matches)."""
+    score = sum(1.0 for c in history_categories if category and c == category)
+    return score + sum(0.5 for s in history_subcategories if subcategory and s == subcategory)
+
+
+def tag_count(tags, history_tags) -> float:
+    """#history items sharing at least one of the candidate's tags (history_tags: one list per item)."""
+    mine = set(tags)
+    return float(sum(1 for t in history_tags if mine & set(t)))
+
+
 def random_scores(data: ScenarioData, examples: list[Example], seed: int = 0) -> list[float]:
     rng = random.Random(f"{seed}:random")
     return [rng.random() for _ in examples]
@@ -47,35 +67,23 @@ def like_share_plus_rate(data: ScenarioData, examples: list[Example], seed: int 
     """video: share of liked movies in the history + the candidate's like-rate (from u.data
     without the valid/test users). In [0, 2], so not a probability."""
     rates, fallback = data.extra.get("like_rate", {}), data.extra.get("global_like_rate", 0.5)
-    out = []
-    for ex in examples:
-        seen = len(ex.history) + len(ex.disliked)
-        share = len(ex.history) / seen if seen else 0.5
-        out.append(share + rates.get(ex.candidate, fallback))
-    return out
+    return [like_share(len(ex.history), len(ex.disliked)) + rates.get(ex.candidate, fallback) for ex in examples]
 
 
 def category_overlap(data: ScenarioData, examples: list[Example], seed: int = 0) -> list[float]:
     """#history items sharing the candidate's category + 0.5 x #sharing its subcategory (MIND);
     elsewhere just the category count (Amazon: the brand; unknown categories never match)."""
-    sub = data.extra.get("subcategory", {})
-    items = data.items
-    out = []
-    for ex in examples:
-        cat, sc = items[ex.candidate].category, sub.get(ex.candidate, "")
-        score = sum(1.0 for h in ex.history if cat and items[h].category == cat)
-        score += sum(0.5 for h in ex.history if sc and sub.get(h) == sc)
-        out.append(score)
+    sub, items = data.extra.get("subcategory", {}), data.items
+    out = [overlap(items[ex.candidate].category, sub.get(ex.candidate, ""),
+                   [items[h].category for h in ex.history], [sub.get(h, "") for h in ex.history])
+           for ex in examples]
     return _jitter(out, seed, "category-overlap")
 
 
 def tag_overlap(data: ScenarioData, examples: list[Example], seed: int = 0) -> list[float]:
     """music: #history artists sharing at least one of the candidate's top-3 tags."""
     tags = data.extra.get("tags", {})
-    out = []
-    for ex in examples:
-        mine = set(tags.get(ex.candidate, ()))
-        out.append(float(sum(1 for h in ex.history if mine & set(tags.get(h, ())))))
+    out = [tag_count(tags.get(ex.candidate, ()), [tags.get(h, ()) for h in ex.history]) for ex in examples]
     return _jitter(out, seed, "tag-overlap")
 
 

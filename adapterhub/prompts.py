@@ -4,6 +4,11 @@ prompt = prefix + suffix. The prefix depends only on the user's history (and dis
 one user's candidates share it and the hub can cache it; the suffix names the candidate and ends
 with "Answer:", after which the model's next token is " Yes" or " No".
 
+With a version's facts (adapterhub.facts; facts=... on render / render_history / render_candidate)
+each item is followed by its facts, the video prefix adds the share of liked items, and the
+suffix adds how many history items share the candidate's category or tags. Without facts
+(facts=None) the prompts are exactly the ones the v1 adapters were trained on.
+
 A custom scenario (one the user's data names) gets the generic template, or its own: its
 meta.json "templates" are registered here with register_templates(scenario, history, question)
 and used for that scenario name from then on in this process.
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import string
 
+from . import facts as _facts
 from .datasets.common import MAX_HISTORY, Example, Item
 from .errors import DataError
 
@@ -92,29 +98,131 @@ def quote(text: str) -> str:
     return '"' + " ".join(words) + '"'
 
 
-def render_history(scenario: str, history_texts, disliked_texts=()) -> str:
-    """The prefix from raw item texts (oldest first); only the last MAX_HISTORY are shown."""
+# ---------------------------------------------------------------- facts (adapterhub.facts)
+# With facts, every item is followed by its facts, e.g. "Heat (1995)" (Action, Crime; liked by 71%
+# of viewers; top 10% popular), the prefix says what share of rated items the user liked (video)
+# and the suffix how many history items share the candidate's category or tags. Music item texts
+# already carry the artist's tags, so music facts show popularity only.
+NEW_ITEM = "new item"
+# which facts are shown: c category (+ news subcategory), r like-rate, b popularity. History items
+# show fewer than the candidate: the rules only need their categories, and prompts stay short.
+ITEM_FACTS = {"video": ("c", "r", "b"), "news": ("c", "b"), "ecommerce": ("c", "b"), "music": ("b",),
+              "generic": ("c", "b")}
+HISTORY_FACTS = {"video": ("c",), "news": ("c",), "ecommerce": ("c",), "music": (), "generic": ("c",)}
+LIKE_SHARE = {"video": "\nThe user liked {pct}% of the movies they rated."}
+# scenario -> (overlap_counts key, sentence); {n} history items of {m} share it, {k} the subcategory
+OVERLAP = {
+    "video": ("genres", " It shares a genre with {n} of the {m} liked movies."),
+    "news": ("category", " Same category as {n} of the {m} clicked articles{sub}."),
+    "ecommerce": ("category", " Same brand as {n} of the {m} bought products."),
+    "music": ("tags", " It shares a tag with {n} of the {m} artists."),
+    "generic": ("category", " Same category as {n} of the {m} items."),
+}
+SUBCATEGORY = ", same subcategory as {k}"
+
+
+def _popularity(entry: dict) -> str:
+    if "b" in entry:
+        return f"top {entry['b']}% popular"
+    return "less popular" if entry.get("p") else "unpopular"
+
+
+def item_facts(scenario: str, entry: dict | None, history: bool = False) -> str:
+    """The facts of one item as the prompt shows them after its text: ' (Action, Crime; ...)', or
+    '' when there are none to show. history: the shorter set shown for history items."""
+    if entry is None:
+        return f" ({NEW_ITEM})"
+    parts = []
+    table = HISTORY_FACTS if history else ITEM_FACTS
+    for key in table.get(scenario, table["generic"]):
+        if key == "c" and entry.get("c"):
+            c = entry["c"].replace("|", ", ") + (f"/{entry['s']}" if entry.get("s") else "")   # genres as words
+            parts.append(f"brand {c}" if scenario == "ecommerce" else c)
+        elif key == "r" and "r" in entry:
+            parts.append(f"liked by {round(100 * entry['r'])}% of viewers")
+        elif key == "b":
+            parts.append(_popularity(entry))
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _resolve(facts: dict, refs) -> list[tuple[str, dict | None]]:
+    """(text, facts entry or None) per item id or text."""
+    out = []
+    for ref in refs:
+        entry = _facts.item(facts, ref)
+        out.append((entry["t"] if entry is not None else str(ref), entry))
+    return out
+
+
+def _history_prefix(scenario: str, shown, shown_disliked, n_liked: int, n_disliked: int,
+                    facts: dict | None) -> str:
+    """shown / shown_disliked: [(text, entry)] of the last MAX_HISTORY items of each list."""
+    fmt = (lambda t, e: quote(t)) if facts is None else (lambda t, e: quote(t) + item_facts(scenario, e, True))
     sentence = templates(scenario)[0]
-    history_texts = list(history_texts)[-MAX_HISTORY:]
-    disliked_texts = list(disliked_texts)[-MAX_HISTORY:]
-    prefix = sentence.format(items=", ".join(map(quote, history_texts))) if history_texts else EMPTY_HISTORY
-    if disliked_texts:
-        prefix += DISLIKED.format(items=", ".join(map(quote, disliked_texts)))
+    prefix = sentence.format(items=", ".join(fmt(t, e) for t, e in shown)) if shown else EMPTY_HISTORY
+    if shown_disliked:
+        prefix += DISLIKED.format(items=", ".join(fmt(t, e) for t, e in shown_disliked))
+    if facts is not None and scenario in LIKE_SHARE and n_liked + n_disliked:
+        prefix += LIKE_SHARE[scenario].format(pct=round(100 * n_liked / (n_liked + n_disliked)))
     return prefix
 
 
-def render_candidate(scenario: str, candidate_text: str) -> str:
-    """The suffix from the candidate's raw text: starts with a newline, ends with 'Answer:'."""
+def _candidate_suffix(scenario: str, text: str, entry: dict | None, facts: dict | None,
+                      candidate, history) -> str:
     question = templates(scenario)[1]
-    return "\n" + question.format(item=quote(candidate_text)) + " Answer:"
+    if facts is None:
+        return "\n" + question.format(item=quote(text)) + " Answer:"
+    out = "\n" + question.format(item=quote(text) + item_facts(scenario, entry))
+    key, sentence = OVERLAP.get(scenario, OVERLAP["generic"])
+    attribute = {"genres": "c", "category": "c", "tags": "g"}[key]
+    if history and entry is not None and entry.get(attribute):
+        counts = _facts.overlap_counts(facts, history, candidate)
+        sub = SUBCATEGORY.format(k=counts["subcategory"]) if entry.get("s") else ""
+        out += sentence.format(n=counts[key], m=len(history), sub=sub)
+    return out + " Answer:"
 
 
-def render(scenario: str, example: Example, items: dict[str, Item]) -> tuple[str, str]:
-    """-> (prefix, suffix) for one example; the answer is ANSWERS[0] if example.label else ANSWERS[1]."""
+def render_history(scenario: str, history_texts, disliked_texts=(), facts: dict | None = None) -> str:
+    """The prefix (oldest first; only the last MAX_HISTORY items are shown).
+
+    Without facts the lists hold item texts. With facts (adapterhub.facts) they hold item ids or
+    texts, looked up in the facts (an unknown one is shown as a new item); pass the whole history:
+    the shares the rules use count all of it."""
+    history, disliked = list(history_texts), list(disliked_texts)
+    if facts is None:
+        shown = [(t, None) for t in history[-MAX_HISTORY:]]
+        shown_disliked = [(t, None) for t in disliked[-MAX_HISTORY:]]
+    else:
+        shown, shown_disliked = _resolve(facts, history[-MAX_HISTORY:]), _resolve(facts, disliked[-MAX_HISTORY:])
+    return _history_prefix(scenario, shown, shown_disliked, len(history), len(disliked), facts)
+
+
+def render_candidate(scenario: str, candidate_text, facts: dict | None = None, history=()) -> str:
+    """The suffix: starts with a newline, ends with 'Answer:'.
+
+    Without facts candidate_text is the candidate's text. With facts it is its id or text, and
+    `history` (the user's item ids or texts, all of them) gives the overlap counts."""
+    if facts is None:
+        return _candidate_suffix(scenario, candidate_text, None, None, None, ())
+    (text, entry), = _resolve(facts, [candidate_text])
+    return _candidate_suffix(scenario, text, entry, facts, candidate_text, list(history))
+
+
+def render(scenario: str, example: Example, items: dict[str, Item], facts: dict | None = None) -> tuple[str, str]:
+    """-> (prefix, suffix) for one example; the answer is ANSWERS[0] if example.label else ANSWERS[1].
+
+    facts (adapterhub.facts) adds each item's facts and the user-side counts the rules use; the
+    prefix still depends on the history and dislikes only."""
     def text(item_id: str, field: str) -> str:
         if item_id not in items:
             raise DataError(f"item id {item_id!r} is not in the scenario's items", field=field)
         return items[item_id].text
-    prefix = render_history(scenario, [text(i, "history") for i in example.history[-MAX_HISTORY:]],
-                            [text(i, "disliked") for i in example.disliked[-MAX_HISTORY:]])
-    return prefix, render_candidate(scenario, text(example.candidate, "candidate"))
+
+    def shown(ids, field):
+        return [(text(i, field), _facts.item(facts, i)) for i in ids[-MAX_HISTORY:]]
+
+    prefix = _history_prefix(scenario, shown(example.history, "history"), shown(example.disliked, "disliked"),
+                             len(example.history), len(example.disliked), facts)
+    suffix = _candidate_suffix(scenario, text(example.candidate, "candidate"), _facts.item(facts, example.candidate),
+                               facts, example.candidate, example.history)
+    return prefix, suffix

@@ -211,6 +211,51 @@ def test_news_impressions_dedup_and_split(news_dir):
         assert sum(1 - ex.label for ex in members) <= 4
 
 
+def test_news_labels_name_the_clicked_candidates(news_dir):
+    """Each label 'C2' / 'C1,C4' marks exactly the candidates on those C-lines, in every split."""
+    import csv
+
+    from adapterhub.datasets import mind
+    rows = list(csv.DictReader(open(news_dir / "mind-recprompt" / "test_group" / "variant1" / "a.csv", newline="")))
+    want = {}
+    for row in rows:
+        lines = row["candidate"].split("\n")
+        clicked = {lines[int(c.strip()[1:]) - 1].split(": ", 1)[1] for c in row["label"].split(",")}
+        want[f"imp{row['impression_id']}"] = clicked
+    for full in (False, True):
+        data = mind.load(news_dir, full_train=full)
+        for ex in (ex for split in data.splits.values() for ex in split if ex.group in want):
+            assert ex.label == int(data.items[ex.candidate].text in want[ex.group]), ex
+        # valid and test keep every candidate of an impression: all its clicks are there
+        for split in ("valid", "test"):
+            for g in {ex.group for ex in data.splits[split]}:
+                assert {data.items[ex.candidate].text for ex in data.splits[split] if ex.group == g and ex.label} \
+                    == want[g]
+
+
+def test_news_full_train_and_sampled_eval(news_dir):
+    from adapterhub.datasets import mind
+    base = load("mind", news_dir, seed=0)
+    full = mind.load(news_dir, full_train=True)
+    assert base.sha256 == mind.load(news_dir).sha256 != full.sha256
+    assert full.splits["valid"] == base.splits["valid"] and full.splits["test"] == base.splits["test"]
+    groups = {ex.group for ex in full.splits["train"]}
+    assert groups == {ex.group for ex in base.splits["train"]} | {"imp902"}   # nothing read is dropped
+    assert all(sum(ex.group == g for ex in full.splits["train"]) in (2, 6) for g in groups)  # every candidate
+    assert len(full.splits["train"]) > len(base.splits["train"])
+    natural = mind.load(news_dir, full_train=True, sampled_eval=True)
+    assert "imp902" in {ex.group for ex in natural.splits["test"]}
+    assert "imp902" not in {ex.group for ex in natural.splits["train"]}
+
+
+def test_news_candidate_lines_must_match_ids(news_dir):
+    f = news_dir / "mind-recprompt" / "test_group" / "variant1" / "a.csv"
+    text = f.read_text()
+    f.write_text(text.replace('C6: News', 'C6 News', 1))   # one C-line lost its number: labels would shift
+    with pytest.raises(DataError, match="'C<n>: ' lines but candidate_news_id has 6 ids"):
+        load("mind", news_dir, seed=0)
+
+
 def test_music_leave_last_out(music_dir):
     path, seqs = music_dir
     data = load("lastfm", path, seed=0, **SMALL)

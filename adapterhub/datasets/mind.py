@@ -4,9 +4,11 @@ Impressions come from test_group/variant*/*.csv (news ids, categories) and from
 sampled_1000_order.csv / sampled_100.csv (headlines only: ids and categories are looked up by
 headline in the test_group files, else the id is a hash of the headline and the category "").
 Duplicates are dropped by impression_id. Split by md5(impression_id) % 10: 0 test, 1 valid, else
-train. The sampled_* impressions are used for train only (their histories mostly lack categories,
-which would handicap the category baseline on valid/test). Train keeps every click and up to 4
-sampled non-clicks per impression.
+train. The sampled_* impressions are used for train only (27% of their history headlines have no
+category, which would handicap the category baseline on valid/test). Train keeps every click and
+up to 4 sampled non-clicks per impression. load()'s full_train / sampled_eval options use all the
+impressions read (see load). Labels ('C4', 'C13,C14') are 1-based positions in the candidate
+column's C1..Cn lines, which must match the candidate_news_id list one to one.
 """
 from __future__ import annotations
 
@@ -38,7 +40,13 @@ def read_csv(path: Path) -> list[tuple[int, dict]]:
     return [(reader.line_num, row) for row in reader]
 
 
-def load(path, *, seed: int = 0, n_candidates: int = 20, max_examples=None) -> ScenarioData:
+def load(path, *, seed: int = 0, n_candidates: int = 20, max_examples=None, full_train: bool = False,
+         sampled_eval: bool = False) -> ScenarioData:
+    """full_train: train keeps every candidate of its impressions (not 4 sampled non-clicks), and the
+    sampled_* impressions of the valid/test buckets go to train rather than being dropped.
+    sampled_eval: those sampled_* impressions go to valid/test instead (natural MIND impressions:
+    the test_group files over-represent clicks off the history's topics, see docs/NEWS_DIAGNOSIS.md).
+    Both False (the default) is the split the v1 adapters were trained and evaluated on."""
     root = find_dir(Path(path), "mind-recprompt", "test_group")
     grouped = sorted((root / "test_group").glob("variant*/*.csv"))
     sampled = [root / n for n in ("sampled_1000_order.csv", "sampled_100.csv") if (root / n).exists()]
@@ -74,6 +82,11 @@ def load(path, *, seed: int = 0, n_candidates: int = 20, max_examples=None) -> S
                         subcategory[nid] = sub.strip()
                         by_title.setdefault(items[nid].text, nid)
                 lists[side] = [c.strip() for c in cols[0]]
+            numbered = sum(1 for t in row["candidate"].split("\n") if strip_prefix(t) != t)
+            if numbered != len(lists["candidate"]):   # the label counts C-lines, ids come from the list
+                raise DataError(f"the candidate column has {numbered} 'C<n>: ' lines but candidate_news_id has "
+                                f"{len(lists['candidate'])} ids; labels could not be matched to candidates",
+                                file=str(f), line=line, field="candidate")
             if row["impression_id"] not in impressions:
                 clicked = parse_label(row, f, line, len(lists["candidate"]))
                 impressions[row["impression_id"]] = (lists["history"], lists["candidate"], clicked)
@@ -100,16 +113,19 @@ def load(path, *, seed: int = 0, n_candidates: int = 20, max_examples=None) -> S
         hist, cands, clicked = impressions[imp]
         bucket = md5_int(imp) % 10
         split = "test" if bucket == 0 else "valid" if bucket == 1 else "train"
-        if split != "train" and imp in train_only:
-            continue
+        if split != "train" and imp in train_only and not sampled_eval:
+            if not full_train:
+                continue
+            split = "train"
         keep = range(len(cands))
-        if split == "train":   # all clicks + a few seeded non-clicks keep train balanced and small
+        if split == "train" and not full_train:   # all clicks + a few seeded non-clicks: small, balanced
             negs = [i for i in keep if i not in clicked]
             negs = rng_for(seed, "news", imp).sample(negs, min(TRAIN_NEGATIVES, len(negs)))
             keep = sorted(set(clicked) | set(negs))
         user = f"imp{imp}"   # MIND user ids are not in these files
         history = tuple(hist)   # full click history: prompts show the last 10, baselines use all
         splits[split] += [Example(user, history, cands[i], int(i in clicked), group=user) for i in keep]
-    params = {"seed": seed, "max_examples": max_examples}
+    params = {"seed": seed, "max_examples": max_examples}   # options only when set: the default keeps its hash
+    params.update({k: True for k, v in (("full_train", full_train), ("sampled_eval", sampled_eval)) if v})
     return finish("news", SOURCE, items, splits, "impression", grouped + sampled, params,
                   {"subcategory": subcategory})

@@ -1,0 +1,229 @@
+"""Scenario facts: per-item popularity, like-rate and category/tags from a TRAIN split, stored as
+JSON with each adapter version, rendered next to item texts in prompts (adapterhub.prompts) and
+turned into the no-learning rules' features for the fused score (adapterhub.fused).
+
+A facts dict (short keys keep the file small; absent keys mean "none"/0):
+
+    {"format": 1, "scenario": "video", "source": "movielens-100k+tallrec", "n_users": 79,
+     "global_like_rate": 0.55,                       # video only: the like-rate of an unknown movie
+     "items": {"1": {"t": "Toy Story (1995)",         # the item's text (lookup by title)
+                     "p": 52,                         # popularity: distinct train users with a positive
+                     "b": 10,                         # bucket: in the top b% most popular (1/5/10/25/50)
+                     "r": 0.82,                       # like-rate (video)
+                     "c": "Animation|Comedy",         # category / genres / brand
+                     "s": "football_nfl",             # news subcategory
+                     "g": ["rock", "indie"]}}}        # music: the artist's top tags
+
+Only the train split and data.extra (which the loaders build from train data only) are read;
+category, subcategory and tags are catalog metadata, known for every item. An item missing from
+the facts (a new item) gets the neutral values the rules give an unseen item: popularity 0, the
+global like-rate, no category match.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+from . import baselines
+from .datasets.common import ScenarioData
+from .errors import DataError
+
+FACTS_FILE = "facts.json"
+FORMAT = 1
+BUCKETS = (1, 5, 10, 25, 50)   # "top b% popular"; items below the top half get no bucket
+
+# Features of one (user, candidate) for the fused score: log1p popularity (most-popular), the
+# scenario rule's score as baselines.py computes it, and that rule's parts where it has several.
+FEATURE_NAMES: dict[str, tuple[str, ...]] = {
+    "video": ("log1p_popularity", "like_share_plus_rate", "like_rate"),
+    "news": ("log1p_popularity", "category_overlap", "subcategory_overlap"),
+    "ecommerce": ("log1p_popularity", "brand_overlap"),
+    "music": ("log1p_popularity", "tag_overlap"),
+    "generic": ("log1p_popularity", "category_overlap"),
+}
+RULES = {"video": "like-share+rate", "news": "category-overlap", "ecommerce": "brand-overlap",
+         "music": "tag-overlap", "generic": "category-overlap"}   # the baselines.BASELINES names
+
+
+def feature_names(scenario: str) -> tuple[str, ...]:
+    """FEATURE_NAMES of a scenario; a custom scenario gets the generic (category) ones."""
+    return FEATURE_NAMES.get(scenario, FEATURE_NAMES["generic"])
+
+
+def compute(data: ScenarioData) -> dict:
+    """Per-item facts of `data` from its train split (+ data.extra); JSON-serialisable."""
+    counts = baselines.popularity(data)
+    ranked = sorted(counts.get(i, 0) for i in data.items)   # ascending
+    n = len(ranked)
+    rates = data.extra.get("like_rate", {})
+    subs = data.extra.get("subcategory", {})
+    tags = data.extra.get("tags", {})
+    items = {}
+    for item_id, item in data.items.items():
+        entry: dict = {"t": item.text}
+        pop = counts.get(item_id, 0)
+        if pop:
+            entry["p"] = pop
+            above = n - bisect.bisect_right(ranked, pop)   # items strictly more popular
+            bucket = next((b for b in BUCKETS if above < b * n / 100), None)
+            if bucket is not None:
+                entry["b"] = bucket
+        if item_id in rates:
+            entry["r"] = rates[item_id]
+        if item.category:
+            entry["c"] = item.category
+        if subs.get(item_id):
+            entry["s"] = subs[item_id]
+        if tags.get(item_id):
+            entry["g"] = list(tags[item_id])
+        items[item_id] = entry
+    facts = {"format": FORMAT, "scenario": data.scenario, "source": data.source,
+             "n_users": len({ex.user for ex in data.splits["train"]})}
+    if "global_like_rate" in data.extra:
+        facts["global_like_rate"] = data.extra["global_like_rate"]
+    facts["items"] = items
+    return facts
+
+
+# ------------------------------------------------------------------ files
+def save(facts: dict, path) -> Path:
+    """Write facts as plain compact JSON (the in-memory lookup index is left out) -> the path."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FACTS_FILE
+    body = {k: v for k, v in facts.items() if not k.startswith("_")}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(body, f, ensure_ascii=False, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load(path) -> dict:
+    """Read a facts file (or the FACTS_FILE in a version folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FACTS_FILE
+    try:
+        facts = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("no facts file here; facts are written with the adapter version "
+                        "(adapterhub.facts.save(facts.compute(data), folder))", file=str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"the facts file is not valid JSON ({e})", file=str(path)) from None
+    if not isinstance(facts, dict) or not isinstance(facts.get("items"), dict):
+        raise DataError("the facts file has no 'items' object", file=str(path))
+    if facts.get("format", FORMAT) > FORMAT:
+        raise DataError(f"facts format {facts['format']} is newer than this adapterhub reads ({FORMAT}); "
+                        "upgrade adapterhub", file=str(path))
+    return facts
+
+
+# ------------------------------------------------------------------ lookup
+def normalise(text: str) -> str:
+    """Case- and whitespace-insensitive form of an item text."""
+    return " ".join(str(text).casefold().split())
+
+
+_TRAILING = re.compile(r"\s*\([^()]*\)\s*$")   # "Heat (1995)" -> "Heat"; "Muse (tags: rock)" -> "Muse"
+
+
+def _index(facts: dict) -> dict[str, str]:
+    """text -> id: exact texts, then their normalised forms, then those without a trailing "(...)".
+    Built once and kept in the dict under "_by_text" (save() leaves it out). The first item wins."""
+    index = facts.get("_by_text")
+    if index is None:
+        index = {}
+        items = facts["items"]
+        for item_id, entry in items.items():
+            index.setdefault(entry.get("t", ""), item_id)
+        for item_id, entry in items.items():
+            index.setdefault("\0" + normalise(entry.get("t", "")), item_id)
+        for item_id, entry in items.items():
+            short = _TRAILING.sub("", entry.get("t", ""))
+            if short:
+                index.setdefault("\0" + normalise(short), item_id)
+        facts["_by_text"] = index
+    return index
+
+
+def lookup(facts: dict | None, ref) -> str | None:
+    """The item id that `ref` names: a dataset id, an exact item text, or the text up to case and
+    whitespace (or without a trailing "(1995)" / "(tags: ...)"); None when unknown, never an error."""
+    if not facts or ref is None:
+        return None
+    ref = str(ref)
+    if ref in facts["items"]:
+        return ref
+    index = _index(facts)
+    return index.get(ref) or index.get("\0" + normalise(ref))
+
+
+def item(facts: dict | None, ref) -> dict | None:
+    """The facts entry of an item (see the module docstring), or None when unknown."""
+    item_id = lookup(facts, ref)
+    return None if item_id is None else facts["items"][item_id]
+
+
+# ------------------------------------------------------------------ rules and features
+def _entries(facts: dict | None, refs) -> list[dict]:
+    """The facts entry of each ref ({} for an unknown item)."""
+    items = facts["items"] if facts else {}
+    return [items.get(lookup(facts, r)) or {} for r in refs]
+
+
+def overlap_counts(facts: dict | None, history, candidate) -> dict[str, int]:
+    """How many history items share the candidate's category, subcategory, one of its tags, or
+    one of its genres (a '|'-separated category) -> {"category", "subcategory", "tags", "genres"}."""
+    hist = _entries(facts, history)
+    cand = _entries(facts, [candidate])[0]
+    cat, sub, tags = cand.get("c", ""), cand.get("s", ""), set(cand.get("g", ()))
+    genres = set(cat.split("|")) - {""}
+    return {"category": sum(1 for h in hist if cat and h.get("c") == cat),
+            "subcategory": sum(1 for h in hist if sub and h.get("s") == sub),
+            "tags": sum(1 for h in hist if tags & set(h.get("g", ()))),
+            "genres": sum(1 for h in hist if genres & set(h.get("c", "").split("|")))}
+
+
+def _pieces(facts: dict | None, history, disliked, candidate) -> dict[str, float]:
+    """The rules' inputs for one candidate, computed by baselines.py's own arithmetic; an unknown
+    item takes the value the rules give an unseen one (popularity 0, the global like-rate, no match)."""
+    hist = _entries(facts, history)
+    cand = _entries(facts, [candidate])[0]
+    cat, sub = cand.get("c", ""), cand.get("s", "")
+    return {"popularity": float(cand.get("p", 0)),
+            "like_share": baselines.like_share(len(history), len(disliked)),
+            "like_rate": cand.get("r", (facts or {}).get("global_like_rate", 0.5)),
+            "category": baselines.overlap(cat, sub, [h.get("c", "") for h in hist], [h.get("s", "") for h in hist]),
+            "subcategory": float(sum(1 for h in hist if sub and h.get("s") == sub)),
+            "tags": baselines.tag_count(cand.get("g", ()), [h.get("g", ()) for h in hist])}
+
+
+def rule_scores(facts: dict | None, scenario: str, history, disliked, candidate) -> dict[str, float]:
+    """{baseline name: score} for one candidate, equal to baselines.py's scores without their tie
+    jitter. history / disliked / candidate: item ids (texts also work: they go through lookup)."""
+    p = _pieces(facts, history, disliked, candidate)
+    rule = RULES.get(scenario, RULES["generic"])
+    value = {"like-share+rate": p["like_share"] + p["like_rate"], "tag-overlap": p["tags"]}.get(rule, p["category"])
+    return {"most-popular": p["popularity"], rule: value}
+
+
+def features(facts: dict | None, scenario: str, history_ids, disliked_ids, candidate_id) -> list[float]:
+    """The rules' inputs for one candidate, in the order of feature_names(scenario)."""
+    p = _pieces(facts, history_ids, disliked_ids, candidate_id)
+    values = {"log1p_popularity": math.log1p(p["popularity"]),
+              "like_share_plus_rate": p["like_share"] + p["like_rate"], "like_rate": p["like_rate"],
+              "category_overlap": p["category"], "subcategory_overlap": p["subcategory"],
+              "brand_overlap": p["category"], "tag_overlap": p["tags"]}
+    return [values[name] for name in feature_names(scenario)]
+
+
+def feature_matrix(facts: dict | None, scenario: str, examples) -> list[list[float]]:
+    """features() of each Example (its full history and dislikes, as the rules use them)."""
+    return [features(facts, scenario, ex.history, ex.disliked, ex.candidate) for ex in examples]
