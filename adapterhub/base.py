@@ -121,6 +121,7 @@ def load_base(spec: str = DEFAULT_BASE, quant: str = "nf4", device: str | torch.
         model, tok = _load_folder(folder, quant, dev)
         weights_id = _weights_hash(folder)
     quantize_(model, quant, dev)
+    _release_freed_memory()  # the fp32 weights just quantized: before the dequantized copies are made
     if compute != "native":
         dequantize_(model, torch.bfloat16 if compute == "bf16" else torch.float32)
     model.eval().requires_grad_(False)
@@ -130,7 +131,7 @@ def load_base(spec: str = DEFAULT_BASE, quant: str = "nf4", device: str | torch.
 
 
 def _release_freed_memory() -> None:
-    """Hand the fp32 load's freed pages back to the OS (glibc keeps them otherwise: ~400 MB RSS)."""
+    """Hand the fp32 copies' freed pages back to the OS (glibc keeps them otherwise)."""
     import gc
     gc.collect()  # the replaced 4-bit modules sit in reference cycles
     try:
@@ -210,12 +211,53 @@ def convert_smollm2(force: bool = False) -> Path:
 def _load_folder(folder, quant: str, dev: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     dtype = torch.bfloat16 if quant == "bf16" else torch.float32
+    files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True)
+        if len(files) == 1:
+            model = _load_streamed(folder, files[0], dtype, quant, dev)
+        else:  # sharded or a hub id: transformers' own loader
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True)
         tok = AutoTokenizer.from_pretrained(folder)
     except OSError as e:
         raise BaseModelError(f"cannot load base '{folder}': {e}") from e
     return model.to(dev), tok
+
+
+def _load_streamed(folder, file: Path, dtype: torch.dtype, quant: str, dev: torch.device) -> nn.Module:
+    """Build the model empty, then read its weights one tensor at a time with plain reads.
+
+    from_pretrained maps the file; every page the quantization then reads stays resident until the
+    last weight viewing the mapping is gone, so an NF4 load peaked at ~1.4 GB RSS for SmolLM2. Read
+    tensor by tensor, and each decoder Linear quantized as soon as its weights are in (nf4/int8),
+    the peak is the model being built plus one tensor.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from .safetensors_io import DTYPES, read_header
+    config = AutoConfig.from_pretrained(folder)
+    with init_empty_weights(include_buffers=False):  # parameters on 'meta', buffers (rotary) real
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    header, start = read_header(file)
+    decoder_prefix = next(n for n, m in model.named_modules() if m is model.get_decoder()) + "."
+    linears = {n for n, m in model.named_modules() if type(m) is nn.Linear}
+    with open(file, "rb") as fh:
+        for name, info in header.items():
+            t = torch.empty(info["shape"], dtype=getattr(torch, DTYPES[info["dtype"]][0]))
+            fh.seek(start + info["data_offsets"][0])
+            if t.numel() and fh.readinto(t.view(-1).view(torch.uint8).numpy()) != t.numel() * t.element_size():
+                raise BaseModelError(f"{file}: tensor {name!r} is truncated")
+            model.load_state_dict({name: t.to(dtype)}, strict=False, assign=True)
+            path = name.rsplit(".", 1)[0]
+            if quant in ("nf4", "int8") and path.startswith(decoder_prefix) and path in linears:
+                module = model.get_submodule(path)
+                if all(p.device.type != "meta" for p in module.parameters()):
+                    parent, _, child = path.rpartition(".")
+                    setattr(model.get_submodule(parent), child, _quantized_linear(module, quant, dev))
+    model.tie_weights()
+    empty = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if empty:
+        raise BaseModelError(f"{file} has no weights for {len(empty)} parameter(s) of the model, e.g. {empty[:3]}")
+    return model
 
 
 def _random_model(preset: str, dev: torch.device, quant: str, seed: int):
@@ -260,27 +302,32 @@ def quantize_(model: nn.Module, quant: str, dev: torch.device) -> None:
     if quant in ("bf16", "fp32"):
         model.to(torch.bfloat16 if quant == "bf16" else torch.float32)
         return
-    bnb = import_bitsandbytes()
     compute_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     model.to(compute_dtype)  # embeddings and norms compute in the same dtype as the 4/8-bit layers
     decoder = model.get_decoder()
     for parent_name, parent in list(decoder.named_modules()):
         for child_name, child in list(parent.named_children()):
-            if type(child) is not nn.Linear:
-                continue
-            weight = child.weight.data.to(compute_dtype)
-            if quant == "nf4":
-                new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                        compute_dtype=compute_dtype, quant_type="nf4", device="meta")
-                new.weight = bnb.nn.Params4bit(weight.cpu(), requires_grad=False, quant_type="nf4")
-            else:
-                new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
-                                          has_fp16_weights=False, threshold=6.0, device="meta")
-                new.weight = bnb.nn.Int8Params(weight.cpu(), requires_grad=False, has_fp16_weights=False)
-            if child.bias is not None:
-                new.bias = nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
-            setattr(parent, child_name, new.to(dev))  # .to() quantizes
+            if type(child) is nn.Linear:
+                setattr(parent, child_name, _quantized_linear(child, quant, dev))
     guard_nf4_(model)
+
+
+def _quantized_linear(child: nn.Linear, quant: str, dev: torch.device) -> nn.Module:
+    """One nn.Linear as a bitsandbytes nf4/int8 layer on `dev`."""
+    bnb = import_bitsandbytes()
+    compute_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    weight = child.weight.data.to(compute_dtype)
+    if quant == "nf4":
+        new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                compute_dtype=compute_dtype, quant_type="nf4", device="meta")
+        new.weight = bnb.nn.Params4bit(weight.cpu(), requires_grad=False, quant_type="nf4")
+    else:
+        new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
+                                  has_fp16_weights=False, threshold=6.0, device="meta")
+        new.weight = bnb.nn.Int8Params(weight.cpu(), requires_grad=False, has_fp16_weights=False)
+    if child.bias is not None:
+        new.bias = nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
+    return new.to(dev)  # .to() quantizes
 
 
 class _DropMessage(logging.Filter):

@@ -1,90 +1,211 @@
-"""Training throughput (samples/s) and peak memory for LoRA and QLoRA (issue 5, item 6).
+"""Training and ranking throughput: adapterhub's loop against a plain PEFT + transformers loop,
+on the same examples, in the same run (issue 11).
 
-    python benchmarks/training.py --quick                             # CPU, SmolLM2-135M fp32 + NF4, ~1.5 min
-    python benchmarks/training.py --base random:llama-1b --device cuda # bf16 (LoRA) + NF4 (QLoRA)
+    python benchmarks/training.py --quick                                 # synthetic podcasts data, ~2 min
+    python benchmarks/training.py --scenarios music,news,video --steps 6  # real prompts (../shared/data)
 
-`Hub.train` (publish=False) on the built-in synthetic 'podcasts' scenario (adapterhub.demo), r=8
-on q/k/v/o, one quant mode per fresh process so each peak is its own. A 16-bit/fp32 base is LoRA,
-an NF4 base QLoRA. Rows (suite "train"):
-  train_samples_per_s  max_steps * batch_size / train_s; train_s is the card's (the training loop,
-                       including the one validation pass over n_valid examples at the last step)
-  train_peak_bytes     peak process RSS (ru_maxrss) on CPU, torch.cuda.max_memory_allocated on CUDA;
-                       before_bytes is the same measure after the base was loaded, before training
+Per scenario, each mode in a fresh process (so each peak RSS is its own), r=8 on q/k/v/o:
+  ours          Hub.train (publish=False): packed shared-prefix groups, listwise+BCE loss, the base
+                dequantized once (compute=auto: bf16 matmuls on CPUs with AVX512-BF16/AMX), gradient
+                checkpointing (the default). candidates/s is the card's: candidates judged per second
+                of training steps, evaluation excluded.
+  ours-nockpt   the same without gradient checkpointing (faster, more memory)
+  peft          what one writes by hand for QLoRA: PeftModel over the bitsandbytes NF4 base, one full
+                prompt per candidate, batch of --batch prompts, BCE on the Yes-No logit
+  peft-bf16     the same PEFT loop over the base dequantized once to bf16: isolates what packing buys
+The candidates PEFT sees are drawn by the same grouping and negative sampling, with the same seed.
+A `score` row compares ranking 20 candidates: Hub.score_candidates (packed) vs PEFT over NF4
+scoring the 20 full prompts in one batch, alternated in one process.
+Rows (suite "train"): train_candidates_per_s (peft: the PEFT figure beside ours), train_peak_bytes,
+rank_candidates_per_s.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from common import Budget, Recorder, add_args, quant_list
+from common import Budget, Recorder, add_args
 
-STEPS, STEPS_QUICK = 30, 6
-BATCH, RANK, N_VALID = 8, 8, 16
+STEPS, STEPS_QUICK = 8, 3
+BATCH, RANK = 8, 8
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+MODES = ("ours", "ours-nockpt", "peft", "peft-bf16")
 
 
-def child(base: str, quant: str, device: str, steps: int, batch: int) -> dict:
-    import torch
-    from adapterhub import prompts
+def load_data(scenario: str):
+    if scenario == "synthetic":
+        from adapterhub.demo import example_data
+        return example_data()
+    from adapterhub import datasets
+    return datasets.load(scenario)
+
+
+def candidates(data, n: int, seed: int = 0) -> list[list]:
+    """n candidates as adapterhub's loop draws them: groups, sampled down or topped up with negatives."""
     from adapterhub.config import TrainConfig
-    from adapterhub.demo import example_data
+    from adapterhub.train import NegativeSampler, build_groups, visit
+    rng = random.Random(seed)
+    train = data.splits["train"]
+    groups, sampler, cfg = build_groups(train), NegativeSampler(train), TrainConfig()
+    out = []
+    while len(out) < n:
+        out += visit(groups[rng.randrange(len(groups))], cfg, sampler, rng)
+    return out[:n]
+
+
+def child_ours(base: str, quant: str, device: str, scenario: str, steps: int, batch: int, ckpt: bool) -> dict:
+    from adapterhub.config import TrainConfig
     from adapterhub.hub import Hub
-    from common import peak_rss_bytes, rss_bytes
+    from common import peak_rss_bytes
+    data = load_data(scenario)
     with tempfile.TemporaryDirectory() as tmp:
         hub = Hub(base=base, registry=Path(tmp) / "adapters", quant=quant, device=device)
-        data = example_data()
-        cuda = hub.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated() if cuda else rss_bytes()
-        cfg = TrainConfig(r=RANK, max_steps=steps, batch_size=batch, eval_every=steps, warmup_steps=1,
-                          n_valid=N_VALID, n_test=N_VALID, patience=10)
+        cfg = TrainConfig(r=RANK, max_steps=steps, batch_size=batch, eval_every=steps, warmup_steps=1, n_valid=20,
+                          n_test=0, grad_checkpointing=ckpt)
         _, card = hub.train("bench", data, cfg, publish=False, progress=False)
-        if cuda:
-            torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
-        tokens = [len(hub.encode("".join(prompts.render(data.scenario, ex, data.items)))) for ex in data.splits["train"]]
-    log = card["train"]["log"]
-    return {"train_s": card["train"]["train_s"], "peak_bytes": peak, "before_bytes": before,
-            "memory": "cuda_max_allocated" if cuda else "ru_maxrss", "loss": log[-1]["loss"] if log else None,
-            "tokens_per_sample": sum(tokens) / len(tokens)}
+    t = card["train"]
+    return {"candidates_per_s": t["candidates_per_s"], "candidates": t["candidates"], "train_s": t["train_s"],
+            "peak_bytes": peak_rss_bytes(), "compute": hub.base.compute, "loss": t["log"][-1]["loss"]}
+
+
+def peft_model(base: str, quant: str, device: str, compute: str):
+    import peft
+    from adapterhub.base import load_base
+    b = load_base(base, quant=quant, device=device, compute=compute)
+    model = peft.get_peft_model(b.model, peft.LoraConfig(r=RANK, lora_alpha=2 * RANK, lora_dropout=0.05,
+                                                         target_modules=TARGETS, task_type="CAUSAL_LM"))
+    yes, no = (b.tokenizer.encode(a, add_special_tokens=False)[0] for a in (" Yes", " No"))
+    return b, model, yes, no
+
+
+def peft_logits(model, tok_ids: list[list[int]], yes: int, no: int, device):
+    """Left-padded batch of full prompts -> the Yes-No logit at each last token."""
+    import torch
+    width = max(map(len, tok_ids))
+    ids = torch.zeros(len(tok_ids), width, dtype=torch.long)
+    mask = torch.zeros(len(tok_ids), width, dtype=torch.long)
+    for i, x in enumerate(tok_ids):
+        ids[i, width - len(x):] = torch.tensor(x)
+        mask[i, width - len(x):] = 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1).logits[:, -1].float()
+    return logits[:, yes] - logits[:, no]
+
+
+def child_peft(base: str, quant: str, device: str, scenario: str, steps: int, batch: int, compute: str) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from adapterhub import prompts
+    from common import peak_rss_bytes
+    data = load_data(scenario)
+    b, model, yes, no = peft_model(base, quant, device, compute)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    cands = candidates(data, (steps + 1) * batch)
+    enc = [b.tokenizer.encode("".join(prompts.render(data.scenario, ex, data.items))) for ex in cands]
+    elapsed = 0.0
+    for step in range(steps + 1):  # step 0 warms up
+        rows = slice(step * batch, (step + 1) * batch)
+        t = time.perf_counter()
+        z = peft_logits(model, enc[rows], yes, no, b.device)
+        labels = torch.tensor([float(ex.label) for ex in cands[rows]], device=z.device)
+        F.binary_cross_entropy_with_logits(z, labels).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step:
+            elapsed += time.perf_counter() - t
+    return {"candidates_per_s": steps * batch / elapsed, "candidates": steps * batch, "train_s": elapsed,
+            "peak_bytes": peak_rss_bytes(), "compute": b.compute,
+            "tokens_per_candidate": sum(map(len, enc)) / len(enc)}
+
+
+def child_score(base: str, quant: str, device: str, scenario: str, repeat: int) -> dict:
+    """Rank one user's 20 candidates: Hub.score_candidates (packed, compute=auto) vs PEFT NF4, one batch."""
+    import torch
+    from adapterhub import prompts
+    from adapterhub.hub import Hub
+    data = load_data(scenario)
+    ex = data.splits["test"][0]
+    group = [e for e in data.splits["test"] if (e.group or e.user) == (ex.group or ex.user)][:20]
+    cands = group + candidates(data, 20 - len(group)) if len(group) < 20 else group
+    prefix, _ = prompts.render(data.scenario, ex, data.items)
+    suffixes = [prompts.render(data.scenario, c, data.items)[1] for c in cands]
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = Hub(base=base, registry=Path(tmp) / "a", quant=quant, device=device)
+        b, model, yes, no = peft_model(base, quant, device, "native")
+        model.eval()
+        full = [b.tokenizer.encode(prefix + s) for s in suffixes]
+        ours_s, peft_s = [], []
+        with torch.no_grad():
+            for _ in range(repeat + 1):  # alternate; the first round warms up
+                t = time.perf_counter()
+                a = hub.score_candidates(None, prefix, suffixes, batch_size=20)
+                ours_s.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                p = torch.sigmoid(peft_logits(model, full, yes, no, b.device)).tolist()
+                peft_s.append(time.perf_counter() - t)
+    ours, theirs = sorted(ours_s[1:])[len(ours_s[1:]) // 2], sorted(peft_s[1:])[len(peft_s[1:]) // 2]
+    return {"ours_per_s": len(suffixes) / ours, "peft_per_s": len(suffixes) / theirs, "candidates": len(suffixes),
+            "max_abs_p_diff": max(abs(x - y) for x, y in zip(a, p)), "compute": hub.base.compute}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_args(ap)
-    ap.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {STEPS}, --quick {STEPS_QUICK})")
-    ap.add_argument("--batch", type=int, default=BATCH)
+    add_args(ap, quants="nf4")
+    ap.add_argument("--steps", type=int, default=None, help=f"timed steps per mode (default {STEPS}, --quick {STEPS_QUICK})")
+    ap.add_argument("--batch", type=int, default=BATCH, help="candidates per step")
+    ap.add_argument("--scenarios", default=None, help="comma list of music,news,video,ecommerce (real data); "
+                                                      "default: synthetic (--quick) or music,news,video")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma list of " + ", ".join(MODES))
+    ap.add_argument("--repeat", type=int, default=None, help="ranking repeats (default 5, --quick 2)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     steps = args.steps or (STEPS_QUICK if args.quick else STEPS)
+    quant = args.quants.split(",")[0]
+    scenarios = (args.scenarios or ("synthetic" if args.quick else "music,news,video")).split(",")
     if args.child:
-        print(json.dumps(child(args.base, args.child, args.device, steps, args.batch)))
+        mode, scenario = args.child.split(":")
+        if mode.startswith("ours"):
+            out = child_ours(args.base, quant, args.device, scenario, steps, args.batch, mode == "ours")
+        elif mode == "score":
+            out = child_score(args.base, quant, args.device, scenario, args.repeat or (2 if args.quick else 5))
+        else:
+            out = child_peft(args.base, quant, args.device, scenario, steps, args.batch,
+                             "native" if mode == "peft" else "bf16")
+        print(json.dumps(out))
         return
     from common import run_child
     budget = Budget(args.budget_s)
-    rec = Recorder("train", args.out, base=args.base, device=args.device)
-    for quant in quant_list(args.quants, args.device):
-        rec.context.update(quant=quant)
-        params = {"method": "QLoRA" if quant in ("nf4", "int8") else "LoRA", "steps": steps, "batch_size": args.batch,
-                  "rank": RANK}
-        if budget.over():
-            rec.record("skipped", params, None, unit="", extra={"reason": "time budget"})
-            continue
-        try:
-            m = run_child([str(Path(__file__).resolve()), "--child", quant, "--base", args.base, "--device", args.device,
-                           "--steps", str(steps), "--batch", str(args.batch)], timeout=budget.left() + 120)
-        except RuntimeError as e:
-            rec.record("skipped", params, None, unit="", extra={"reason": str(e)[:300]})
-            continue
-        rec.record("train_samples_per_s", params, steps * args.batch / m["train_s"], unit="samples/s",
-                   extra={"train_s": m["train_s"], "loss": m["loss"], "tokens_per_sample": m["tokens_per_sample"],
-                          "n_valid": N_VALID})
-        rec.record("train_peak_bytes", params, m["peak_bytes"], unit="B",
-                   extra={"before_bytes": m["before_bytes"], "memory": m["memory"]})
+    rec = Recorder("train", args.out, base=args.base, device=args.device, quant=quant)
+    me = str(Path(__file__).resolve())
+    common = ["--base", args.base, "--device", args.device, "--quants", quant, "--steps", str(steps),
+              "--batch", str(args.batch)] + (["--quick"] if args.quick else [])
+    for scenario in scenarios:
+        got = {}
+        for mode in [m for m in args.modes.split(",") if m] + ["score"]:
+            params = {"scenario": scenario, "mode": mode, "steps": steps, "batch_size": args.batch, "rank": RANK}
+            if budget.over():
+                rec.record("skipped", params, None, unit="", extra={"reason": "time budget"})
+                continue
+            try:
+                got[mode] = m = run_child([me, "--child", f"{mode}:{scenario}", *common], timeout=budget.left() + 600)
+            except RuntimeError as e:
+                rec.record("skipped", params, None, unit="", extra={"reason": str(e)[:300]})
+                continue
+            if mode == "score":
+                rec.pair("rank_candidates_per_s", params, m["ours_per_s"], m["peft_per_s"], unit="candidates/s",
+                         extra={"ratio": m["ours_per_s"] / m["peft_per_s"], "max_abs_p_diff": m["max_abs_p_diff"],
+                                "compute": m["compute"], "candidates": m["candidates"]})
+                continue
+            extra = {k: v for k, v in m.items() if k not in ("candidates_per_s", "peak_bytes")}
+            if mode != "ours" and "ours" in got:
+                extra["ours_over_this"] = got["ours"]["candidates_per_s"] / m["candidates_per_s"]
+            rec.record("train_candidates_per_s", params, m["candidates_per_s"], unit="candidates/s", extra=extra)
+            rec.record("train_peak_bytes", params, m["peak_bytes"], unit="B", extra={"memory": "ru_maxrss"})
     rec.print_table()
 
 

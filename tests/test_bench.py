@@ -114,11 +114,15 @@ def test_ranking(scripts, tmp_path):
 
 
 def test_training(in_process, tmp_path):
-    in_process("training").main(TINY + ["--out", str(tmp_path), "--steps", "1", "--batch", "2"])
+    in_process("training").main(TINY + ["--out", str(tmp_path), "--steps", "1", "--batch", "4", "--modes", "ours,peft",
+                                        "--repeat", "1"])
     rows = read_rows(tmp_path, "train")
-    speed = measured(rows, "train_samples_per_s")[0]
-    assert speed["params"]["method"] == "LoRA" and speed["params"]["steps"] == 1
-    assert measured(rows, "train_peak_bytes")[0]["memory"] == "ru_maxrss"
+    speed = {r["params"]["mode"]: r for r in measured(rows, "train_candidates_per_s")}
+    assert set(speed) == {"ours", "peft"} and speed["peft"]["ours_over_this"] > 0
+    assert speed["ours"]["candidates"] >= 4 and speed["peft"]["candidates"] == 4
+    assert {r["memory"] for r in measured(rows, "train_peak_bytes")} == {"ru_maxrss"}
+    rank = measured(rows, "rank_candidates_per_s")[0]
+    assert rank["candidates"] == 20 and rank["max_abs_p_diff"] < 1e-4  # fp32 base: packed == full prompts
 
 
 def test_merge_quality_skips_random_base(scripts, tmp_path):
