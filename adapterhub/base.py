@@ -360,14 +360,14 @@ def import_bitsandbytes():
     return bitsandbytes
 
 
-class DequantizedLinear(nn.Module):
+class DequantizedLinear(nn.Linear):
     """A 4/8-bit Linear's weights, dequantized once, kept in `weight.dtype` (bf16 or fp32). The
     matmul runs in that dtype; input and output keep the model's dtype, so the residual stream and
     the norms stay fp32 and only the matmul inputs are rounded (bf16: P(yes) within ~0.01)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        self.out_features, self.in_features = weight.shape
+        # an nn.Linear (so that PEFT and others accept it), built empty on meta, then given the weights
+        super().__init__(weight.shape[1], weight.shape[0], bias=False, device="meta", dtype=weight.dtype)
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.to(weight.dtype), requires_grad=False)
 

@@ -40,8 +40,10 @@ class TrainConfig:
     patience: int = _f(3, "stop after this many checks without a better validation metric")
     seed: int = _f(0, "seed for data order, LoRA init and dropout")
     n_train: int | None = _f(None, "use at most this many training examples (seeded sample)")
-    n_valid: int | None = _f(256, "validation examples (whole groups for ranking data)")
-    n_test: int | None = _f(512, "test examples for the card's metrics (whole groups)")
+    n_valid: int | None = _f(2000, "validation examples (whole groups): picks the best step and fits the fused score")
+    n_test: int | None = _f(6000, "test examples for the card's metrics (whole groups); only reported")
+    facts: bool = _f(True, "render scenario facts (popularity, like-rate, category/tags; from the train split "
+                           "only, stored with the version) in prompts, and fit the fused score on valid")
     max_grad_norm: float = _f(1.0, "gradient clipping")
     init_from: str | None = _f(None, "warm start from this adapter (same base and targets)")
     teacher: str | None = _f(None, "distil from this adapter's P(yes)")

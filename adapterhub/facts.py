@@ -90,6 +90,12 @@ def compute(data: ScenarioData) -> dict:
 
 
 # ------------------------------------------------------------------ files
+def dumps(facts: dict) -> bytes:
+    """The facts file's bytes: compact JSON, without the in-memory lookup index."""
+    body = {k: v for k, v in facts.items() if not k.startswith("_")}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def save(facts: dict, path) -> Path:
     """Write facts as plain compact JSON (the in-memory lookup index is left out) -> the path."""
     path = Path(path)

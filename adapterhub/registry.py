@@ -39,6 +39,7 @@ PICKLES = ("adapter_model.bin", "pytorch_model.bin", "adapter_model.pt", "adapte
 LOCK_TIMEOUT_S = 120
 MAX_JSON_BYTES = 16 << 20  # a card or adapter_config.json; real ones are KBs
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+EXTRA_FILE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\.json$")  # extra version files: plain JSON only
 
 
 def check_name(name: str) -> str:
@@ -223,6 +224,21 @@ class Registry:
         tensors, _ = read_safetensors(weights, expected_sha256=sha)
         return config, tensors, card, folder
 
+    def read_file(self, ref: str, fname: str) -> bytes | None:
+        """An extra file of a version (see publish(files=...)), checked against the card's sha256;
+        None when the version has no such file."""
+        folder, card = self.resolve(ref), self.card(ref)
+        want = (card.get("files") or {}).get(fname)
+        if want is None:
+            return None
+        path = folder / fname
+        if path.is_symlink() or not path.is_file():
+            raise RegistryError(f"{path} is missing or a symbolic link; republish the adapter")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != want:
+            raise RegistryError(f"{path}: sha256 does not match the card's: changed or corrupted after publishing")
+        return data
+
     # ------------------------------------------------------------ writing
     def _lock(self, name: str) -> FileLock:
         locks = self.root / ".locks"
@@ -230,8 +246,11 @@ class Registry:
         return FileLock(str(locks / f"{name}.lock"), timeout=LOCK_TIMEOUT_S)
 
     def publish(self, name: str, tensors: dict[str, torch.Tensor], adapter_config: dict, card: dict,
-                promote: bool | None = None, metric: str | None = None) -> str:
+                promote: bool | None = None, metric: str | None = None, files: dict[str, bytes] | None = None) -> str:
         """Write a new version atomically; returns 'vN'.
+
+        files: extra plain files for the version folder (e.g. facts.json), each covered by a sha256
+        in the card's "files" entry; read them back with read_file(ref, name).
 
         promote=None: becomes current when its card's metrics.valid[metric] is at least the current
         version's (or there is no current); True: always; False: never.
@@ -253,7 +272,14 @@ class Registry:
                 try:
                     digest = save_safetensors(tensors, tmp / WEIGHTS)
                     _write_file(tmp / CONFIG, json.dumps(adapter_config, indent=2).encode())
+                    extra = {}
+                    for fname, data in (files or {}).items():
+                        if fname in (WEIGHTS, CONFIG, CARD) or not EXTRA_FILE_RE.fullmatch(fname):
+                            raise RegistryError(f"extra file name {fname!r} is not allowed (plain names like facts.json)")
+                        _write_file(tmp / fname, data)
+                        extra[fname] = hashlib.sha256(data).hexdigest()
                     full = {**card, "name": name, "version": version, "weights_sha256": digest,
+                            **({"files": extra} if extra else {}),
                             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                             "adapterhub_version": __version__}
                     _write_file(tmp / CARD, json.dumps(full, indent=2, sort_keys=True).encode())  # card last

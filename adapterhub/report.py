@@ -1,6 +1,7 @@
 """Score a split with an adapter, the bare base and the baselines, on the same examples."""
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -30,12 +31,13 @@ def cap_examples(examples: list, n: int | None, seed: int) -> list:
     return [examples[i] for i in sorted(keep)]
 
 
-def encode_examples(hub, data, examples) -> list[tuple[list[int], list[int]]]:
-    """-> [(prefix ids, suffix ids)]; prompt ids = prefix + suffix (the hub's ranking path splits there)."""
+def encode_examples(hub, data, examples, facts: dict | None = None) -> list[tuple[list[int], list[int]]]:
+    """-> [(prefix ids, suffix ids)]; prompt ids = prefix + suffix (the hub's ranking path splits there).
+    facts: the adapter's scenario facts (adapterhub.facts), rendered in the prompts."""
     cache: dict[str, list[int]] = {}
     out = []
     for ex in examples:
-        prefix, suffix = prompts.render(data.scenario, ex, data.items)
+        prefix, suffix = prompts.render(data.scenario, ex, data.items, facts=facts)
         if prefix not in cache:
             cache[prefix] = hub.encode(prefix)
         out.append((cache[prefix], hub.encode(suffix, special=False)))
@@ -81,22 +83,49 @@ def score_examples(hub, key: str | None, encoded, batch_size: int | None = None,
 
 
 def evaluate_split(hub, data, examples, adapter_key: str | None, *, with_base: bool = True,
-                   with_baselines: bool = True, seed: int = 0, progress: bool = False, encoded=None) -> dict:
-    """-> {method: metrics} for 'adapter', 'base' and each baseline, all on the same examples."""
+                   with_baselines: bool = True, seed: int = 0, progress: bool = False, encoded=None,
+                   facts: dict | None = None, fused_model: dict | None = None, ci: bool = True) -> dict:
+    """-> {method: metrics} for 'adapter', 'adapter (fused)' (with fused_model), 'base' and each
+    baseline, all on the same examples; with ci, each row's primary metric gets a bootstrap 95%
+    interval ("<metric>_ci95") over whole groups. Prompts carry `facts` when given (the base then
+    sees the same facts-bearing prompts as the adapter)."""
     from .baselines import for_scenario
     from .evaluation import evaluate
     if not examples:
         raise DataError(f"no examples to evaluate for scenario '{data.scenario}'")
-    encoded = encoded or encode_examples(hub, data, examples)
-    rows: dict[str, dict] = {}
+    encoded = encoded or encode_examples(hub, data, examples, facts)
+    scores: dict[str, list[float]] = {}
     if adapter_key is not None:
-        rows["adapter"] = evaluate(data.task, examples, score_examples(hub, adapter_key, encoded, progress=progress, desc="adapter"))
+        scores["adapter"] = score_examples(hub, adapter_key, encoded, progress=progress, desc="adapter")
+        if fused_model is not None:
+            scores["adapter (fused)"] = fused_scores(fused_model, facts, data.scenario, examples, scores["adapter"])
     if with_base:
-        rows["base"] = evaluate(data.task, examples, score_examples(hub, None, encoded, progress=progress, desc="base"))
+        scores["base"] = score_examples(hub, None, encoded, progress=progress, desc="base")
     if with_baselines:
         for name, fn in for_scenario(data).items():
-            rows[name] = evaluate(data.task, examples, fn(data, examples, seed=seed))
+            scores[name] = fn(data, examples, seed=seed)
+    rows = {name: evaluate(data.task, examples, s) for name, s in scores.items()}
+    if ci:
+        from .fused import bootstrap_ci
+        metric = primary_metric(data.task)
+        for name, s in scores.items():
+            lo, hi = bootstrap_ci(lambda ex, sc: evaluate(data.task, ex, sc)[metric], examples, s, n=300, seed=seed)
+            rows[name][f"{metric}_ci95"] = [round(lo, 4), round(hi, 4)]
     return rows
+
+
+def fused_scores(model: dict, facts: dict, scenario: str, examples, probs) -> list[float]:
+    """The fused score: the blend (adapterhub.fused) of the adapter's Yes-No logit and the rules' features."""
+    from . import facts as facts_mod
+    from .fused import apply, sigmoid
+    X = [[yes_no_logit(p)] + f for p, f in zip(probs, facts_mod.feature_matrix(facts, scenario, examples))]
+    return [sigmoid(z) for z in apply(model, X)]
+
+
+def yes_no_logit(p: float) -> float:
+    """P(yes) back to the Yes-No logit it came from (clamped away from 0 and 1)."""
+    p = min(max(p, 1e-7), 1 - 1e-7)
+    return math.log(p / (1 - p))
 
 
 def primary_metric(task: str) -> str:

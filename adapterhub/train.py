@@ -21,11 +21,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
+from . import facts as facts_mod
 from .config import TrainConfig
 from .datasets.common import Example
-from .errors import DataError, IncompatibleAdapterError
+from .errors import AdapterHubError, DataError, IncompatibleAdapterError
 from .lora import TRAIN, split_peft_key
-from .report import cap_examples, evaluate_split, primary_metric, score_examples, encode_examples
+from .report import (cap_examples, encode_examples, evaluate_split, primary_metric, score_examples,
+                     yes_no_logit)
 
 log = logging.getLogger(__name__)
 LOG_EVERY_S = 30.0  # without a progress bar, a log line at least this often
@@ -106,14 +108,14 @@ def visit(group: list[Example], cfg: TrainConfig, sampler: NegativeSampler, rng:
 class Encoder:
     """Token ids of prefixes and candidate suffixes, each text encoded once."""
 
-    def __init__(self, hub, data):
-        self.hub, self.data, self.cache = hub, data, {}
+    def __init__(self, hub, data, facts: dict | None):
+        self.hub, self.data, self.facts, self.cache = hub, data, facts, {}
 
     def __call__(self, group: list[Example]) -> tuple[list[int], list[list[int]]]:
         from . import prompts
         suffixes = []
         for ex in group:
-            prefix, suffix = prompts.render(self.data.scenario, ex, self.data.items)
+            prefix, suffix = prompts.render(self.data.scenario, ex, self.data.items, facts=self.facts)
             suffixes.append(self._ids(suffix, special=False))
         return self._ids(prefix, special=True), suffixes
 
@@ -147,10 +149,11 @@ def group_loss(logits: torch.Tensor, labels: torch.Tensor, sizes: list[int], lis
 
 def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, promote: bool | None = None,
                   description: str = "", progress: bool | None = None, publish: bool = True,
-                  accelerator=None) -> tuple[object, dict]:
+                  accelerator=None, force: bool = False) -> tuple[object, dict]:
     """Train a LoRA adapter for `data.scenario` on the hub's base; publish it as `name`.
 
     -> (the resident Adapter, the card). With publish=False, returns (None, card) and nothing is written.
+    A version whose raw adapter scores below the bare base on valid is published only with force=True.
     """
     from .registry import check_name
     cfg = config or TrainConfig()
@@ -165,10 +168,11 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
         from .prompts import register_templates
         register_templates(data.scenario, **data.extra["templates"])
     train, valid, test = pick_examples(data, cfg, rng)
+    facts = facts_mod.compute(_train_only(data, train)) if cfg.facts else None
     groups = build_groups(train)
     sampler = NegativeSampler(train)
-    encode = Encoder(hub, data)
-    enc_valid = encode_examples(hub, data, valid)
+    encode = Encoder(hub, data, facts)
+    enc_valid = encode_examples(hub, data, valid, facts)
     teacher = hub.load(cfg.teacher).key if cfg.teacher else None
     init = _init_pairs(hub, cfg.init_from, cfg) if cfg.init_from else {}
     per_step = max(1, round(sum(len(g) for g in groups) / len(groups)))  # candidates per group, roughly
@@ -254,14 +258,63 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
                  "candidates_per_s": round(n_candidates * world / max(step_s, 1e-9), 3)}
         card = None
         if is_main:  # 5. evaluate and 6. card, with the trained pair still resident
-            card = _card(hub, name, data, cfg, description, history, best, speed, len(train), valid, test, world)
+            fused = _fit_fused(hub, data, valid, enc_valid, facts) if facts is not None else None
+            card = _card(hub, name, data, cfg, description, history, best, speed, len(train), valid, test, world,
+                         facts, fused)
             card["train"]["domain_log"] = domain_log
         tensors = pairs.tensors()
     if not (publish and is_main):  # 7. publish
         return None, card
+    _check_beats_base(card, name, force)
+    files = {facts_mod.FACTS_FILE: facts_mod.dumps(facts)} if facts is not None else None
     version = hub.registry.publish(name, tensors, peft_adapter_config(cfg, hub.base.spec), card,
-                                   promote=promote, metric=metric)
+                                   promote=promote, metric=metric, files=files)
     return hub.load(f"{name}@{version}"), hub.registry.card(f"{name}@{version}")
+
+
+def _train_only(data, train: list[Example]):
+    """data with its train split as actually used (n_train may sample it): facts see nothing else."""
+    from dataclasses import replace
+    return replace(data, splits={"train": train})
+
+
+def _fit_fused(hub, data, valid, enc_valid, facts) -> dict:
+    """The blend of the adapter's Yes-No logit with the rules' features, fit on valid."""
+    from .fused import fit
+    probs = score_examples(hub, TRAIN, enc_valid)
+    X = [[yes_no_logit(p)] + f for p, f in zip(probs, facts_mod.feature_matrix(facts, data.scenario, valid))]
+    return fit(X, [ex.label for ex in valid], names=["llm_logit", *facts_mod.feature_names(data.scenario)])
+
+
+def verdict(card: dict) -> list[dict]:
+    """One row per baseline (and the base): the adapter, raw and fused, against it on the primary
+    metric of the test split (valid when there is no test)."""
+    metric, metrics = card["primary_metric"], card.get("metrics") or {}
+    split = "test" if "test" in metrics else "valid"
+    rows = metrics.get(split) or {}
+    out = []
+    for other, m in rows.items():
+        if other.startswith("adapter") or not isinstance(m, dict) or metric not in m:
+            continue
+        for mine in ("adapter", "adapter (fused)"):
+            if mine in rows:
+                diff = rows[mine][metric] - m[metric]
+                out.append({"split": split, "metric": metric, "model": mine, "vs": other,
+                            "model_value": round(rows[mine][metric], 4), "vs_value": round(m[metric], 4),
+                            "diff": round(diff, 4), "wins": diff > 0})
+    return out
+
+
+def _check_beats_base(card: dict, name: str, force: bool) -> None:
+    """A version whose raw adapter loses to the bare base on valid is published only with force."""
+    valid = (card.get("metrics") or {}).get("valid") or {}
+    metric = card["primary_metric"]
+    if force or "adapter" not in valid or "base" not in valid:
+        return
+    ours, base = valid["adapter"][metric], valid["base"][metric]
+    if ours < base:
+        raise AdapterHubError(f"'{name}' loses to the bare base on valid ({metric} {ours:.4f} < {base:.4f}): not "
+                              "published. Train longer or with another --lr, or publish it anyway with --force")
 
 
 def _next_groups(groups, order, batch_size, world, rank, rng, cfg, sampler):
@@ -287,13 +340,13 @@ class _checkpointing:
         self.model, self.on = hub.model, cfg.grad_checkpointing
 
     def __enter__(self):
-        if self.on:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.on:  # transformers 5 name; gradient_checkpointing_enable is its deprecated alias
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             self.model.get_decoder().train()  # the layers only checkpoint in training mode (no dropout: p = 0)
 
     def __exit__(self, *exc):
         if self.on:
-            self.model.gradient_checkpointing_disable()
+            self.model.activation_checkpointing_disable()
             self.model.eval()
 
 
@@ -357,14 +410,15 @@ def _domain_adapt(hub, data, params, cfg: TrainConfig, rng: random.Random, rank:
 
 # ---------------------------------------------------------------- 6. card
 
-def _card(hub, name, data, cfg, description, history, best, speed, n_train, valid, test, world=1) -> dict:
+def _card(hub, name, data, cfg, description, history, best, speed, n_train, valid, test, world=1,
+          facts: dict | None = None, fused: dict | None = None) -> dict:
     """Evaluate the trained pair (still resident as TRAIN) beside the base and baselines; build the card."""
     from .prompts import registered_templates
     metrics, eval_s = {}, {}
     for split, examples in (("valid", valid), ("test", test)):
         if len({ex.label for ex in examples}) == 2:  # AUC needs both classes
             t0 = time.perf_counter()
-            metrics[split] = evaluate_split(hub, data, examples, TRAIN, seed=cfg.seed)
+            metrics[split] = evaluate_split(hub, data, examples, TRAIN, seed=cfg.seed, facts=facts, fused_model=fused)
             eval_s[split] = round(time.perf_counter() - t0, 1)
         elif examples:
             log.warning("%s split has one label only: no metrics for it in the card", split)
@@ -375,7 +429,7 @@ def _card(hub, name, data, cfg, description, history, best, speed, n_train, vali
         parents.append({"ref": cfg.teacher, "role": "teacher", "distill_weight": cfg.distill_weight})
     loss = {"bce": round(1 - cfg.listwise_weight, 4), "listwise_softmax": cfg.listwise_weight,
             "group_size": cfg.group_size, "sampled_negatives": cfg.negatives}
-    return {
+    card = {
         "scenario": data.scenario,
         "description": description or f"{data.scenario} recommendation adapter ({data.source})",
         "base": {"spec": hub.base.spec, "fingerprint": hub.fingerprint, "quant": hub.base.quant,
@@ -391,3 +445,9 @@ def _card(hub, name, data, cfg, description, history, best, speed, n_train, vali
         "parents": parents,
         "adapterhub_version": __version__,
     }
+    if facts is not None:
+        card["facts"] = {"file": facts_mod.FACTS_FILE, "items": len(facts["items"]),
+                         "bytes": len(facts_mod.dumps(facts)), "from": "train split"}
+        card["fused"] = {**fused, "fit_on": "valid", "note": "valid metrics of the fused score are in-sample"}
+    card["verdict"] = verdict(card)
+    return card

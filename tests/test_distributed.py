@@ -15,7 +15,7 @@ from conftest import toy_data
 ARGS = ["--scenario", "jsonl", "--base", "random:tiny", "--quant", "fp32", "--device", "cpu", "--max-steps", "6",
         "--eval-every", "3", "--n-valid", "24", "--n-test", "24", "--lr", "5e-3", "--seed", "3", "--dropout", "0",
         # one row per group, so that 2 x 4 candidates are exactly the single process's 8
-        "--group-size", "1", "--negatives", "0"]
+        "--group-size", "1", "--negatives", "0", "--force"]
 
 
 def write_jsonl(folder):

@@ -15,7 +15,8 @@ FAST = dict(max_steps=40, eval_every=10, lr=5e-3, batch_size=8, patience=10)
 def test_train_publish_load_score_end_to_end(hub, toy):
     adapter, card = hub.train("toy", toy, TrainConfig(**FAST), progress=False)
     folder = hub.registry.root / "toy" / "v1"
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "card.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "card.json",
+                                                        "facts.json"]
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 8 and sorted(cfg["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
     log = card["train"]["log"]

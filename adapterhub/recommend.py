@@ -1,0 +1,58 @@
+"""Ranking for one user with one adapter: the prompt it sees, its raw score, and the fused score.
+
+An adapter version trained with facts (issue 12) carries them in its folder (facts.json) and a
+fused blend in its card. `rank` then renders the user's items with their facts, scores every
+candidate over the one shared history prefix, and ranks by the fused score (the adapter's
+Yes-No logit blended with the no-learning rules' features), or by the raw P(yes) with raw=True.
+Items are given by title or by dataset id; an unknown one is rendered as a new item.
+"""
+from __future__ import annotations
+
+import json
+import threading
+
+from . import facts as facts_mod
+from . import prompts
+from .fused import apply, sigmoid
+from .report import yes_no_logit
+
+_FACTS: dict[tuple[str, str], dict | None] = {}
+_LOCK = threading.Lock()
+
+
+def facts_of(registry, key: str) -> dict | None:
+    """The facts version `key` ('name@vN') was trained with (None for versions without), read once."""
+    cache_key = (str(registry.root), key)
+    with _LOCK:
+        if cache_key not in _FACTS:
+            data = registry.read_file(key, facts_mod.FACTS_FILE)
+            _FACTS[cache_key] = None if data is None else json.loads(data)
+        return _FACTS[cache_key]
+
+
+def render(scenario: str, facts: dict | None, history, candidates, disliked=()) -> tuple[str, list[str]]:
+    """-> (prefix, [suffix per candidate]): exactly what the model reads."""
+    history, disliked = list(history), list(disliked)
+    if facts is None:
+        return (prompts.render_history(scenario, history, disliked),
+                [prompts.render_candidate(scenario, c) for c in candidates])
+    return (prompts.render_history(scenario, history, disliked, facts=facts),
+            [prompts.render_candidate(scenario, c, facts=facts, history=history) for c in candidates])
+
+
+def rank(hub, key: str, card: dict, history, candidates, k: int = 10, disliked=(), scenario: str | None = None,
+         raw: bool = False) -> list[tuple[str, float]]:
+    """Top-k (candidate, score): the fused probability, or P(yes) when raw or when the version has
+    no fused blend."""
+    scenario = scenario or card.get("scenario", key.split("@")[0])
+    facts = facts_of(hub.registry, key)
+    prefix, suffixes = render(scenario, facts, history, candidates, disliked)
+    probs = hub.score_candidates(key, prefix, suffixes)
+    fused = card.get("fused")
+    if facts is not None and fused and not raw:
+        ids = lambda refs: [facts_mod.lookup(facts, r) or str(r) for r in refs]  # noqa: E731
+        hist, dis = ids(history), ids(disliked)
+        X = [[yes_no_logit(p)] + facts_mod.features(facts, scenario, hist, dis, facts_mod.lookup(facts, c) or str(c))
+             for p, c in zip(probs, candidates)]
+        probs = [sigmoid(z) for z in apply(fused, X)]
+    return sorted(zip(candidates, probs), key=lambda cs: -cs[1])[:k]
