@@ -35,6 +35,7 @@ SUITES = {
     "ranking": ("ranking.py", "ranking candidates/s with and without prefix reuse", 40),
     "train": ("training.py", "training samples/s and peak memory, LoRA and QLoRA", 90),
     "merge": ("merge_quality.py", "AUC kept by 4-way merges (cat, ties)", 105),
+    "concurrency": ("concurrency.py", "requests/s, p50/p99 at 1/8/32 callers (batcher vs one at a time); mixed batch", 60),
 }
 QUICK_BUDGET_S = 540  # `--quick` on 2 CPU cores: the whole suite, scripts' start-up included
 PLOTS = ("base_memory.png", "adapter_size.png", "latency_vs_resident.png", "forward_throughput.png",

@@ -164,11 +164,15 @@ def cmd_train(args) -> int:
     hub = _hub(args)
     promote = True if args.force else None
     adapter, card = hub.train(args.name, data, cfg, promote=promote, description=args.description or "",
-                              progress=None, accelerator=accelerator)
+                              progress=None, accelerator=accelerator, force=args.force)
     if adapter is None:  # a non-main process of a multi-process run: the main one publishes
         return 0
     print(f"published {adapter.key} ({'current' if hub.registry.current(adapter.name) == adapter.version else 'not promoted'})")
     _print_metrics(card["metrics"], card["primary_metric"])
+    print()
+    for v in card.get("verdict", []):  # one line per baseline: wins or loses, by how much
+        print(f"{v['model']} {'wins against' if v['wins'] else 'LOSES to'} {v['vs']} on {v['split']} {v['metric']}: "
+              f"{v['model_value']:.4f} vs {v['vs_value']:.4f} ({v['diff']:+.4f})")
     return 0
 
 
@@ -209,8 +213,29 @@ def cmd_recommend(args) -> int:
         raise AdapterHubError(f"-k {args.k}: give how many items to print (>= 1)")
     _check_refs(args, args.ref)
     hub = _hub(args)
-    for rank, (item, score) in enumerate(hub.load(args.ref).recommend(history, candidates, k=args.k), 1):
+    ranked = hub.load(args.ref).recommend(history, candidates, k=args.k, raw=args.raw)
+    for rank, (item, score) in enumerate(ranked, 1):
         print(f"{rank:>3}. {score:.4f}  {item}")
+    return 0
+
+
+def cmd_prompt(args) -> int:
+    """Exactly what the model reads for each candidate: the version's facts, no model run."""
+    from . import recommend
+    history = [h.strip() for h in args.history.split("|") if h.strip()]
+    candidates = [c.strip() for c in args.candidate if c.strip()]
+    if not candidates:
+        raise AdapterHubError("give at least one --candidate ITEM (a title or a dataset id)")
+    _check_refs(args, args.ref)
+    from .registry import Registry
+    registry = Registry(args.registry)
+    card = registry.card(args.ref)
+    key = args.ref if "@" in args.ref else f"{args.ref}@{registry.current(args.ref)}"
+    prefix, suffixes = recommend.render(card.get("scenario", args.ref), recommend.facts_of(registry, key), history,
+                                        candidates)
+    for suffix in suffixes:
+        print(prefix + suffix)
+        print()
     return 0
 
 
@@ -250,6 +275,26 @@ def cmd_export(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_from_args
     return run_from_args(args)
+
+
+def cmd_serve(args) -> int:
+    if not Path(args.registry).is_dir():
+        raise RegistryError(f"registry '{args.registry}' does not exist. Pass --registry PATH or set {REGISTRY_ENV}")
+    preload = [r.strip() for r in (args.preload or "").split(",") if r.strip()]
+    _check_refs(args, *preload)
+    from .hub import Hub
+    from .serve import serve  # before the base loads: a missing 'serve' extra costs nothing
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger(__name__).warning("serving on %s: the API has no authentication; anyone who can reach "
+                                            "this address can score and load adapters", args.host)
+    hub = Hub(base=args.base, registry=args.registry, quant=args.quant, device=args.device,
+              max_resident=args.max_resident)
+    for ref in preload:
+        hub.load(ref)
+    print(f"adapterhub serving {args.registry}/ over {args.base} ({len(hub.resident())} resident) on "
+          f"http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    serve(hub, host=args.host, port=args.port, window_ms=args.window_ms, threads=args.threads)
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -377,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", parents=[common, model, data], help="train and publish a scenario adapter")
     s.add_argument("name", help="adapter name, e.g. news (a-z, 0-9, '_', '-')")
     s.add_argument("--description", help="one line for the card (default: '<scenario> recommendation adapter (<source>)')")
-    s.add_argument("--force", action="store_true", help="make the new version current even if its metric is worse")
+    s.add_argument("--force", action="store_true", help="publish even if the adapter loses to the bare base on valid, "
+                   "and make the new version current even if its metric is worse")
     _add_config_options(s.add_argument_group("training options (TrainConfig fields)"), TrainConfig)
     s.set_defaults(func=cmd_train)
 
@@ -393,7 +439,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--history", required=True, help="item texts, oldest first, separated by '|'")
     s.add_argument("--candidates", required=True, help="item texts separated by '|'")
     s.add_argument("-k", type=int, default=10, help="print the k best candidates (default 10)")
+    s.add_argument("--raw", action="store_true", help="rank by the adapter's P(yes) alone, not the fused score")
     s.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser("prompt", parents=[common], help="print exactly what the model sees for a history and candidates")
+    s.add_argument("ref", help="adapter: name or name@vN (its facts are rendered)")
+    s.add_argument("--history", default="", help="item titles or dataset ids, oldest first, separated by '|'")
+    s.add_argument("--candidate", action="append", default=[], help="a candidate title or id (repeat for more)")
+    s.set_defaults(func=cmd_prompt)
 
     s = sub.add_parser("merge", parents=[common, model], help="merge adapters into a new one (cat is exact)")
     s.add_argument("adapters", nargs="+", help="REF=WEIGHT ... (equal weights when omitted)")
@@ -416,6 +469,19 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_arguments
     add_arguments(s)
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("serve", parents=[common, model], help="an HTTP API over one hub: /score, /recommend, "
+                       "/adapters, /health (needs the 'serve' extra)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; the API has no auth)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--preload", default=None, help="adapters to load at start, comma-separated (others load on "
+                   "first use)")
+    s.add_argument("--window-ms", type=float, default=None, help="how long a request waits for others to join its "
+                   "batch (default: adapterhub.batcher.WINDOW_MS, 2)")
+    s.add_argument("--threads", type=int, default=64, help="requests handled at once (default 64)")
+    s.add_argument("--max-resident", type=int, default=64, help="adapters resident at once, least recently used "
+                   "evicted (default 64)")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", parents=[common, model], help="the main job: load the shipped adapters, recommend, "
                        "then train -> publish -> load a small example adapter")

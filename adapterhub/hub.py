@@ -4,11 +4,17 @@
     news = hub.load("news")
     news.recommend(history=[...], candidates=[...], k=10)
     hub.score([("news", prompt1), ("music", prompt2)])   # mixed batch, one forward
+
+Thread-safe: each call's adapter choice belongs to that call (lora.Routing), and a load, unload or
+eviction in another thread never changes the weights of a forward already running. Calls from
+several threads run side by side; adapterhub.batcher gathers them into mixed batches.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +24,15 @@ import torch
 from .base import DEFAULT_BASE, Base, load_base
 from .errors import AdapterHubError, ConfigError, IncompatibleAdapterError
 from . import packing
-from .lora import SERVABLE, TRAIN, peft_key, split_peft_key, wrap_model
+from .lora import BASE, SERVABLE, TRAIN, TRAINING, Route, peft_key, split_peft_key, wrap_model
 from .registry import Registry, parse_ref
 
 log = logging.getLogger(__name__)
 
 MAX_RANK = 256
+# Set by adapterhub.batcher.Batcher around a caller's hub.score / hub.recommend: their forwards are
+# then handed to the batcher's worker, which runs them in one mixed batch with other threads' calls.
+BATCHER: contextvars.ContextVar = contextvars.ContextVar("adapterhub_batcher", default=None)
 
 
 @dataclass
@@ -34,6 +43,7 @@ class Adapter:
     card: dict
     weight_bytes: int
     modules: list[str] = field(default_factory=list)
+    pairs: tuple = field(default=(), repr=False)  # what it placed in routing.table (see adapterhub.lora)
 
     @property
     def name(self) -> str:
@@ -51,8 +61,8 @@ class Adapter:
         return self.hub.score([(self.key, p) for p in prompts])
 
     def recommend(self, history: list[str], candidates: list[str], k: int = 10,
-                  disliked: list[str] = ()) -> list[tuple[str, float]]:
-        return self.hub.recommend(self.key, history, candidates, k=k, disliked=disliked)
+                  disliked: list[str] = (), raw: bool = False) -> list[tuple[str, float]]:
+        return self.hub.recommend(self.key, history, candidates, k=k, disliked=disliked, raw=raw)
 
 
 @dataclass
@@ -68,6 +78,14 @@ class TrainablePairs:
             out[peft_key(path, "A")] = m.lora_A.detach().float().cpu().contiguous()
             out[peft_key(path, "B")] = m.lora_B.detach().float().cpu().contiguous()
         return out
+
+
+def _inverse(order: list[int]) -> list[int]:
+    """The permutation that undoes `order`: x[order][_inverse(order)] == x."""
+    inv = [0] * len(order)
+    for at, i in enumerate(order):
+        inv[i] = at
+    return inv
 
 
 class Hub:
@@ -96,6 +114,7 @@ class Hub:
         self._resident: OrderedDict[str, Adapter] = OrderedDict()  # least recently used first
         self._alias: dict[str, str] = {}                            # 'news' -> 'news@v2'
         self._slot = f"{Path(self.registry.root).resolve()}::"       # wrapper-key prefix of this hub
+        self._lock = threading.RLock()  # guards _resident and _alias; never held during a forward or a disk read
         yes, no = (self.tokenizer.encode(a, add_special_tokens=False)[0] for a in (" Yes", " No"))
         if yes == no:
             raise AdapterHubError("the tokenizer gives ' Yes' and ' No' the same first token; cannot score")
@@ -113,17 +132,19 @@ class Hub:
         return self.registry.list()
 
     def resident(self) -> list[str]:
-        return list(self._resident)
+        with self._lock:
+            return list(self._resident)
 
     def _key(self, ref: str) -> str:
         """'news' -> the resident key ('news@v2'); loads the adapter when it is not resident.
 
         A plain name stays pinned to the version it was loaded at (no disk read per call); a version
-        promoted later is picked up by hub.unload(name) + hub.load(name), or on eviction."""
-        key = self._alias.get(ref, ref)
-        if key in self._resident:
-            self._resident.move_to_end(key)
-            return key
+        promoted later is picked up by hub.load(name, reload=True), or on eviction."""
+        with self._lock:
+            key = self._alias.get(ref, ref)
+            if key in self._resident:
+                self._resident.move_to_end(key)
+                return key
         return self.load(ref).key
 
     def _ref(self, ref: str | None) -> str | None:
@@ -137,29 +158,53 @@ class Hub:
         """The key this hub's weights carry inside the (possibly shared) wrappers."""
         return key if key is None or key == TRAIN else self._slot + key
 
-    def load(self, ref: str) -> Adapter:
-        """Make an adapter resident (cold: read + check + place; warm: nothing) and return it."""
+    def load(self, ref: str, reload: bool = False) -> Adapter:
+        """Make an adapter resident (cold: read + check + place; warm: nothing) and return it.
+
+        reload=True re-resolves a plain name against the registry: a version promoted since the name
+        was loaded replaces the one resident under it (calls already running finish on the weights they
+        started with; the replaced version is unloaded)."""
         name, version = parse_ref(ref)
-        key = self._alias.get(ref) or f"{name}@{version or self.registry.resolve(name).name}"
-        if key in self._resident:
-            self._resident.move_to_end(key)
-            return self._resident[key]
+        key = None if reload and version is None else self._alias.get(ref)
+        key = key or f"{name}@{version or self.registry.resolve(name).name}"
+        with self._lock:
+            adapter = self._resident.get(key)
+            if adapter is not None:
+                self._resident.move_to_end(key)
+                if version is None:
+                    self._point(name, key)
+                return adapter
+        # read and check outside the lock: other threads keep scoring, loading and unloading
         config, tensors, card, folder = self.registry.load(key)
         placed = self._check_and_cast(key, config, tensors, card, folder)
         if card.get("templates"):  # a custom scenario's prompt sentences travel with its card
             from .prompts import register_templates
             register_templates(card.get("scenario", name), **card["templates"])
-        while len(self._resident) >= self.max_resident:
-            self.unload(next(iter(self._resident)))
-        for path, pair in placed.items():  # nothing is touched until every check has passed
-            self.wrapped[path].adapters[self._wkey(key)] = pair
-        adapter = Adapter(self, key, card, sum(a.numel() * a.element_size() + b.numel() * b.element_size()
-                                                for a, b in placed.values()), list(placed))
-        self._resident[key] = adapter
-        self._alias[key] = key
-        if version is None:
-            self._alias[name] = key
+        pairs = [None] * self.routing.size
+        for path, pair in placed.items():
+            pairs[self.wrapped[path].index] = pair
+        with self._lock:
+            adapter = self._resident.get(key)
+            if adapter is None:  # (else another thread placed it meanwhile)
+                while len(self._resident) >= self.max_resident:
+                    self.unload(next(iter(self._resident)))
+                adapter = Adapter(self, key, card, sum(a.numel() * a.element_size() + b.numel() * b.element_size()
+                                                       for a, b in placed.values()), list(placed), tuple(pairs))
+                self.routing.table[self._wkey(key)] = adapter.pairs  # one dict write: all modules at once
+                self._resident[key] = adapter
+                self._alias[key] = key
+            else:
+                self._resident.move_to_end(key)
+            if version is None:
+                self._point(name, key)
         return adapter
+
+    def _point(self, name: str, key: str) -> None:
+        """The plain name now means `key`; a different version it meant before is unloaded."""
+        old = self._alias.get(name)
+        self._alias[name] = key
+        if old is not None and old != key:
+            self.unload(old)
 
     def _check_and_cast(self, key, config, tensors, card, folder) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         want = (card.get("base") or {}).get("fingerprint")
@@ -208,32 +253,29 @@ class Hub:
     def unload(self, ref: str) -> list[str]:
         """Unload what `ref` has resident: 'news@v1' that version; 'news' every resident version of
         news (however it was loaded). -> the keys unloaded; [] (and a warning) when none was."""
-        if ref in self._resident or "@" in ref:
-            keys = [self._alias.get(ref, ref)]
-        else:
-            keys = [k for k in self._resident if k.split("@")[0] == ref]
-        keys = [k for k in keys if k in self._resident]
-        if not keys:
-            log.warning("unload(%r): not resident (resident: %s)", ref, ", ".join(self._resident) or "none")
-        for key in keys:
-            adapter = self._resident.pop(key)
-            for path in adapter.modules:
-                self.wrapped[path].adapters.pop(self._wkey(key), None)
-            for alias in [a for a, k in self._alias.items() if k == key]:
-                del self._alias[alias]
+        with self._lock:
+            if ref in self._resident or "@" in ref:
+                keys = [self._alias.get(ref, ref)]
+            else:
+                keys = [k for k in self._resident if k.split("@")[0] == ref]
+            keys = [k for k in keys if k in self._resident]
+            if not keys:
+                log.warning("unload(%r): not resident (resident: %s)", ref, ", ".join(self._resident) or "none")
+            for key in keys:
+                del self._resident[key]
+                # forwards already running hold the tuple itself and finish on it
+                self.routing.table.pop(self._wkey(key), None)
+                for alias in [a for a, k in self._alias.items() if k == key]:
+                    del self._alias[alias]
         return keys
 
     # ------------------------------------------------------------ running
     @contextlib.contextmanager
     def use(self, ref: str | None):
-        """`with hub.use("news") as model:` the torch model with that adapter active (None = base)."""
-        key = self._ref(ref)
-        saved = (self.routing.active, self.routing.groups)
-        self.routing.active, self.routing.groups = self._wkey(key), None
-        try:
+        """`with hub.use("news") as model:` the torch model with that adapter active (None = base), in
+        this thread (or asyncio task) only. The adapter's weights are fixed when the `with` starts."""
+        with self.routing.routed(self._single(self._ref(ref))):
             yield self.model
-        finally:
-            self.routing.active, self.routing.groups = saved
 
     def encode(self, text: str, special: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=special)
@@ -249,6 +291,9 @@ class Hub:
 
     @torch.no_grad()
     def score_ids(self, keys: list[str | None], ids: list[list[int]], batch_size: int | None = None) -> list[float]:
+        batcher = BATCHER.get()
+        if batcher is not None and batcher.hub is self:
+            return batcher.rows(keys, ids)
         bs = batch_size or self.batch_size
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad less
         out = [0.0] * len(ids)
@@ -266,7 +311,11 @@ class Hub:
         return hidden.float() @ self._answer_dir
 
     def last_hidden(self, ids: list[list[int]], keys: list[str | None] | str | None) -> torch.Tensor:
-        """Final hidden state at each row's last real token -> (batch, hidden). Right-padded."""
+        """Final hidden state at each row's last real token -> (batch, hidden). Right-padded.
+        keys: one key for every row, or one per row (a mixed batch)."""
+        route, order = self._route(keys)
+        if order is not None:  # each adapter's rows side by side; the result goes back in the caller's order
+            ids = [ids[i] for i in order]
         lengths = torch.tensor([len(x) for x in ids], device=self.device)
         width = int(lengths.max())
         input_ids = torch.zeros(len(ids), width, dtype=torch.long)
@@ -274,28 +323,44 @@ class Hub:
             input_ids[i, :len(x)] = torch.tensor(x)
         input_ids = input_ids.to(self.device)
         mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
-        with self._route(keys, len(ids)):
+        with self.routing.routed(route):
             h = self.decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
-        return h[torch.arange(len(ids), device=self.device), lengths - 1]  # (batch, hidden)
+        h = h[torch.arange(len(ids), device=self.device), lengths - 1]  # (batch, hidden)
+        return h if order is None else h[torch.tensor(_inverse(order), device=self.device)]
 
-    @contextlib.contextmanager
-    def _route(self, keys, n: int):
-        saved = (self.routing.active, self.routing.groups)
+    def _single(self, key: str | None) -> Route:
+        """The route for one resident key (None = base, TRAIN = the pair being trained) on every row."""
+        if key is None:
+            return BASE
+        if key == TRAIN:
+            return TRAINING
+        return Route(self._wkey(key), self._pairs(key))
+
+    def _pairs(self, key: str) -> tuple:
+        """A resident key's weights (routing.table's tuple); reloads it when another thread evicted or
+        unloaded it since the caller resolved its reference."""
+        adapter = self._resident.get(key)
+        return (adapter if adapter is not None else self.load(key)).pairs
+
+    def _route(self, keys) -> tuple[Route, list[int] | None]:
+        """keys: one key for every row, or one per row -> (the forward's route, the row order it needs).
+
+        A mixed batch's rows are ordered so that each adapter's rows form one contiguous slice (see
+        adapterhub.lora for the two ways a module then runs them; benchmarks/concurrency.py times both)."""
         if keys is None or isinstance(keys, str):
-            self.routing.active, self.routing.groups = self._wkey(keys), None
-        elif len(set(keys)) == 1:  # the common case: one adapter for the whole batch
-            self.routing.active, self.routing.groups = self._wkey(keys[0]), None
-        else:
-            rows: dict[str | None, list[int]] = {}
-            for i, k in enumerate(keys):
-                rows.setdefault(k, []).append(i)
-            self.routing.active = None
-            self.routing.groups = [(self._wkey(k), torch.tensor(r, device=self.device))
-                                   for k, r in rows.items() if k is not None]
-        try:
-            yield
-        finally:
-            self.routing.active, self.routing.groups = saved
+            return self._single(keys), None
+        first = keys[0]
+        if all(k == first for k in keys):  # the common case: one adapter for the whole batch
+            return self._single(first), None
+        rows: dict[str | None, list[int]] = {}
+        for i, k in enumerate(keys):
+            rows.setdefault(k, []).append(i)
+        order, groups = [], []
+        for k, idx in rows.items():
+            if k is not None:
+                groups.append((self._pairs(k), len(order), len(order) + len(idx)))
+            order += idx
+        return Route(groups=groups, full=None not in rows), order
 
     # ------------------------------------------------------------ ranking
     @torch.no_grad()
@@ -315,26 +380,41 @@ class Hub:
         chunks = [(prefix_ids, suffix_ids[i:i + bs]) for i in range(0, len(suffix_ids), bs)]
         return torch.sigmoid(self.packed_logits(key, chunks)).tolist()
 
-    def packed_logits(self, key: str | None, groups: list[tuple[list[int], list[list[int]]]]) -> torch.Tensor:
+    def packed_logits(self, key, groups: list[tuple[list[int], list[list[int]]]]) -> torch.Tensor:
         """Yes-No logit of every (prefix + suffix) in `groups` = [(prefix ids, [suffix ids, ...]), ...],
         each prefix run once (adapterhub.packing) -> (candidates,), groups in order. The one forward
-        that ranking, evaluation and training share; differentiable when grad is enabled."""
+        that ranking, evaluation and training share; differentiable when grad is enabled.
+        key: one resident key for every group, or one per group (each group is one packed row)."""
+        batcher = BATCHER.get()
+        if batcher is not None and batcher.hub is self and not torch.is_grad_enabled():
+            return batcher.packed(key, groups)
+        route, order = self._route(key)
+        if order is not None:
+            groups = [groups[i] for i in order]
         packed = packing.pack(groups, self.base.compute_dtype, self.device)
-        with self._route(key, 1):
-            return self.yes_logit(packing.last_hidden(self.decoder, packed))
+        with self.routing.routed(route):
+            logits = self.yes_logit(packing.last_hidden(self.decoder, packed))
+        if order is None:
+            return logits
+        starts, at = [], 0  # candidates come out in packed-row order: put each group's back in its place
+        for _, suffixes in groups:
+            starts.append(at)
+            at += len(suffixes)
+        back = [starts[p] + j for p in _inverse(order) for j in range(len(groups[p][1]))]
+        return logits[torch.tensor(back, device=logits.device)]
 
     def recommend(self, ref: str, history: list[str], candidates: list[str], k: int = 10,
-                  disliked: list[str] = (), scenario: str | None = None) -> list[tuple[str, float]]:
-        """Rank candidate item texts for a user whose history (item texts, oldest first) is given."""
-        from . import prompts
+                  disliked: list[str] = (), scenario: str | None = None, raw: bool = False) -> list[tuple[str, float]]:
+        """Rank candidates for a user whose history (oldest first) is given; items by title or, for a
+        version trained with facts, by dataset id. Ranks by the version's fused score (its Yes-No
+        logit blended with the rules' features, adapterhub.recommend) when it has one; raw=True
+        ranks by the adapter's P(yes) alone."""
+        from . import recommend
         if not candidates:
             return []
         key = self._key(ref)
-        scenario = scenario or self._resident[key].scenario
-        prefix = prompts.render_history(scenario, list(history), list(disliked))
-        scores = self.score_candidates(key, prefix, [prompts.render_candidate(scenario, c) for c in candidates])
-        ranked = sorted(zip(candidates, scores), key=lambda cs: -cs[1])
-        return ranked[:k]
+        adapter = self._resident.get(key) or self.load(key)
+        return recommend.rank(self, key, adapter.card, history, candidates, k, disliked, scenario, raw)
 
     # ------------------------------------------------------------ training, merging, export
     @contextlib.contextmanager

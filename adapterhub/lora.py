@@ -1,16 +1,29 @@
-"""LoRA on a frozen base, many adapters resident, chosen per call or per row.
+"""LoRA on a frozen base, many adapters resident, chosen per call or per row, from many threads.
 
 Each target Linear of the base is wrapped once in a LoraLinear. Every wrapper of one model shares
-a Routing object, so switching adapters is one attribute write (no module-tree walk), and a cold
-load is a dict insert per module. An adapter's weights live in the wrapper as (A, B*scale); B is
-pre-scaled at load so the hot path is two small matmuls and one add.
+a Routing object, which holds
 
-Mixed batches: `Routing.groups` lists (adapter key, row indices); the base runs once over all rows
-and each adapter's LoRA product runs on its own rows only.
+- `table`: the resident adapters, wrapper key -> one (A, B*scale) pair (or None) per wrapper,
+  indexed by `LoraLinear.index`. A load builds the whole tuple first and inserts it with one dict
+  write; an unload removes it with one. B is pre-scaled at load, so the hot path is two small
+  matmuls and one add.
+- the *route* of the forward running now, in a `contextvars.ContextVar`: each thread (and each
+  asyncio task) sees only its own. A route holds the adapter's tuple itself, resolved when the
+  call starts, so a forward keeps the weights it began with to its end even when another thread
+  unloads or evicts that adapter halfway: it never sees a half-placed or half-removed adapter.
+
+Mixed batches: the hub orders a batch's rows so that each adapter's rows are one contiguous slice
+(`Route.groups` = [(pairs, start, stop)]) and the base runs once over all rows. When every row has
+an adapter of one rank at a module, each row's A and B are gathered and two batched matmuls run
+all rows at once (Punica / S-LoRA's idea): as many kernels as one adapter takes, whatever the
+number of adapters. Otherwise each adapter's LoRA product runs on a view of its own rows.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -19,48 +32,128 @@ from torch import nn
 TRAIN = "__train__"  # routing key of the adapter being trained (nn.Parameters, scaled in forward)
 SERVABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+Pairs = tuple  # one (A (r, in), B*scale (out, r)) or None per wrapper, indexed by LoraLinear.index
+
+
+class Route:
+    """One forward's adapter choice: `pairs` (one adapter for every row), `groups` (a mixed batch:
+    [(pairs, first row, end row)]), the trained pair (`key` TRAIN) or none of them (the base)."""
+    __slots__ = ("key", "pairs", "groups", "full")
+
+    def __init__(self, key: str | None = None, pairs: Pairs | None = None, groups: list | None = None,
+                 full: bool = False):
+        self.key, self.pairs, self.groups = key, pairs, groups
+        self.full = full  # the groups cover every row (no row runs on the bare base)
+
+
+BASE = Route()
+TRAINING = Route(TRAIN)
+
+
+def _in_backward() -> bool:
+    """True on a thread that runs an autograd backward pass (on CUDA, the device's own worker thread)."""
+    return torch._C._current_graph_task_id() != -1
+
 
 class Routing:
-    """Which adapter the next forward uses: `active` (one key or None = base) or `groups`."""
-    __slots__ = ("active", "groups")
+    """Shared by every wrapper of one model: the resident adapters and each thread's route."""
 
     def __init__(self):
-        self.active: str | None = None
-        self.groups: list[tuple[str | None, torch.Tensor]] | None = None
+        self.table: dict[str, Pairs] = {}
+        self.size = 0  # number of wrappers
+        self._route = contextvars.ContextVar(f"adapterhub_route_{id(self)}", default=None)
+        # Threads inside use(TRAIN). A checkpointed backward re-runs the forward; on CPU that happens on
+        # the calling thread (which sees its route), on CUDA on autograd's device thread (which has
+        # none): a thread with no route of its own, inside a backward pass, trains.
+        self.training = 0
+        self._training_lock = threading.Lock()
+        self.gather = True  # mixed batches: gathered A/B + batched matmuls where they apply (False: slices only)
+
+    def current(self) -> Route:
+        route = self._route.get()
+        if route is None:
+            return TRAINING if self.training and _in_backward() else BASE
+        return route
+
+    @contextlib.contextmanager
+    def routed(self, route: Route):
+        """The body of the `with` (in this thread or task only) runs with `route`."""
+        token = self._route.set(route)
+        if route is TRAINING:
+            with self._training_lock:
+                self.training += 1
+        try:
+            yield route
+        finally:
+            if route is TRAINING:
+                with self._training_lock:
+                    self.training -= 1
+            self._route.reset(token)
+
+    def single(self, wkey: str | None) -> Route:
+        """The route for one wrapper key on every row (None = the base; TRAIN = the trained pair)."""
+        if wkey is None:
+            return BASE
+        if wkey == TRAIN:
+            return TRAINING
+        pairs = self.table.get(wkey)
+        if pairs is None:
+            raise KeyError(f"adapter {wkey!r} is not placed (placed: {', '.join(self.table) or 'none'})")
+        return Route(wkey, pairs)
+
+    @property
+    def active(self) -> str | None:
+        """This thread's single-adapter key (None: the base, or a mixed batch)."""
+        return self.current().key
+
+    @active.setter
+    def active(self, wkey: str | None) -> None:  # for this thread until changed; prefer Hub.use()
+        self._route.set(self.single(wkey))
 
 
 class LoraLinear(nn.Module):
-    def __init__(self, base: nn.Module, routing: Routing):
+    def __init__(self, base: nn.Module, routing: Routing, index: int):
         super().__init__()
         self.base = base
         self.routing = routing
+        self.index = index  # this wrapper's place in each tuple of routing.table
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.adapters: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (A (r, in), B*scale (out, r))
         self.lora_A: nn.Parameter | None = None  # only while training
         self.lora_B: nn.Parameter | None = None
         self.train_scale = 1.0
         self.train_dropout = 0.0
 
+    @property
+    def adapters(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """wrapper key -> (A, B*scale) of every placed adapter that targets this module (a snapshot)."""
+        i = self.index
+        return {k: pairs[i] for k, pairs in list(self.routing.table.items()) if pairs[i] is not None}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, seq, in)
         y = self.base(x)
-        routing = self.routing
-        if routing.groups is None:
-            key = routing.active
-            if key is None:
-                return y
-            if key == TRAIN:
-                if self.lora_A is None:
-                    return y
-                h = F.dropout(x, self.train_dropout, self.training) if self.train_dropout else x
-                return y + F.linear(F.linear(h.to(self.lora_A.dtype), self.lora_A), self.lora_B).to(y.dtype) * self.train_scale
-            pair = self.adapters.get(key)
+        route = self.routing._route.get()
+        if route is None:
+            route = self.routing.current()
+        pairs = route.pairs
+        if pairs is not None:  # the common case: one adapter for every row
+            pair = pairs[self.index]
             if pair is None:  # this adapter does not target this module
                 return y
             return y + F.linear(F.linear(x, pair[0]), pair[1])
-        for key, rows in routing.groups:
-            pair = self.adapters.get(key) if key is not None else None
-            if pair is not None:
-                y.index_add_(0, rows, F.linear(F.linear(x.index_select(0, rows), pair[0]), pair[1]))
+        if route.groups is not None:  # a mixed batch, each adapter's rows one contiguous slice
+            i = self.index
+            ps = [pairs[i] for pairs, _, _ in route.groups]
+            if route.full and None not in ps and self.routing.gather and all(p[0].shape == ps[0][0].shape for p in ps):
+                A = torch.cat([p[0].expand(stop - start, -1, -1) for p, (_, start, stop) in zip(ps, route.groups)])
+                B = torch.cat([p[1].expand(stop - start, -1, -1) for p, (_, start, stop) in zip(ps, route.groups)])
+                return y.baddbmm_(torch.bmm(x, A.transpose(1, 2)), B.transpose(1, 2))  # A (rows, r, in), B (rows, out, r)
+            for pair, (_, start, stop) in zip(ps, route.groups):
+                if pair is not None:
+                    y[start:stop] += F.linear(F.linear(x[start:stop], pair[0]), pair[1])
+            return y
+        if route.key == TRAIN and self.lora_A is not None:
+            h = F.dropout(x, self.train_dropout, self.training) if self.train_dropout else x
+            return y + F.linear(F.linear(h.to(self.lora_A.dtype), self.lora_A), self.lora_B).to(y.dtype) * self.train_scale
         return y
 
     # ------------------------------------------------------------ training pair
@@ -91,9 +184,10 @@ def wrap_model(model: nn.Module, targets=SERVABLE) -> tuple[Routing, dict[str, L
     for path, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if child_name in targets and hasattr(child, "in_features") and not isinstance(child, LoraLinear):
-                wrapper = LoraLinear(child, routing)
+                wrapper = LoraLinear(child, routing, len(wrapped))
                 setattr(module, child_name, wrapper)
                 wrapped[f"{path}.{child_name}" if path else child_name] = wrapper
+    routing.size = len(wrapped)
     return routing, wrapped
 
 

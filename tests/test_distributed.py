@@ -1,5 +1,4 @@
 """Data-parallel training: 2 gloo processes (torchrun) give the single-process adapter."""
-import json
 import os
 import shutil
 import subprocess
@@ -10,7 +9,6 @@ import torch
 
 from adapterhub.registry import Registry
 
-from conftest import toy_data
 
 ARGS = ["--scenario", "jsonl", "--base", "random:tiny", "--quant", "fp32", "--device", "cpu", "--max-steps", "6",
         "--eval-every", "3", "--n-valid", "24", "--n-test", "24", "--lr", "5e-3", "--seed", "3", "--dropout", "0",
@@ -18,25 +16,10 @@ ARGS = ["--scenario", "jsonl", "--base", "random:tiny", "--quant", "fp32", "--de
         "--group-size", "1", "--negatives", "0", "--force"]
 
 
-def write_jsonl(folder):
-    data = toy_data()
-    folder.mkdir()
-    with open(folder / "items.jsonl", "w") as fh:
-        for item in data.items.values():
-            fh.write(json.dumps({"id": item.id, "text": item.text, "category": item.category}) + "\n")
-    with open(folder / "examples.jsonl", "w") as fh:
-        for split, examples in data.splits.items():
-            for e in examples:
-                fh.write(json.dumps({"user": e.user, "history": list(e.history), "candidate": e.candidate,
-                                     "label": e.label, "split": split}) + "\n")
-    (folder / "meta.json").write_text(json.dumps({"scenario": "toy"}))
-
-
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
-def test_two_process_training_matches_single_process(tmp_path):
-    write_jsonl(tmp_path / "toy")
+def test_two_process_training_matches_single_process(tmp_path, toy_folder):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["train", "toy", "--data", str(tmp_path / "toy"), *ARGS]
+    common = ["train", "toy", "--data", str(toy_folder), *ARGS]
     # dropout is random per process, so compare with it off; 2 x 4 rows == 1 x 8 rows per step
     single = subprocess.run([sys.executable, "-m", "adapterhub", *common, "--batch-size", "8",
                              "--registry", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
