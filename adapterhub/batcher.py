@@ -80,10 +80,10 @@ class Batcher:
             return self.hub.score(rows)
 
     def recommend(self, ref: str, history: list[str], candidates: list[str], k: int = 10,
-                  disliked: list[str] = (), scenario: str | None = None) -> list[tuple[str, float]]:
+                  disliked: list[str] = (), scenario: str | None = None, raw: bool = False) -> list[tuple[str, float]]:
         """hub.recommend(...), its forward batched with other threads' calls."""
         with self.joined():
-            return self.hub.recommend(ref, history, candidates, k=k, disliked=disliked, scenario=scenario)
+            return self.hub.recommend(ref, history, candidates, k=k, disliked=disliked, scenario=scenario, raw=raw)
 
     @contextlib.contextmanager
     def joined(self):

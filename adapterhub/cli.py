@@ -293,7 +293,7 @@ def cmd_serve(args) -> int:
         hub.load(ref)
     print(f"adapterhub serving {args.registry}/ over {args.base} ({len(hub.resident())} resident) on "
           f"http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-    serve(hub, host=args.host, port=args.port, window_ms=args.window_ms, threads=args.threads)
+    serve(hub, host=args.host, port=args.port, window_ms=args.window_ms, threads=args.threads, batch=not args.no_batch)
     return 0
 
 
@@ -478,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "first use)")
     s.add_argument("--window-ms", type=float, default=None, help="how long a request waits for others to join its "
                    "batch (default: adapterhub.batcher.WINDOW_MS, 2)")
+    s.add_argument("--no-batch", action="store_true", help="each request runs its own forward instead of joining "
+                   "a mixed batch (on a CPU where a forward is compute-bound, batching does not raise throughput: "
+                   "README, Serving)")
     s.add_argument("--threads", type=int, default=64, help="requests handled at once (default 64)")
     s.add_argument("--max-resident", type=int, default=64, help="adapters resident at once, least recently used "
                    "evicted (default 64)")

@@ -5,7 +5,7 @@
     POST /score            {"rows": [{"adapter": "news", "prompt": "..."}, ...]}
                            or {"adapter": "news@v1", "prompts": ["...", ...]}
                            -> {"scores": [...], "adapters": ["news@v2", ...]}   (the version each row used)
-    POST /recommend        {"adapter": "news", "history": [...], "candidates": [...], "k": 10}
+    POST /recommend        {"adapter": "news", "history": [...], "candidates": [...], "k": 10, "raw": false}
                            -> {"adapter": "news@v2", "items": [{"item": "...", "score": 0.73}, ...]}
     GET  /adapters         the registry's adapters (current version, versions) and the resident ones
     POST /adapters/load    {"adapter": "news", "reload": true}: a promoted version replaces the resident one
@@ -21,6 +21,7 @@ There is no authentication: bind to 127.0.0.1 (the default) or put a proxy in fr
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 from typing import Optional
@@ -86,6 +87,7 @@ class RecommendBody(_Body):
     k: int = Field(10, ge=1, le=MAX_ITEMS)
     disliked: list[str] = Field(default_factory=list, max_length=MAX_ITEMS)
     scenario: Optional[str] = Field(None, max_length=64)
+    raw: bool = Field(False, description="rank by the adapter's P(yes) alone, not the version's fused score")
 
     @model_validator(mode="after")
     def _texts(self):
@@ -178,11 +180,32 @@ def _rss_bytes() -> Optional[int]:
     return None
 
 
+class _Direct:
+    """No gathering: each request's thread calls the (thread-safe) hub itself."""
+
+    def __init__(self, hub: Hub):
+        self.hub, self.batches, self._count = hub, 0, itertools.count(1)
+        self.requests = 0
+
+    def score(self, rows):
+        out = self.hub.score(rows)
+        self.requests = self.batches = next(self._count)
+        return out
+
+    def recommend(self, *args, **kwargs):
+        out = self.hub.recommend(*args, **kwargs)
+        self.requests = self.batches = next(self._count)
+        return out
+
+    def close(self):
+        pass
+
+
 def create_app(hub: Hub, window_ms: float = WINDOW_MS, max_rows: Optional[int] = None,
-               max_body_bytes: int = MAX_BODY_BYTES, threads: Optional[int] = None) -> FastAPI:
-    """The FastAPI app over `hub`; app.state.batcher batches its requests. threads: requests handled
-    at once (each waits in the batcher; default: anyio's 40)."""
-    batcher = Batcher(hub, window_ms=window_ms, max_rows=max_rows)
+               max_body_bytes: int = MAX_BODY_BYTES, threads: Optional[int] = None, batch: bool = True) -> FastAPI:
+    """The FastAPI app over `hub`; app.state.batcher batches its requests (batch=False: each request's
+    thread runs its own forward). threads: requests handled at once (default: anyio's 40)."""
+    batcher = Batcher(hub, window_ms=window_ms, max_rows=max_rows) if batch else _Direct(hub)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -232,7 +255,7 @@ def create_app(hub: Hub, window_ms: float = WINDOW_MS, max_rows: Optional[int] =
         if key is None:
             raise HTTPError(400, "recommend needs an adapter (name or name@vN), not the base")
         ranked = batcher.recommend(key, body.history, body.candidates, k=body.k, disliked=body.disliked,
-                                   scenario=body.scenario)
+                                   scenario=body.scenario, raw=body.raw)
         return {"adapter": key, "items": [{"item": c, "score": s} for c, s in ranked]}
 
     @app.get("/adapters")
@@ -260,9 +283,9 @@ def create_app(hub: Hub, window_ms: float = WINDOW_MS, max_rows: Optional[int] =
 
 
 def serve(hub: Hub, host: str = "127.0.0.1", port: int = 8000, window_ms: Optional[float] = None,
-          max_rows: Optional[int] = None, threads: int = 64) -> None:
+          max_rows: Optional[int] = None, threads: int = 64, batch: bool = True) -> None:
     """Run the API until interrupted. threads: requests handled at once (each waits in the batcher)."""
     import uvicorn
     window_ms = WINDOW_MS if window_ms is None else window_ms
-    uvicorn.run(create_app(hub, window_ms=window_ms, max_rows=max_rows, threads=threads), host=host, port=port,
-                log_level="warning", access_log=False)
+    uvicorn.run(create_app(hub, window_ms=window_ms, max_rows=max_rows, threads=threads, batch=batch), host=host,
+                port=port, log_level="warning", access_log=False)

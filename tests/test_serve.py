@@ -36,6 +36,15 @@ def test_score_names_the_version_each_row_used(client, hub):
     assert short["adapters"] == ["news@v1"] * 2 and short["scores"][0] == pytest.approx(want[0], abs=1e-6)
 
 
+def test_without_the_batcher_each_request_runs_its_own_forward(hub):
+    from adapterhub.serve import create_app
+    publish_random(hub, "news", seed=1)
+    with TestClient(create_app(hub, batch=False)) as c:
+        body = c.post("/score", json={"adapter": "news", "prompts": [PROMPT]}).json()
+        assert body["scores"][0] == pytest.approx(hub.score([("news", PROMPT)])[0], abs=1e-6)
+        assert c.get("/health").json()["requests"] == 1
+
+
 def test_recommend_adapters_health(client, hub):
     history, candidates = ["red thing 1", "blue thing 2"], ["thing 3", "thing 4", "thing 5"]
     r = client.post("/recommend", json={"adapter": "music", "history": history, "candidates": candidates, "k": 2})
