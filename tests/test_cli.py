@@ -72,8 +72,8 @@ def test_help_runs_as_a_module():
 
 
 def test_train_eval_recommend_from_the_command_line(tmp_path, capsys):
-    from test_distributed import write_jsonl
-    write_jsonl(tmp_path / "toy")
+    from conftest import toy_data, write_jsonl_folder
+    write_jsonl_folder(tmp_path / "toy", toy_data())
     model = ["--base", "random:tiny", "--quant", "fp32", "--device", "cpu", "--registry", str(tmp_path / "reg")]
     data = ["--scenario", "jsonl", "--data", str(tmp_path / "toy")]
     assert main(["train", "toy", *data, *model, "--max-steps", "4", "--eval-every", "2", "--n-valid", "24",
