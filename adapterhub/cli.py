@@ -137,7 +137,9 @@ def _load_data(args):
             raise DataError(f"scenario {scenario!r} is not built in (built in: {', '.join(BUILT_IN_SCENARIOS)}; aliases "
                             f"{', '.join(ALIASES)}). For your own data add --format jsonl|csv --data PATH "
                             "(see docs/DATA.md)")
-        return load(scenario, args.data, seed=args.seed)
+        return load(scenario, args.data, seed=args.seed, options=_data_options(args.data_option))
+    if args.data_option:
+        raise ConfigError("--data-option is for the built-in scenarios' loaders; your own data has none")
     if args.data is None:
         raise DataError(f"--format {fmt} needs --data PATH: the folder holding items.{fmt} and examples.{fmt} "
                         "(see docs/DATA.md)")
@@ -146,6 +148,19 @@ def _load_data(args):
         from . import prompts
         prompts.register_templates(data.scenario, **data.extra["templates"])
     return data
+
+
+def _data_options(pairs: list[str] | None) -> dict:
+    """['full_train=true', 'n=3'] -> {'full_train': True, 'n': 3}."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--data-option {pair!r}: write KEY=VALUE, e.g. --data-option full_train=true")
+        low = value.lower()
+        out[key] = (True if low in ("true", "yes") else False if low in ("false", "no")
+                    else int(value) if value.lstrip("-").isdigit() else value)
+    return out
 
 
 def cmd_train(args) -> int:
@@ -391,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data", default=None, metavar="PATH", help="data folder (default: the scenario's folder under "
                       "$ADAPTERHUB_DATA or ../shared/data; required with --format)")
     data.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and training (default 0)")
+    data.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="an option of the scenario's "
+                      "loader (repeatable), e.g. full_train=true for news: every impression it reads goes to train")
 
     p = argparse.ArgumentParser(prog="adapterhub", description="One frozen, quantized base LLM; many LoRA "
                                 "adapters for recommendation scenarios.")
@@ -465,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace the output folder if it is not empty")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("bench", parents=[common], help="run the benchmark suite (benchmarks/) and write its report")
+    s = sub.add_parser("bench", parents=[common], help="run the benchmark suites (adapterhub.bench) and write their report")
     from .bench import add_arguments
     add_arguments(s)
     s.set_defaults(func=cmd_bench)

@@ -23,8 +23,9 @@ import torch
 
 from .base import DEFAULT_BASE, Base, load_base
 from .errors import AdapterHubError, ConfigError, IncompatibleAdapterError
-from . import packing
-from .lora import BASE, SERVABLE, TRAIN, TRAINING, Route, peft_key, split_peft_key, wrap_model
+from . import compose, packing
+from .lora import BASE, SERVABLE, TRAIN, TRAINING, Route, check_same_base, group_pairs, peft_key, wrap_model
+from .prompts import ANSWERS
 from .registry import Registry, parse_ref
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,12 @@ class Adapter:
     pairs: tuple = field(default=(), repr=False)  # what it placed in routing.table (see adapterhub.lora)
 
     @property
-    def name(self) -> str:
-        return self.key.split("@")[0]
+    def name(self) -> str:  # a composition's name is its whole key
+        return self.key if compose.is_composition(self.key) else self.key.split("@")[0]
 
     @property
-    def version(self) -> str:
-        return self.key.split("@")[1]
+    def version(self) -> str | None:  # None for a composition
+        return None if compose.is_composition(self.key) else self.key.split("@")[1]
 
     @property
     def scenario(self) -> str:
@@ -115,7 +116,7 @@ class Hub:
         self._alias: dict[str, str] = {}                            # 'news' -> 'news@v2'
         self._slot = f"{Path(self.registry.root).resolve()}::"       # wrapper-key prefix of this hub
         self._lock = threading.RLock()  # guards _resident and _alias; never held during a forward or a disk read
-        yes, no = (self.tokenizer.encode(a, add_special_tokens=False)[0] for a in (" Yes", " No"))
+        yes, no = (self.tokenizer.encode(a, add_special_tokens=False)[0] for a in ANSWERS)
         if yes == no:
             raise AdapterHubError("the tokenizer gives ' Yes' and ' No' the same first token; cannot score")
         head = self.model.get_output_embeddings().weight.detach()
@@ -163,10 +164,17 @@ class Hub:
 
         reload=True re-resolves a plain name against the registry: a version promoted since the name
         was loaded replaces the one resident under it (calls already running finish on the weights they
-        started with; the replaced version is unloaded)."""
-        name, version = parse_ref(ref)
-        key = None if reload and version is None else self._alias.get(ref)
-        key = key or f"{name}@{version or self.registry.resolve(name).name}"
+        started with; the replaced version is unloaded).
+
+        ref may be a composition, 'news+music' or '0.5*news+0.5*music@v1' (adapterhub.compose): the
+        weighted sum of the parents' deltas, resident under a key naming each parent's version."""
+        if compose.is_composition(ref):
+            name, version = ref, None
+            key = (None if reload else self._alias.get(ref)) or compose.canonical(self.registry, ref)
+        else:
+            name, version = parse_ref(ref)
+            key = None if reload and version is None else self._alias.get(ref)
+            key = key or f"{name}@{version or self.registry.resolve(name).name}"
         with self._lock:
             adapter = self._resident.get(key)
             if adapter is not None:
@@ -175,7 +183,8 @@ class Hub:
                     self._point(name, key)
                 return adapter
         # read and check outside the lock: other threads keep scoring, loading and unloading
-        config, tensors, card, folder = self.registry.load(key)
+        config, tensors, card, folder = (compose.build(self.registry, key) if compose.is_composition(key)
+                                         else self.registry.load(key))
         placed = self._check_and_cast(key, config, tensors, card, folder)
         if card.get("templates"):  # a custom scenario's prompt sentences travel with its card
             from .prompts import register_templates
@@ -207,11 +216,7 @@ class Hub:
             self.unload(old)
 
     def _check_and_cast(self, key, config, tensors, card, folder) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        want = (card.get("base") or {}).get("fingerprint")
-        if want and want != self.fingerprint:
-            raise IncompatibleAdapterError(
-                f"adapter '{key}' was trained on base {card['base'].get('spec')!r} (fingerprint {want}), but this hub "
-                f"runs {self.base.spec!r} (fingerprint {self.fingerprint}); load it with Hub(base={card['base'].get('spec')!r})")
+        check_same_base(card, self.base, f"adapter '{key}'")
         r, alpha = config.get("r"), config.get("lora_alpha", config.get("alpha"))
         if not isinstance(r, int) or not 1 <= r <= MAX_RANK or not isinstance(alpha, (int, float)):
             raise IncompatibleAdapterError(f"{folder}/adapter_config.json: r={r!r}, lora_alpha={alpha!r}; "
@@ -222,18 +227,12 @@ class Hub:
         if config.get("rank_pattern") or config.get("alpha_pattern"):
             raise IncompatibleAdapterError(f"{folder}/adapter_config.json: per-module rank_pattern/alpha_pattern are not served")
         scale = alpha / (r ** 0.5 if config.get("use_rslora") else r)
-        halves: dict[str, dict[str, torch.Tensor]] = {}
-        for tname, t in tensors.items():
-            parsed = split_peft_key(tname)
-            if parsed is None:
-                raise IncompatibleAdapterError(f"{folder}: tensor {tname!r} is not a LoRA A/B weight; adapterhub serves "
-                                               "plain LoRA (no bias, no modules_to_save)")
-            path, which = parsed
+        halves = group_pairs(tensors, where=str(folder))
+        for path in halves:
             if path not in self.wrapped:
                 leaf = path.rsplit(".", 1)[-1]
                 raise IncompatibleAdapterError(f"adapter '{key}' targets module '{path}', which this hub cannot serve "
                                                f"(servable: {', '.join(SERVABLE)}); leaf name '{leaf}'")
-            halves.setdefault(path, {})[which] = t
         dtype = self.base.compute_dtype
         placed = {}
         for path, ab in halves.items():
@@ -254,7 +253,7 @@ class Hub:
         """Unload what `ref` has resident: 'news@v1' that version; 'news' every resident version of
         news (however it was loaded). -> the keys unloaded; [] (and a warning) when none was."""
         with self._lock:
-            if ref in self._resident or "@" in ref:
+            if ref in self._resident or "@" in ref or compose.is_composition(ref):
                 keys = [self._alias.get(ref, ref)]
             else:
                 keys = [k for k in self._resident if k.split("@")[0] == ref]
@@ -317,7 +316,7 @@ class Hub:
         if order is not None:  # each adapter's rows side by side; the result goes back in the caller's order
             ids = [ids[i] for i in order]
         lengths = torch.tensor([len(x) for x in ids], device=self.device)
-        width = int(lengths.max())
+        width = packing.pad_width(int(lengths.max()))  # few distinct shapes (see packing.pad_width)
         input_ids = torch.zeros(len(ids), width, dtype=torch.long)
         for i, x in enumerate(ids):
             input_ids[i, :len(x)] = torch.tensor(x)
@@ -346,7 +345,7 @@ class Hub:
         """keys: one key for every row, or one per row -> (the forward's route, the row order it needs).
 
         A mixed batch's rows are ordered so that each adapter's rows form one contiguous slice (see
-        adapterhub.lora for the two ways a module then runs them; benchmarks/concurrency.py times both)."""
+        adapterhub.lora for the two ways a module then runs them; adapterhub/bench/concurrency.py times both)."""
         if keys is None or isinstance(keys, str):
             return self._single(keys), None
         first = keys[0]

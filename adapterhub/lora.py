@@ -204,3 +204,39 @@ def split_peft_key(key: str) -> tuple[str, str] | None:
         if key.startswith(prefix) and key.endswith(suffix):
             return key[len(prefix):-len(suffix)], which
     return None
+
+
+def group_pairs(tensors: dict[str, torch.Tensor], where: str | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """PEFT tensors -> {module path: {"A": A, "B": B}}. With `where` (the adapter's name for the
+    message), a tensor that is not a LoRA A/B weight is an error; without, it is skipped."""
+    from .errors import IncompatibleAdapterError
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        parsed = split_peft_key(name)
+        if parsed is None:
+            if where is not None:
+                raise IncompatibleAdapterError(f"{where}: tensor {name!r} is not a LoRA A/B weight; adapterhub serves "
+                                               "plain LoRA (no bias, no modules_to_save)")
+            continue
+        out.setdefault(parsed[0], {})[parsed[1]] = t
+    return out
+
+
+def adapter_config(r: int, alpha: float, targets, base_spec: str, dropout: float = 0.0) -> dict:
+    """The adapter_config.json PEFT, vLLM and LoRAX read: one literal for trained, merged and
+    composed adapters."""
+    from .model_ids import hub_model_id
+    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": hub_model_id(base_spec),
+            "r": r, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": sorted(targets),
+            "bias": "none", "fan_in_fan_out": False, "inference_mode": True, "use_rslora": False, "use_dora": False,
+            "init_lora_weights": True}
+
+
+def check_same_base(card: dict, base, what: str) -> None:
+    """An adapter's card names the base fingerprint it was trained on; refuse it over another base."""
+    from .errors import IncompatibleAdapterError
+    want = (card.get("base") or {}).get("fingerprint")
+    if want and want != base.fingerprint:
+        spec = (card.get("base") or {}).get("spec")
+        raise IncompatibleAdapterError(f"{what} was trained on base {spec!r} (fingerprint {want}), but this hub runs "
+                                       f"{base.spec!r} (fingerprint {base.fingerprint}); use Hub(base={spec!r})")

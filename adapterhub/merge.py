@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError, IncompatibleAdapterError, did_you_mean
-from .lora import peft_key, split_peft_key
+from .errors import ConfigError, did_you_mean
+from .lora import adapter_config, check_same_base, group_pairs, peft_key, split_peft_key
 
 METHODS = ("cat", "linear", "svd", "ties", "dare_ties")
 
@@ -25,14 +25,10 @@ METHODS = ("cat", "linear", "svd", "ties", "dare_ties")
 def read_pairs(registry, ref: str) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float, dict, dict]:
     """-> ({module path: (A, B)}, scale alpha/r, adapter_config, card), in fp32."""
     config, tensors, card, _ = registry.load(ref)
-    halves: dict[str, dict] = {}
-    for name, t in tensors.items():
-        parsed = split_peft_key(name)
-        if parsed:
-            halves.setdefault(parsed[0], {})[parsed[1]] = t.float().clone()
     r = config["r"]
     scale = config["lora_alpha"] / (r ** 0.5 if config.get("use_rslora") else r)
-    return {p: (ab["A"], ab["B"]) for p, ab in halves.items()}, scale, config, card
+    pairs = {p: (ab["A"].float().clone(), ab["B"].float().clone()) for p, ab in group_pairs(tensors).items()}
+    return pairs, scale, config, card
 
 
 def _ties(deltas: list[torch.Tensor], density: float, dare: bool, gen: torch.Generator) -> torch.Tensor:
@@ -100,16 +96,12 @@ def merge(hub, weights: dict[str, float], method: str = "cat", name: str | None 
     parents, cards = [], []
     for ref, w in weights.items():
         pairs, scale, _config, card = read_pairs(hub.registry, ref)
-        fp = (card.get("base") or {}).get("fingerprint")
-        if fp and fp != hub.fingerprint:
-            raise IncompatibleAdapterError(f"cannot merge '{ref}': trained on another base (fingerprint {fp}, hub {hub.fingerprint})")
+        check_same_base(card, hub.base, f"cannot merge '{ref}': it")
         parents.append((pairs, scale, float(w)))
         cards.append(card)
     tensors, new_rank = merge_tensors(parents, method, rank, density, seed)
     targets = sorted({split_peft_key(k)[0].rsplit(".", 1)[-1] for k in tensors})
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": hub.base.spec,
-              "r": new_rank, "lora_alpha": float(new_rank), "lora_dropout": 0.0, "target_modules": targets,
-              "bias": "none", "fan_in_fan_out": False, "inference_mode": True, "use_rslora": False, "use_dora": False}
+    config = adapter_config(new_rank, float(new_rank), targets, hub.base.spec)
     exact = {"cat": "exact", "linear": "has cross terms (PEFT #3004)"}.get(method, f"approximate (rank {new_rank})")
     card = {"scenario": "+".join(c.get("scenario", "?") for c in cards),
             "description": description or f"{method} merge of {', '.join(weights)}: {exact}",

@@ -22,6 +22,8 @@ _LOCK = threading.Lock()
 
 def facts_of(registry, key: str) -> dict | None:
     """The facts version `key` ('name@vN') was trained with (None for versions without), read once."""
+    if "+" in key:  # a load-time composition (adapterhub.compose) has no facts of its own
+        return None
     cache_key = (str(registry.root), key)
     with _LOCK:
         if cache_key not in _FACTS:
@@ -52,7 +54,8 @@ def rank(hub, key: str, card: dict, history, candidates, k: int = 10, disliked=(
     if facts is not None and fused and not raw:
         ids = lambda refs: [facts_mod.lookup(facts, r) or str(r) for r in refs]  # noqa: E731
         hist, dis = ids(history), ids(disliked)
-        X = [[yes_no_logit(p)] + facts_mod.features(facts, scenario, hist, dis, facts_mod.lookup(facts, c) or str(c))
-             for p, c in zip(probs, candidates)]
+        names = fused["features"][1:]  # the features it was fit with (the first is the LLM's logit)
+        X = [[yes_no_logit(p)] + facts_mod.features(facts, scenario, hist, dis, facts_mod.lookup(facts, c) or str(c),
+                                                    names) for p, c in zip(probs, candidates)]
         probs = [sigmoid(z) for z in apply(fused, X)]
     return sorted(zip(candidates, probs), key=lambda cs: -cs[1])[:k]

@@ -84,19 +84,24 @@ def score_examples(hub, key: str | None, encoded, batch_size: int | None = None,
 
 def evaluate_split(hub, data, examples, adapter_key: str | None, *, with_base: bool = True,
                    with_baselines: bool = True, seed: int = 0, progress: bool = False, encoded=None,
-                   facts: dict | None = None, fused_model: dict | None = None, ci: bool = True) -> dict:
+                   facts: dict | None = None, fused_model: dict | None = None, ci: bool = True,
+                   adapter_scores: list[float] | None = None) -> dict:
     """-> {method: metrics} for 'adapter', 'adapter (fused)' (with fused_model), 'base' and each
     baseline, all on the same examples; with ci, each row's primary metric gets a bootstrap 95%
     interval ("<metric>_ci95") over whole groups. Prompts carry `facts` when given (the base then
-    sees the same facts-bearing prompts as the adapter)."""
+    sees the same facts-bearing prompts as the adapter). adapter_scores: the adapter's P(yes) on
+    these examples when already computed (training's best validation check)."""
     from .baselines import for_scenario
     from .evaluation import evaluate
     if not examples:
         raise DataError(f"no examples to evaluate for scenario '{data.scenario}'")
+    if adapter_scores is not None and len(adapter_scores) != len(examples):
+        raise ValueError(f"adapter_scores has {len(adapter_scores)} scores for {len(examples)} examples")
     encoded = encoded or encode_examples(hub, data, examples, facts)
     scores: dict[str, list[float]] = {}
     if adapter_key is not None:
-        scores["adapter"] = score_examples(hub, adapter_key, encoded, progress=progress, desc="adapter")
+        scores["adapter"] = (list(adapter_scores) if adapter_scores is not None
+                             else score_examples(hub, adapter_key, encoded, progress=progress, desc="adapter"))
         if fused_model is not None:
             scores["adapter (fused)"] = fused_scores(fused_model, facts, data.scenario, examples, scores["adapter"])
     if with_base:
@@ -118,7 +123,8 @@ def fused_scores(model: dict, facts: dict, scenario: str, examples, probs) -> li
     """The fused score: the blend (adapterhub.fused) of the adapter's Yes-No logit and the rules' features."""
     from . import facts as facts_mod
     from .fused import apply, sigmoid
-    X = [[yes_no_logit(p)] + f for p, f in zip(probs, facts_mod.feature_matrix(facts, scenario, examples))]
+    names = model["features"][1:]  # the features it was fit with (the first is the LLM's logit)
+    X = [[yes_no_logit(p)] + f for p, f in zip(probs, facts_mod.feature_matrix(facts, scenario, examples, names))]
     return [sigmoid(z) for z in apply(model, X)]
 
 

@@ -25,7 +25,7 @@ from . import facts as facts_mod
 from .config import TrainConfig
 from .datasets.common import Example
 from .errors import AdapterHubError, DataError, IncompatibleAdapterError
-from .lora import TRAIN, split_peft_key
+from .lora import TRAIN, adapter_config, check_same_base, group_pairs
 from .report import (cap_examples, encode_examples, evaluate_split, primary_metric, score_examples,
                      yes_no_logit)
 
@@ -35,11 +35,7 @@ LOG_EVERY_S = 30.0  # without a progress bar, a log line at least this often
 
 def peft_adapter_config(cfg: TrainConfig, base_spec: str) -> dict:
     """The adapter_config.json PEFT, vLLM and LoRAX read."""
-    from .model_ids import hub_model_id
-    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": hub_model_id(base_spec),
-            "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
-            "target_modules": sorted(cfg.targets), "bias": "none", "fan_in_fan_out": False,
-            "inference_mode": True, "use_rslora": False, "use_dora": False, "init_lora_weights": True}
+    return adapter_config(cfg.r, cfg.alpha, cfg.targets, base_spec, cfg.dropout)
 
 
 # ---------------------------------------------------------------- 1. pick examples
@@ -191,7 +187,7 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
         opt = torch.optim.AdamW(pairs.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
                                                   * max(0.0, (total - s) / total))
-        best = (-math.inf, None, 0)  # (valid metric, weights, step)
+        best = (-math.inf, None, 0, None)  # (valid metric, weights, step, valid scores)
         history: list[dict] = []
         bad_checks, order = 0, []
         step_s, n_candidates, loss_sum, loss_n, step = 0.0, 0, 0.0, 0, 0
@@ -231,7 +227,7 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
                 log.info("step %d/%d | loss %.3f | %.0f ms/step | ETA %.0f s", step, total, float(loss_sum) / max(1, loss_n),
                          1000 * step_s / step, step_s / step * (total - step))
             if step % eval_every == 0 or step == total or out_of_time:
-                val = _evaluate(hub, data, valid, enc_valid, metric)
+                val, val_scores = _evaluate(hub, data, valid, enc_valid, metric)
                 entry = {"step": step, "loss": round(float(loss_sum) / max(1, loss_n), 4), f"val_{metric}": round(val, 4),
                          "ms_per_step": round(1000 * step_s / step, 1)}
                 history.append(entry)
@@ -241,7 +237,7 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
                              metric, val, entry["ms_per_step"])
                 bar.set_postfix(loss=entry["loss"], **{f"val_{metric}": round(val, 3)})
                 if val > best[0]:
-                    best, bad_checks = (val, [p.detach().clone() for p in pairs.params], step), 0
+                    best, bad_checks = (val, [p.detach().clone() for p in pairs.params], step, val_scores), 0
                 else:
                     bad_checks += 1
                     if bad_checks >= cfg.patience:
@@ -258,7 +254,7 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
                  "candidates_per_s": round(n_candidates * world / max(step_s, 1e-9), 3)}
         card = None
         if is_main:  # 5. evaluate and 6. card, with the trained pair still resident
-            fused = _fit_fused(hub, data, valid, enc_valid, facts) if facts is not None else None
+            fused = _fit_fused(data, valid, best[3], facts) if facts is not None else None
             card = _card(hub, name, data, cfg, description, history, best, speed, len(train), valid, test, world,
                          facts, fused)
             card["train"]["domain_log"] = domain_log
@@ -266,6 +262,8 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
     if not (publish and is_main):  # 7. publish
         return None, card
     _check_beats_base(card, name, force)
+    if promote is None:  # promote only if valid improves, judged on this run's valid examples
+        promote = _compare_with_current(hub, name, data, valid, card)
     files = {facts_mod.FACTS_FILE: facts_mod.dumps(facts)} if facts is not None else None
     version = hub.registry.publish(name, tensors, peft_adapter_config(cfg, hub.base.spec), card,
                                    promote=promote, metric=metric, files=files)
@@ -278,10 +276,10 @@ def _train_only(data, train: list[Example]):
     return replace(data, splits={"train": train})
 
 
-def _fit_fused(hub, data, valid, enc_valid, facts) -> dict:
-    """The blend of the adapter's Yes-No logit with the rules' features, fit on valid."""
+def _fit_fused(data, valid, probs: list[float], facts) -> dict:
+    """The blend of the adapter's Yes-No logit (P(yes) per valid example: the best check's
+    scores) with the rules' features, fit on valid."""
     from .fused import fit
-    probs = score_examples(hub, TRAIN, enc_valid)
     X = [[yes_no_logit(p)] + f for p, f in zip(probs, facts_mod.feature_matrix(facts, data.scenario, valid))]
     return fit(X, [ex.label for ex in valid], names=["llm_logit", *facts_mod.feature_names(data.scenario)])
 
@@ -317,6 +315,34 @@ def _check_beats_base(card: dict, name: str, force: bool) -> None:
                               "published. Train longer or with another --lr, or publish it anyway with --force")
 
 
+def _compare_with_current(hub, name: str, data, valid: list[Example], card: dict) -> bool | None:
+    """Score the current version of `name` on this run's valid examples (its own facts in its
+    prompts), record both raw figures in card["promotion"], and -> whether the new one is at least
+    as good. None (the registry decides) when there is no current version or it cannot run here."""
+    from .evaluation import evaluate
+    from .recommend import facts_of
+    reg, metric = hub.registry, card["primary_metric"]
+    cur = reg.current(name) if name in reg.names() else None
+    if cur is None or "adapter" not in (card.get("metrics") or {}).get("valid", {}):
+        return None
+    key = f"{name}@{cur}"
+    try:
+        adapter = hub.load(key)
+    except AdapterHubError as e:  # e.g. trained over another base: the card-vs-card rule applies
+        log.warning("could not score %s on this valid split (%s): promotion compares the cards", key, e)
+        return None
+    t0 = time.perf_counter()
+    old = evaluate(data.task, valid, score_examples(hub, adapter.key, encode_examples(hub, data, valid,
+                                                                                     facts_of(reg, key))))[metric]
+    new = card["metrics"]["valid"]["adapter"][metric]
+    card["promotion"] = {"current": key, "split": "valid", "metric": metric, "n": len(valid),
+                         "current_value": round(old, 4), "new_value": round(new, 4), "promoted": new >= old,
+                         "eval_s": round(time.perf_counter() - t0, 1)}
+    log.info("valid %s: new %.4f vs current %s %.4f on the same %d examples -> %s", metric, new, key, old,
+             len(valid), "promoted" if new >= old else "not promoted")
+    return new >= old
+
+
 def _next_groups(groups, order, batch_size, world, rank, rng, cfg, sampler):
     """Whole groups until a step holds batch_size candidates, for each process; -> (this process's
     visits, the rest of the epoch order)."""
@@ -350,28 +376,24 @@ class _checkpointing:
             self.model.eval()
 
 
-def _evaluate(hub, data, valid, enc_valid, metric: str) -> float:
+def _evaluate(hub, data, valid, enc_valid, metric: str) -> tuple[float, list[float]]:
+    """-> (the valid metric, P(yes) per valid example): the scores are kept for the best check, so
+    the fused fit and the card reuse them instead of scoring valid again."""
     from .evaluation import evaluate
-    return evaluate(data.task, valid, score_examples(hub, TRAIN, enc_valid))[metric]
+    scores = score_examples(hub, TRAIN, enc_valid)
+    return evaluate(data.task, valid, scores)[metric], scores
 
 
 def _init_pairs(hub, ref: str, cfg: TrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Warm start: the parent adapter's unscaled A and B per module path."""
     config, tensors, card, _ = hub.registry.load(ref)
-    fp = (card.get("base") or {}).get("fingerprint")
-    if fp and fp != hub.fingerprint:
-        raise IncompatibleAdapterError(f"--init-from {ref}: trained on another base (fingerprint {fp}, this hub {hub.fingerprint})")
+    check_same_base(card, hub.base, f"--init-from {ref}")
     if config.get("r") != cfg.r or sorted(config.get("target_modules") or []) != sorted(cfg.targets):
         raise IncompatibleAdapterError(
             f"--init-from {ref}: parent has r={config.get('r')}, targets={config.get('target_modules')}; "
             f"this run has r={cfg.r}, targets={list(cfg.targets)}. Pass --r {config.get('r')} --targets "
             f"{','.join(config.get('target_modules') or [])}")
-    pairs: dict[str, dict] = {}
-    for name, t in tensors.items():
-        parsed = split_peft_key(name)
-        if parsed:
-            pairs.setdefault(parsed[0], {})[parsed[1]] = t.clone()
-    return {p: (ab["A"], ab["B"]) for p, ab in pairs.items()}
+    return {p: (ab["A"].clone(), ab["B"].clone()) for p, ab in group_pairs(tensors).items()}
 
 
 def _domain_adapt(hub, data, params, cfg: TrainConfig, rng: random.Random, rank: int, world: int) -> list[dict]:
@@ -418,7 +440,9 @@ def _card(hub, name, data, cfg, description, history, best, speed, n_train, vali
     for split, examples in (("valid", valid), ("test", test)):
         if len({ex.label for ex in examples}) == 2:  # AUC needs both classes
             t0 = time.perf_counter()
-            metrics[split] = evaluate_split(hub, data, examples, TRAIN, seed=cfg.seed, facts=facts, fused_model=fused)
+            known = best[3] if split == "valid" else None  # the best check already scored valid
+            metrics[split] = evaluate_split(hub, data, examples, TRAIN, seed=cfg.seed, facts=facts, fused_model=fused,
+                                            adapter_scores=known)
             eval_s[split] = round(time.perf_counter() - t0, 1)
         elif examples:
             log.warning("%s split has one label only: no metrics for it in the card", split)

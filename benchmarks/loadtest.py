@@ -39,8 +39,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Recorder  # noqa: E402
+from adapterhub.bench.common import Recorder
 
 NAMES = ("video", "music", "news", "ecommerce")
 REFS = NAMES + ("news@v1", "music@v1")  # news@v1 stays pinned across the swap

@@ -25,12 +25,13 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import random
 import statistics
 import time
 from pathlib import Path
 
-from common import Recorder
+from adapterhub.bench.common import Recorder
 
 TARGET_GENRES = {"Comedy", "Romance"}
 
@@ -65,7 +66,6 @@ def main():
     from adapterhub.datasets import load
     from adapterhub.evaluation import evaluate
     from adapterhub.hub import Hub
-    from adapterhub.registry import _atomic_write_text
     from adapterhub.report import cap_examples, encode_examples, score_examples
 
     data = load("video", args.data)
@@ -83,7 +83,9 @@ def main():
 
     def remember(key, value):
         done[key] = value
-        _atomic_write_text(done_path, json.dumps(done, indent=1))  # a kill never leaves half a file
+        tmp = done_path.with_suffix(".tmp")  # then os.replace: a kill never leaves half a file
+        tmp.write_text(json.dumps(done, indent=1))
+        os.replace(tmp, done_path)
 
     hub = Hub(base=args.base, registry=work / "adapters", quant=args.quant)
     enc_test = encode_examples(hub, target, test)

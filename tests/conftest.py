@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from adapterhub.datasets.common import Example, Item, ScenarioData
+from adapterhub.lora import peft_key
 
 
 @pytest.fixture(autouse=True)
@@ -82,3 +83,25 @@ def write_jsonl_folder(folder, data: ScenarioData, meta: dict | None = None):
 def toy_folder(tmp_path):
     """The toy scenario as a JSONL folder (docs/DATA.md), scenario 'toy'."""
     return write_jsonl_folder(tmp_path / "toy", toy_data())
+
+
+# ---- random published adapters (for hub, merge, serving and CLI tests)
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def publish_random(hub, name, r=4, seed=0, targets=TARGETS, fingerprint=None, scale=0.5):
+    """A random (non-zero B) LoRA adapter for the hub's base, published to its registry."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for path, m in hub.wrapped.items():
+        if path.rsplit(".", 1)[-1] in targets:
+            tensors[peft_key(path, "A")] = torch.randn(r, m.in_features, generator=g) * scale
+            tensors[peft_key(path, "B")] = torch.randn(m.out_features, r, generator=g) * scale
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 2 * r,
+              "target_modules": list(targets), "bias": "none"}
+    card = {"scenario": "toy", "base": {"spec": hub.base.spec, "fingerprint": fingerprint or hub.fingerprint}}
+    return hub.registry.publish(name, tensors, config, card)
+
+
+PROMPTS = ["The user liked A B C. Will the user like D? Answer:", "short", "another prompt of middling size here"]

@@ -1,42 +1,44 @@
-"""The benchmark suite on random:tiny: every script writes valid JSON lines; the report builds from sample lines."""
+"""The benchmark suites (adapterhub.bench) on random:tiny: every suite writes valid JSON lines and
+scales to its budget; the runner works as `python -m adapterhub.bench`; the report builds from sample lines."""
 from __future__ import annotations
 
 import importlib
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from adapterhub import bench
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 TINY = ["--base", "random:tiny", "--device", "cpu", "--quick", "--quants", "fp32"]
 
 
 @pytest.fixture
-def scripts(monkeypatch):
-    """The benchmark scripts as modules (they import each other as top-level `common`, `runtime`)."""
-    monkeypatch.syspath_prepend(str(BENCH_DIR))
+def suites(monkeypatch):
+    """A suite's module by its name in adapterhub.bench (each run gets its own run id)."""
     monkeypatch.delenv("ADAPTERHUB_BENCH_RUN", raising=False)
-    return lambda name: importlib.import_module(name)
+    return lambda name: importlib.import_module(f"adapterhub.bench.{name}")
 
 
 @pytest.fixture
-def in_process(scripts, monkeypatch):
-    """Run a script's --child mode in this process (the runner test covers real subprocesses)."""
+def in_process(suites, monkeypatch):
+    """Run a suite's --child mode in this process (the runner test covers real subprocesses)."""
     import contextlib
     import io
 
     def use(name):
-        module = scripts(name)
+        module = suites(name)
 
-        def fake_run_child(argv, timeout):
+        def fake_run_child(child_module, args, timeout):
+            assert child_module == module.__name__
             buf = io.StringIO()
             with contextlib.redirect_stdout(buf):
-                module.main(argv[1:])
+                module.main(args)
             return json.loads(buf.getvalue().strip().splitlines()[-1])
-        monkeypatch.setattr(scripts("common"), "run_child", fake_run_child)
+        monkeypatch.setattr(module, "run_child", fake_run_child)
         return module
     return use
 
@@ -61,16 +63,34 @@ def measured(rows: list[dict], metric: str) -> list[dict]:
     return out
 
 
+def test_suites_are_modules_of_the_package():
+    """Every suite is adapterhub.bench.<module> with a main(); the runner starts them with -m, not by path."""
+    for suite, (module, what, share) in bench.SUITES.items():
+        assert callable(importlib.import_module(f"adapterhub.bench.{module}").main), suite
+        assert what and share > 0
+    assert bench.parse_suites("training,memory") == ["train", "base"]  # a module name works too
+    assert not (Path(bench.__file__).parent / "benchmarks").exists()
+
+
+def test_python_m_adapterhub_bench_help_and_a_light_import(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "adapterhub.bench", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60)
+    assert run.returncode == 0 and "--budget-s" in run.stdout and "--only" in run.stdout, run.stderr
+    light = subprocess.run([sys.executable, "-c", "import sys, adapterhub.bench; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, timeout=60)
+    assert light.stdout.strip() == "False", light.stderr
+
+
 def test_base_memory(in_process, tmp_path):
-    in_process("base_memory").main(TINY + ["--out", str(tmp_path)])
+    in_process("memory").main(TINY + ["--out", str(tmp_path)])
     rows = read_rows(tmp_path, "base")
     for metric in ("param_bytes", "load_s", "peak_rss_bytes"):
         measured(rows, metric)
     assert measured(rows, "param_bytes")[0]["dtype"] == "float32"
 
 
-def test_adapter_size(scripts, tmp_path):
-    scripts("adapter_size").main(TINY + ["--out", str(tmp_path)])
+def test_adapter_size(suites, tmp_path):
+    suites("adapters").main(TINY + ["--out", str(tmp_path)])
     rows = read_rows(tmp_path, "adapters")
     files = {r["params"]["rank"]: r["value"] for r in measured(rows, "adapter_file_bytes")}
     weights = {r["params"]["rank"]: r["value"] for r in measured(rows, "adapter_weight_bytes")}
@@ -79,20 +99,40 @@ def test_adapter_size(scripts, tmp_path):
     assert all(files[r] > weights[r] for r in files)  # plus the safetensors header
 
 
-def test_runtime(scripts, tmp_path, monkeypatch):
-    runtime = scripts("runtime")
-    monkeypatch.setattr(runtime, "RESIDENT", (1, 16))  # 18 adapters, not 66: seconds on random:tiny
-    monkeypatch.setattr(runtime, "SEQ", 16)
-    monkeypatch.setattr(sys, "argv", ["runtime.py"] + TINY + ["--out", str(tmp_path)])
-    runtime.main()
+def test_runtime(suites, tmp_path, monkeypatch):
+    runtime = suites("runtime")
+    monkeypatch.setattr(runtime, "RESIDENT", (1, 4))  # 5 adapters published, not 66: seconds on random:tiny
+    monkeypatch.setattr(runtime, "N_MEMORY", 4)
+    monkeypatch.setattr(runtime, "SEQ_QUICK", 16)
+    monkeypatch.setattr(runtime, "REPEAT_QUICK", 2)  # ranking 20 candidates on random:tiny is ~0.5 s a call
+    runtime.main(TINY + ["--out", str(tmp_path)])
     rows = read_rows(tmp_path, "runtime")
     loads = measured(rows, "cold_load_ms")
-    assert [r["params"]["resident"] for r in loads] == [1, 16] and all(r["peft"] > 0 for r in loads)
+    assert [r["params"]["resident"] for r in loads] == [1, 4] and all(r["peft"] > 0 for r in loads)
+    assert all(r["params"]["repeat"] == runtime.REPEAT_QUICK for r in loads)  # no budget: nothing reduced
     measured(rows, "mixed_vs_single_throughput")
+    measured(rows, "resident_bytes_per_weight_byte")
+    measured(rows, "ranking_prefix_reuse_speedup")
 
 
-def test_forward(scripts, tmp_path, monkeypatch):
-    forward = scripts("forward")
+def test_runtime_scales_to_its_budget(suites, tmp_path, monkeypatch):
+    """A short budget: fewer repeats (recorded in params), the levels that do not fit are skipped rows."""
+    runtime = suites("runtime")
+    monkeypatch.setattr(runtime, "RESIDENT", (1, 4, 16))
+    monkeypatch.setattr(runtime, "N_MEMORY", 4)
+    monkeypatch.setattr(runtime, "SEQ_QUICK", 16)
+    monkeypatch.setattr(runtime, "REPEAT_QUICK", 10**6)  # only the budget can stop these repeats
+    t = time.monotonic()
+    runtime.main(TINY + ["--out", str(tmp_path), "--budget-s", "2"])
+    assert time.monotonic() - t < 30  # a million repeats of each would take hours
+    rows = read_rows(tmp_path, "runtime")
+    repeats = [r["params"]["repeat"] for r in rows if "repeat" in r["params"] and r["metric"] != "skipped"]
+    assert repeats and all(1 <= n < 10**6 for n in repeats)
+    assert all(r["reason"] == "time budget" for r in rows if r["metric"] == "skipped")
+
+
+def test_forward(suites, tmp_path, monkeypatch):
+    forward = suites("forward")
     monkeypatch.setattr(forward, "MIXED", (1, 4))
     monkeypatch.setattr(forward, "SPLIT", (4,))
     monkeypatch.setattr(forward, "REPEAT_QUICK", 1)
@@ -100,16 +140,19 @@ def test_forward(scripts, tmp_path, monkeypatch):
     rows = measured(read_rows(tmp_path, "forward"), "forward_rows_per_s")
     modes = [(r["params"]["mode"], r["params"]["adapters"]) for r in rows]
     assert modes == [("base", 0), ("single", 1), ("mixed", 1), ("mixed", 4), ("split", 4), ("merged", 1)]
-    assert all(r["peft"] > 0 for r in rows)
+    assert all(r["peft"] > 0 and r["params"]["repeat"] == 1 for r in rows)
     for r in rows:
         if "max_abs_diff" in r:  # mixed == split, merged == unmerged
             assert r["max_abs_diff"] < 1e-4, r
 
 
-def test_ranking(scripts, tmp_path):
-    scripts("ranking").main(TINY + ["--out", str(tmp_path)])
+def test_ranking(suites, tmp_path, monkeypatch):
+    ranking = suites("ranking")
+    monkeypatch.setattr(ranking, "REPEAT_QUICK", 1)
+    ranking.main(TINY + ["--out", str(tmp_path)])
     rows = measured(read_rows(tmp_path, "ranking"), "ranking_candidates_per_s")
     assert sorted(r["params"]["reuse_prefix"] for r in rows) == [False, True]
+    assert all(r["params"]["repeat"] == 1 for r in rows)
     assert all(r["max_abs_p_diff"] < 1e-4 and r["prefix_tokens"] > 0 for r in rows)
 
 
@@ -125,26 +168,57 @@ def test_training(in_process, tmp_path):
     assert rank["candidates"] == 20 and rank["max_abs_p_diff"] < 1e-4  # fp32 base: packed == full prompts
 
 
-def test_merge_quality_skips_random_base(scripts, tmp_path):
-    scripts("merge_quality").main(TINY + ["--out", str(tmp_path)])
+def test_merge_quality_skips_random_base(suites, tmp_path):
+    suites("merge").main(TINY + ["--out", str(tmp_path)])
     rows = read_rows(tmp_path, "merge")
     assert [r["metric"] for r in rows] == ["skipped"] and "random" in rows[0]["reason"]
 
 
-def test_budget_skips_and_records(scripts, tmp_path):
-    scripts("ranking").main(TINY + ["--out", str(tmp_path), "--budget-s", "0"])
+def test_merge_quality_skips_without_shipped_adapters(suites, tmp_path, monkeypatch):
+    """The default registry is ./adapters of the working folder; a wheel install has none: a clean skip."""
+    monkeypatch.chdir(tmp_path)
+    suites("merge").main(["--base", "smollm2-135m", "--quick", "--out", str(tmp_path / "out")])  # never loads the base
+    rows = [json.loads(x) for x in (tmp_path / "out" / "merge.jsonl").read_text().splitlines()]
+    assert [r["metric"] for r in rows] == ["skipped"] and "shipped adapters in adapters/" in rows[0]["reason"]
+
+
+def test_budget_skips_and_records(suites, tmp_path):
+    suites("ranking").main(TINY + ["--out", str(tmp_path), "--budget-s", "0"])
     rows = read_rows(tmp_path, "ranking")
     assert {r["metric"] for r in rows} == {"skipped"} and rows[0]["reason"] == "time budget"
 
 
+def test_budget_shares_and_fits():
+    from adapterhub.bench.common import Budget
+    assert Budget(None, parts=3).fit(7, one_s=100.0) == 7  # no budget: what was asked
+    b = Budget(10.0, parts=2)
+    assert 4 <= b.fit(100, one_s=1.0) <= 5 and b.parts == 1  # half of 10 s, at 1 s a repeat
+    assert b.fit(100, one_s=1.0) in (9, 10)                    # the last part gets all that is left
+    assert Budget(1.0).fit(100, one_s=50.0, least=3) == 3
+    assert Budget(10.0).fits(5.0) and not Budget(10.0).fits(20.0)
+
+
 def test_runner_runs_a_suite_in_a_subprocess(tmp_path):
-    failed = bench.run_suites("random:tiny", "cpu", tmp_path, quick=True, only="ranking", quants="fp32")
+    # merge: the cheapest suite on a random base (it records why it skips); the others run in-process above
+    failed = bench.run_suites("random:tiny", "cpu", tmp_path, quick=True, only="merge", quants="fp32", budget_s=120)
     assert failed == []
     wall = [json.loads(x) for x in (tmp_path / "bench.jsonl").read_text().splitlines()]
-    assert wall[0]["params"] == {"suite": "ranking"} and wall[0]["status"] == "ok"
-    rows = read_rows(tmp_path, "ranking")
-    assert rows[0]["run"] == wall[0]["run"]  # one run id for every script of an invocation
-    assert "ranking.py" in (tmp_path / "logs" / "random-tiny-cpu-ranking.log").read_text()
+    assert wall[0]["params"] == {"suite": "merge"} and wall[0]["status"] == "ok" and wall[0]["budget_s"] > 0
+    rows = read_rows(tmp_path, "merge")
+    assert rows[0]["run"] == wall[0]["run"]  # one run id for every suite of an invocation
+    log = (tmp_path / "logs" / "random-tiny-cpu-merge.log").read_text()
+    assert "-m adapterhub.bench.merge" in log and "--budget-s" in log
+
+
+def test_default_out_is_under_the_working_folder(tmp_path, monkeypatch):
+    import argparse
+    from adapterhub.bench.common import add_args
+    monkeypatch.chdir(tmp_path)
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    q = argparse.ArgumentParser()
+    add_args(q)
+    assert p.parse_args([]).out == q.parse_args([]).out == str(Path("benchmarks") / "results")
 
 
 def test_unknown_suite_is_refused():
@@ -188,10 +262,25 @@ def sample_rows() -> list[dict]:
     for reuse, v in ((True, 60.0), (False, 15.0)):
         rows.append(_row("ranking", "ranking_candidates_per_s", {"candidates": 20, "reuse_prefix": reuse}, v,
                          quant="nf4", prefix_tokens=120, suffix_tokens=20.0, max_abs_p_diff=1e-6))
-    for method, q in (("LoRA", "fp32"), ("QLoRA", "nf4")):
-        p = {"method": method, "steps": 6, "batch_size": 8, "rank": 8}
-        rows += [_row("train", "train_samples_per_s", p, 4.0, quant=q, tokens_per_sample=80.0),
-                 _row("train", "train_peak_bytes", p, 1.2e9, quant=q, before_bytes=0.9e9)]
+    for mode, speed, peak in (("ours", 2.4, 1.3e9), ("peft", 0.3, 7.2e9), ("ours-nockpt", 3.4, 2.6e9)):
+        p = {"scenario": "music", "mode": mode, "steps": 3, "batch_size": 8, "rank": 8}
+        rows += [_row("train", "train_candidates_per_s", p, speed, quant="nf4", compute="bf16", candidates=24),
+                 _row("train", "train_peak_bytes", p, peak, quant="nf4", memory="ru_maxrss")]
+    rows.append(_row("train", "skipped", {"scenario": "music", "mode": "peft-bf16", "steps": 3, "batch_size": 8, "rank": 8},
+                     None, quant="nf4", reason="time budget"))
+    rows.append(_row("train", "rank_candidates_per_s", {"scenario": "music", "mode": "score", "steps": 3, "batch_size": 8,
+                                                        "rank": 8}, 6.0, peft=1.5, quant="nf4", max_abs_p_diff=0.01,
+                     compute="bf16", candidates=20))
+    for callers in (1, 8, 32):
+        for mode, rps in (("serial", 2.0), ("batched", 2.0 * callers ** 0.5)):
+            rows.append(_row("concurrency", "concurrent_requests", {"mode": mode, "callers": callers, "rows_per_request": 1,
+                                                                    "adapters": 4, "seconds": 2.0},
+                             rps, quant="fp32", requests=40, p50_ms=300.0 * callers / rps, p99_ms=900.0 * callers / rps,
+                             single_call_ms=350.0, loadavg_1m=2.5, cores=2, **({"batches": 9} if mode == "batched" else {})))
+    for way, v in (("gather", 0.96), ("slices", 0.91)):
+        rows.append(_row("concurrency", "mixed_vs_single", {"way": way, "rows": 8, "adapters": 4, "seq": 32, "pairs": 6}, v,
+                         quant="fp32", single_ms=400.0, mixed_ms=400.0 / v, max_abs_diff=1e-6, loadavg_1m=3.5))
+    rows.append(_row("concurrency", "routing_us", {"way": "contextvar", "wrappers": 210}, 7.2, quant="fp32"))
     for s in ("video", "news"):
         for m, v in (("own", 0.70), ("base", 0.55), ("cat", 0.66), ("ties", 0.60)):
             rows.append(_row("merge", "merge_auc", {"scenario": s, "method": m, "n": 200, "adapters": 2}, v,
@@ -215,7 +304,8 @@ def test_report_markdown_and_plots(tmp_path):
     path = bench.build_report(tmp_path)
     md = path.read_text()
     for heading in ("## 1. Base memory", "## 2. Adapter size", "## 3. Cold load and switch", "## 4. Forward throughput",
-                    "## 5. Ranking throughput", "## 6. Training throughput", "## 7. Quality kept by merges"):
+                    "## 5. Ranking throughput", "## 6. Training throughput", "## 7. Quality kept by merges",
+                    "## 8. Concurrent requests"):
         assert heading in md
     assert "NVIDIA H100 80GB HBM3" in md and "CPU (Test CPU, 2 threads)" in md
     assert "| 64 | 5 | 1380 | 276.00x |" in md           # cold load row: PEFT / adapterhub ratio
@@ -223,6 +313,11 @@ def test_report_markdown_and_plots(tmp_path):
     assert "| mixed-4 | 96 | 80 | 1.20x | 0.97x | 1.00x |" in md
     assert "n/a: 4-bit" in md and "adapterhub bench --quick" in md
     assert "| 1 | 1 |" not in md                           # the older run of the suite is not reported
+    assert "| music | ours | bf16 | 2.4 | 1.00x | 1239.8 | 3 x 8 |" in md    # training: each mode, ours / this
+    assert "| music | peft | bf16 | 0.3 | 8.00x | 6866.5 | 3 x 8 |" in md
+    assert md.index("| music | ours-nockpt |") < md.index("| music | peft |")  # the modes in their fixed order
+    assert "ours / peft: music: 8.00x the candidates/s, 0.18x the peak RSS." in md
+    assert "| music | 6 | 1.5 | 4.00x | 0.01 | bf16 |" in md                # ranking 20 candidates vs PEFT
     for png in bench.PLOTS:
         assert (tmp_path / png).stat().st_size > 1000, png
         assert f"]({png})" in md
@@ -235,6 +330,20 @@ def test_report_without_matplotlib(tmp_path, monkeypatch):
         bench.build_report(tmp_path)
     md = bench.build_report(tmp_path, plots=False).read_text()
     assert "## 4. Forward throughput" in md and ".png)" not in md
+
+
+def test_report_concurrency_section(tmp_path):
+    """Issue 16's figures: requests/s and p50/p99 per callers level and mode, vs serial; the mixed batch."""
+    write_rows(tmp_path, [r for r in sample_rows() if r["suite"] == "concurrency"])
+    md = bench.build_report(tmp_path, plots=False).read_text()
+    section = md[md.index("## 8. Concurrent requests"):]
+    assert "| callers | mode | requests/s | vs serial | p50 ms | p99 ms | requests | batches |" in section
+    assert "| 8 | serial | 2 | 1.00x | 1200 | 3600 | 40 | - |" in section
+    assert "| 8 | batched | 5.66 | 2.83x | 424 | 1273 | 40 | 9 |" in section
+    assert section.index("| 1 | serial |") < section.index("| 8 | serial |") < section.index("| 32 | serial |")
+    assert "| gather | 8 x 32 | 6 | 400 | 417 | 0.96x |" in section and "| slices |" in section
+    assert "2.5-3.5 on 2 cores" in section and "| contextvar | 7.2 |" in section
+    assert "## 1. Base memory" not in md  # no rows, no section
 
 
 def test_report_with_no_results_says_what_to_run(tmp_path):

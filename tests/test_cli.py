@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from adapterhub.cli import main
-from test_hub import publish_random
+from conftest import publish_random
 
 
 @pytest.fixture
@@ -99,3 +99,12 @@ def test_merge_and_export_commands(reg, tmp_path, capsys):
     assert main(["export", "nm", str(tmp_path / "out"), "--peft", *model]) == 0
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     assert main(["merge", "news=abc", "music", *model]) == 2
+
+
+def test_data_options_are_parsed_and_bad_ones_named():
+    from adapterhub.cli import _data_options
+    from adapterhub.errors import ConfigError
+    assert _data_options(["full_train=true", "n=3", "tag=x", "flag=No"]) == {"full_train": True, "n": 3, "tag": "x",
+                                                                             "flag": False}
+    with pytest.raises(ConfigError, match="--data-option 'full_train'.*KEY=VALUE"):
+        _data_options(["full_train"])

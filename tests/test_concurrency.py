@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from test_hub import publish_random
+from conftest import publish_random
 
 NAMES = ("video", "music", "news", "ecommerce")
 PROMPTS = ["The user liked A B C. Will the user like D? Answer:", "short one",
@@ -238,16 +238,14 @@ def test_a_lone_call_waits_at_most_the_window(four):
 
 
 def test_concurrency_benchmark_suite(tmp_path, monkeypatch):
-    """benchmarks/concurrency.py --quick on the tiny base writes its rows (adapterhub bench runs it)."""
+    """adapterhub.bench.concurrency --quick on the tiny base writes its rows (adapterhub bench runs it)."""
     import json
-    from pathlib import Path
     from adapterhub import bench
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from adapterhub.bench import concurrency
     monkeypatch.delenv("ADAPTERHUB_BENCH_RUN", raising=False)
-    import concurrency
     monkeypatch.setattr(concurrency, "SECONDS_QUICK", 0.4)
     monkeypatch.setattr(concurrency, "PAIRS_QUICK", 2)
-    assert bench.SUITES["concurrency"][0] == "concurrency.py"
+    assert bench.SUITES["concurrency"][0] == "concurrency"
     concurrency.main(["--base", "random:tiny", "--device", "cpu", "--quick", "--quants", "fp32", "--out", str(tmp_path)])
     rows = [json.loads(line) for line in (tmp_path / "concurrency.jsonl").read_text().splitlines()]
     requests = [r for r in rows if r["metric"] == "concurrent_requests"]

@@ -412,3 +412,11 @@ def test_real_data_loads(real_dir, source, minimum):
         assert_no_sequential_leak(data)
     capped = load(source, max_examples={"train": 64, "valid": 64, "test": 64})
     assert 0 < capped.sizes()["train"] <= 64 and 0 < capped.sizes()["valid"] <= 64
+
+
+def test_loader_options_reach_the_loader_and_unknown_ones_are_named(tmp_path):
+    from adapterhub.datasets import load
+    with pytest.raises(DataError, match="no data option.*full_trian.*it has: full_train, sampled_eval"):
+        load("news", tmp_path, options={"full_trian": True})
+    with pytest.raises(DataError, match="no data option.*full_train.*it has: none"):
+        load("video", tmp_path, options={"full_train": True})

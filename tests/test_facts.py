@@ -69,6 +69,9 @@ def test_rules_from_facts_equal_baselines(scenario, monkeypatch, tmp_path):
         rule = F.RULES.get(scenario, "category-overlap")
         assert [row[0] for row in feats] == [math.log1p(m["most-popular"]) for m in mine]
         assert [row[1] for row in feats] == [m[rule] for m in mine]
+    if scenario == "video":  # a fused model fit with other features (video@v2's) names them itself
+        old = F.feature_matrix(facts, scenario, examples, ("log1p_popularity", "like_share_plus_rate", "like_rate"))
+        assert [row[:2] for row in old] == feats and all(0 <= row[2] <= 1 for row in old)
 
 
 def test_compute_uses_train_only_and_is_compact_json(tmp_path):
@@ -114,7 +117,8 @@ def test_unknown_items_get_neutral_values():
     data = toy("video")
     facts = F.compute(data)
     # an unknown candidate: popularity 0 and the global like-rate, as the rule gives an unseen movie
-    assert F.features(facts, "video", ["i1", "zzz"], ["i2"], "zzz") == [0.0, 2 / 3 + 0.55, 0.55]
+    assert F.features(facts, "video", ["i1", "zzz"], ["i2"], "zzz") == [0.0, 2 / 3 + 0.55]
+    assert F.features(facts, "video", ["i1"], ["i2"], "zzz", names=("like_rate",)) == [0.55]
     assert F.rule_scores(facts, "news", ["zzz"], [], "nope") == {"most-popular": 0.0, "category-overlap": 0.0}
     assert F.features(None, "music", [], [], "x") == [0.0, 0.0]
 
@@ -127,7 +131,8 @@ def test_overlap_counts():
     facts = F.compute(data)
     assert F.overlap_counts(facts, ["a", "b", "c"], "a") == {"category": 2, "subcategory": 2, "tags": 0, "genres": 2}
     assert F.rule_scores(facts, "news", ["a", "b", "c"], [], "a")["category-overlap"] == 3.0
-    assert F.features(facts, "news", ["a", "b", "c"], [], "a") == [math.log1p(1), 3.0, 2.0]
+    assert F.features(facts, "news", ["a", "b", "c"], [], "a") == [math.log1p(1), 3.0]
+    assert F.features(facts, "news", ["a", "b", "c"], [], "a", names=("subcategory_overlap",)) == [2.0]
 
 
 def test_load_errors(tmp_path):

@@ -4,24 +4,8 @@ import torch
 from adapterhub.errors import AdapterNotFoundError, IncompatibleAdapterError, RegistryError
 from adapterhub.lora import peft_key
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+from conftest import PROMPTS, TARGETS, publish_random
 
-
-def publish_random(hub, name, r=4, seed=0, targets=TARGETS, fingerprint=None, scale=0.5):
-    """A random (non-zero B) LoRA adapter for the hub's base, published to its registry."""
-    g = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for path, m in hub.wrapped.items():
-        if path.rsplit(".", 1)[-1] in targets:
-            tensors[peft_key(path, "A")] = torch.randn(r, m.in_features, generator=g) * scale
-            tensors[peft_key(path, "B")] = torch.randn(m.out_features, r, generator=g) * scale
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 2 * r,
-              "target_modules": list(targets), "bias": "none"}
-    card = {"scenario": "toy", "base": {"spec": hub.base.spec, "fingerprint": fingerprint or hub.fingerprint}}
-    return hub.registry.publish(name, tensors, config, card)
-
-
-PROMPTS = ["The user liked A B C. Will the user like D? Answer:", "short", "another prompt of middling size here"]
 
 
 def test_zero_adapter_equals_base(hub):

@@ -7,7 +7,7 @@ import torch
 
 from adapterhub.hub import Hub
 
-from test_hub import publish_random
+from conftest import publish_random
 
 
 def test_two_hubs_over_one_base_with_different_registries_do_not_clobber(tiny_base, tmp_path):

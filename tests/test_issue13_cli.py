@@ -16,7 +16,7 @@ from adapterhub.cli import main
 from adapterhub.config import TrainConfig
 
 from conftest import toy_data, write_jsonl_folder
-from test_hub import publish_random
+from conftest import publish_random
 
 TINY = ["--base", "random:tiny", "--quant", "fp32", "--device", "cpu"]
 

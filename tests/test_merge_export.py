@@ -5,7 +5,7 @@ from adapterhub.errors import ConfigError, RegistryError
 from adapterhub.merge import METHODS, read_pairs
 from adapterhub.model_ids import hub_model_id
 
-from test_hub import publish_random
+from conftest import publish_random
 
 
 def deltas(registry, ref):
@@ -86,7 +86,7 @@ def test_export_peft_folder_loads_with_plain_peft(two, tmp_path):
 def test_exports_name_a_base_that_peft_vllm_and_lorax_resolve(hub, tmp_path):
     import json
     from adapterhub.lora import peft_key
-    from test_hub import TARGETS
+    from conftest import TARGETS
     assert hub_model_id("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert hub_model_id("random:tiny") == "random:tiny" and hub_model_id("org/model") == "org/model"
     (tmp_path / "my-model").mkdir()

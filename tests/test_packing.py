@@ -13,15 +13,20 @@ GROUPS = [([1, 5, 9, 14, 3, 7], [[20, 21], [22], [23, 24, 25]]), ([1, 8, 8], [[3
 
 def test_pack_layout():
     p = packing.pack([([1, 2], [[3], [4, 5]])], torch.float32, "cpu")
-    assert p.input_ids.tolist() == [[1, 2, 3, 4, 5]]
-    assert p.position_ids.tolist() == [[0, 1, 2, 2, 3]]  # every candidate restarts after the prefix
-    allowed = (p.mask[0, 0] == 0).int().tolist()
-    assert allowed == [[1, 0, 0, 0, 0],
-                       [1, 1, 0, 0, 0],
-                       [1, 1, 1, 0, 0],
-                       [1, 1, 0, 1, 0],   # candidate 2 does not see candidate 1
-                       [1, 1, 0, 1, 1]]
+    width = packing.WIDTH_STEP  # padded up to a multiple of WIDTH_STEP (few distinct shapes)
+    assert p.input_ids.shape == (1, width) and p.input_ids[0, 5:].eq(0).all()
+    assert p.input_ids[0, :5].tolist() == [1, 2, 3, 4, 5]
+    assert p.position_ids[0, :5].tolist() == [0, 1, 2, 2, 3]  # every candidate restarts after the prefix
+    allowed = (p.mask[0, 0] == 0).int()
+    assert allowed[:5, :5].tolist() == [[1, 0, 0, 0, 0],
+                                        [1, 1, 0, 0, 0],
+                                        [1, 1, 1, 0, 0],
+                                        [1, 1, 0, 1, 0],   # candidate 2 does not see candidate 1
+                                        [1, 1, 0, 1, 1]]
+    assert allowed[:5, 5:].sum() == 0                      # nobody attends to the padding
+    assert torch.equal(allowed[5:, 5:], torch.eye(width - 5, dtype=allowed.dtype))  # a pad sees itself only
     assert p.last[1].tolist() == [2, 4] and p.sizes == [2]
+    assert [packing.pad_width(w) for w in (1, 32, 33, 700)] == [32, 32, 64, 704]
 
 
 def test_packed_logits_equal_full_prompts(hub):

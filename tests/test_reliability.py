@@ -35,7 +35,7 @@ from adapterhub.registry import CARD, CONFIG as CONFIG_FILE, PICKLES, WEIGHTS, R
 from adapterhub.safetensors_io import read_safetensors
 from conftest import toy_data
 from reliability_worker import CONFIG, POINTS, tensors
-from test_hub import PROMPTS, publish_random
+from conftest import PROMPTS, publish_random
 
 WORKER = Path(__file__).with_name("reliability_worker.py")
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_hub import publish_random
+from conftest import publish_random
 
 from fastapi.testclient import TestClient  # the 'test' extra installs the 'serve' stack: these never skip
 

@@ -75,3 +75,28 @@ def test_warm_start_checks_rank_and_records_parent(hub, toy):
         hub.train("child", toy, TrainConfig(**{**FAST, "max_steps": 5, "r": 4, "init_from": "parent"}), progress=False)
     _, card = hub.train("child", toy, TrainConfig(**{**FAST, "max_steps": 5, "init_from": "parent"}), progress=False)
     assert card["parents"] == [{"ref": "parent", "role": "warm start"}]
+
+
+def test_promotion_compares_with_the_current_version_on_the_same_valid_examples(hub, toy):
+    hub.train("toy", toy, TrainConfig(**{**FAST, "max_steps": 5}), progress=False)
+    _, card = hub.train("toy", toy, TrainConfig(**{**FAST, "max_steps": 5, "seed": 1}), progress=False)
+    promo = card["promotion"]
+    assert promo["current"] == "toy@v1" and promo["n"] == card["data"]["used"]["valid"]
+    # v1 rescored on v2's valid examples gives what v1's own card says (same split, same seed)
+    assert promo["current_value"] == pytest.approx(hub.registry.card("toy@v1")["metrics"]["valid"]["adapter"]["auc"], abs=1e-4)
+    assert promo["promoted"] == (promo["new_value"] >= promo["current_value"])
+    assert (hub.registry.current("toy") == "v2") == promo["promoted"]
+
+
+def test_the_best_checks_valid_scores_are_the_cards_valid_scores(hub, toy):
+    # the card reuses the best check's valid scores instead of scoring valid again
+    _, card = hub.train("toy", toy, TrainConfig(**{**FAST, "max_steps": 10, "eval_every": 5}), progress=False)
+    best = [e for e in card["train"]["log"] if e["step"] == card["train"]["best_step"]][0]
+    assert card["metrics"]["valid"]["adapter"]["auc"] == pytest.approx(best["val_auc"], abs=1e-4)
+    fresh = type(hub)(base=hub.base, registry=hub.registry)
+    from adapterhub.report import evaluate_split
+    from adapterhub.recommend import facts_of
+    valid = [e for e in toy.splits["valid"]]
+    again = evaluate_split(fresh, toy, valid, fresh.load("toy").key, with_base=False, with_baselines=False, ci=False,
+                           facts=facts_of(fresh.registry, "toy@v1"))
+    assert again["adapter"]["auc"] == pytest.approx(best["val_auc"], abs=1e-4)

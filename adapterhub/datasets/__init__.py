@@ -31,8 +31,11 @@ def default_data_dir() -> Path | None:
 
 
 def load(source: str, path: str | os.PathLike | None = None, *, seed: int = 0, n_candidates: int = 20,
-         max_examples: dict[str, int] | None = None) -> ScenarioData:
+         max_examples: dict[str, int] | None = None, options: dict | None = None) -> ScenarioData:
     """Load a scenario's items and train/valid/test examples; deterministic given `seed`.
+
+    options: the scenario loader's own keyword options, e.g. {"full_train": True} for news (all
+    of its impressions in train, see datasets/mind.py); an option the loader lacks is a DataError.
 
     max_examples caps split sizes with a seeded fair sample (whole groups for grouped tasks),
     e.g. {"train": 1024, "valid": 256, "test": 400}.
@@ -57,6 +60,14 @@ def load(source: str, path: str | os.PathLike | None = None, *, seed: int = 0, n
         raise DataError(f"no {name} data here; pass the folder with --data PATH (or set ADAPTERHUB_DATA "
                         "to the folder holding video/, ecommerce/, news/ and music/)", file=str(path))
     kwargs = {"seed": seed, "n_candidates": n_candidates, "max_examples": max_examples}
+    if options:
+        import inspect
+        known = [p for p in inspect.signature(module.load).parameters if p not in kwargs and p not in ("path", "fmt")]
+        bad = sorted(set(options) - set(known))
+        if bad:
+            raise DataError(f"scenario {name!r} has no data option(s) {', '.join(bad)} (it has: "
+                            f"{', '.join(known) or 'none'})", field="options")
+        kwargs.update(options)
     if module is generic:
         return generic.load(path, fmt=name, **kwargs)
     return module.load(path, **kwargs)

@@ -1,14 +1,23 @@
-"""What every benchmark shares: one JSON line per measurement, with the context to trust it."""
+"""What every suite shares: one JSON line per measurement with the context to trust it, the common
+arguments, a soft time budget, timing, and random adapters to measure with.
+
+Light to import (torch is imported inside the functions that need it).
+"""
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+RANK = 8
 
 
 def rss_bytes() -> int:
@@ -136,16 +145,18 @@ def _fmt(v) -> str:
     return str(v)
 
 
-# ---------------------------------------------------------------- shared by the suite's scripts
+# ---------------------------------------------------------------- shared by the suites
 
 def add_args(ap, quants: str = "auto") -> None:
-    """The arguments every script of the suite takes (`adapterhub bench` passes them through)."""
+    """The arguments every suite takes (`adapterhub bench` passes them through)."""
     ap.add_argument("--base", default="smollm2-135m", help="base spec: smollm2-135m, random:<preset>, a folder")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--quick", action="store_true", help="small sizes and few repeats (CPU)")
     ap.add_argument("--quants", default=quants, help="comma-separated quant modes; 'auto' = fp32,nf4 on CPU, bf16,nf4 on CUDA")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for <suite>.jsonl")
-    ap.add_argument("--budget-s", type=float, default=None, help="soft time budget: what is left after it is skipped")
+    ap.add_argument("--out", default=str(Path("benchmarks") / "results"),
+                    help="folder for <suite>.jsonl (default ./benchmarks/results)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="soft time budget: repeats shrink to fit it, what does not fit is skipped (a 'skipped' row)")
 
 
 def quant_list(arg: str, device: str) -> list[str]:
@@ -155,10 +166,14 @@ def quant_list(arg: str, device: str) -> list[str]:
 
 
 class Budget:
-    """A soft deadline: scripts check it between measurements and record what they skipped."""
+    """A soft deadline, so a suite finishes inside its share of `adapterhub bench --budget-s` instead of
+    being killed: it checks over() between measurements (recording a `skipped` row for what does not
+    fit) and sizes repeats with fit(), each of the `parts` measurements to come getting an equal share
+    of the time left."""
 
-    def __init__(self, seconds: float | None):
+    def __init__(self, seconds: float | None, parts: int = 1):
         self.end = None if seconds is None else time.monotonic() + seconds
+        self.parts = parts
 
     def over(self) -> bool:
         return self.end is not None and time.monotonic() > self.end
@@ -166,14 +181,60 @@ class Budget:
     def left(self, default: float = 3600.0) -> float:
         return default if self.end is None else max(1.0, self.end - time.monotonic())
 
+    def fits(self, seconds: float) -> bool:
+        """Whether `seconds` more work ends before the deadline."""
+        return self.end is None or time.monotonic() + seconds <= self.end
 
-def run_child(argv: list[str], timeout: float) -> dict:
-    """Run `python <argv>` (a script's --child mode, so its memory peak is its own); -> its last stdout line as JSON.
+    def share(self) -> float:
+        """Seconds for the next measurement (inf without a budget); counts it as one of the parts done."""
+        if self.end is None:
+            return math.inf
+        s = max(0.0, self.end - time.monotonic()) / max(1, self.parts)
+        self.parts = max(1, self.parts - 1)
+        return s
 
-    Raises RuntimeError with the child's last stderr line when it fails.
-    """
+    def fit(self, want: int, one_s: float, least: int = 1) -> int:
+        """Repeats (least..want) of a one_s-second call that fit in the next measurement's share."""
+        s = self.share()
+        return want if s == math.inf else max(least, min(want, int(s / max(one_s, 1e-6))))
+
+
+def timed_s(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
+
+
+def median_ms(fn, repeat: int) -> float:
+    return statistics.median(1000 * timed_s(fn) for _ in range(repeat))
+
+
+def publish_random_adapters(hub, n: int, r: int = RANK, seed: int = 0, start: int = 0) -> list[str]:
+    """Publish n random LoRA adapters (q/k/v/o) named a<start>.. to the hub's registry; -> their names."""
+    import torch
+    from ..lora import peft_key
+    g = torch.Generator().manual_seed(seed * 10_000 + start)
+    names = []
+    for i in range(start, start + n):
+        tensors = {}
+        for path, m in hub.wrapped.items():
+            if path.rsplit(".", 1)[-1] in TARGETS:
+                tensors[peft_key(path, "A")] = torch.randn(r, m.in_features, generator=g) * 0.02
+                tensors[peft_key(path, "B")] = torch.randn(m.out_features, r, generator=g) * 0.02
+        config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 2 * r,
+                  "target_modules": list(TARGETS), "bias": "none"}
+        name = f"a{i:03d}"
+        hub.registry.publish(name, tensors, config, {"scenario": "bench", "base": {"fingerprint": hub.fingerprint}})
+        names.append(name)
+    return names
+
+
+def run_child(module: str, args: list[str], timeout: float) -> dict:
+    """Run `python -m <module> <args>` (a suite's --child mode, so its memory peak is its own); -> its
+    last stdout line as JSON. Raises RuntimeError with the child's last stderr line when it fails."""
     try:
-        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"timed out after {timeout:.0f} s") from None
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

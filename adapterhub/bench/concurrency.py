@@ -1,6 +1,6 @@
 """Concurrency (issue 16): the request batcher against one call at a time, and the mixed batch.
 
-    python benchmarks/concurrency.py --quick                    # CPU, SmolLM2-135M fp32, about a minute
+    python -m adapterhub.bench.concurrency --quick          # CPU, SmolLM2-135M fp32, about a minute
     adapterhub bench --only concurrency --quick
 
 Measurements (one JSON line each, all ratios from the same run):
@@ -19,6 +19,8 @@ Every row records the machine's load average: on a shared machine, torch's worke
 cores that other processes hold, and every kernel launch pays for it.
   routing_us           what makes routing thread-safe costs per forward: one ContextVar read per wrapped
                        Linear (the hub's way), and an uncontended lock per forward (the other way), in µs.
+With --budget-s the callers levels and the mixed check share the time left: params.seconds (per mode
+and callers level) and params.pairs shrink to fit.
 """
 from __future__ import annotations
 
@@ -35,11 +37,11 @@ from pathlib import Path
 
 import torch
 
-from common import Budget, Recorder, add_args, quant_list
-from runtime import publish_random_adapters
+from .common import Budget, Recorder, add_args, publish_random_adapters, quant_list, timed_s
 
 CALLERS = (1, 8, 32)
 SECONDS, SECONDS_QUICK = 12.0, 2.0      # per (mode, callers)
+SECONDS_LEAST = 0.5                     # what a short budget still gives each (mode, callers)
 ROUNDS, ROUNDS_QUICK = 4, 1
 ROWS, SEQ, SEQ_QUICK = 8, 128, 32       # the mixed-vs-single batch
 PAIRS, PAIRS_QUICK = 15, 6
@@ -98,7 +100,7 @@ def percentile(sorted_ms: list[float], q: float) -> float:
 def bench_requests(rec, hub, keys, prompts, seconds, budget, rounds, quick, callers_list=CALLERS):
     """Each callers level: the modes take turns, `rounds` slices of seconds/rounds each, so a shared
     machine's slow spells hit every mode alike; a mode's figures pool its slices."""
-    from adapterhub.batcher import Batcher
+    from ..batcher import Batcher
     lock = threading.Lock()
 
     def serial(rows):
@@ -114,7 +116,8 @@ def bench_requests(rec, hub, keys, prompts, seconds, budget, rounds, quick, call
     single_ms = statistics.median(_timed(lambda: hub.score([(keys[0], p)])) for p in prompts[:8])
     try:
         for callers in callers_list:
-            params = {"callers": callers, "rows_per_request": 1, "adapters": len(keys)}
+            secs = min(seconds, max(SECONDS_LEAST, budget.share() / len(modes)))
+            params = {"callers": callers, "rows_per_request": 1, "adapters": len(keys), "seconds": round(secs, 2)}
             if budget.over():
                 rec.record("skipped", params, None, unit="", extra={"reason": "time budget"})
                 continue
@@ -122,7 +125,7 @@ def bench_requests(rec, hub, keys, prompts, seconds, budget, rounds, quick, call
             for _ in range(rounds):
                 for mode, fn in modes.items():
                     batches = batcher.batches
-                    n, ms, wall = drive(fn, callers, seconds / rounds, keys, prompts)
+                    n, ms, wall = drive(fn, callers, secs / rounds, keys, prompts)
                     pooled[mode]["ms"] += ms
                     pooled[mode]["wall"] += wall
                     pooled[mode]["batches"] += batcher.batches - batches
@@ -145,13 +148,11 @@ def load() -> dict:
 
 
 def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return 1000 * (time.perf_counter() - t)
+    return 1000 * timed_s(fn)
 
 
 @torch.no_grad()
-def bench_mixed(rec, hub, keys, seq, pairs):
+def bench_mixed(rec, hub, keys, seq, pairs, budget):
     """single / mixed-gather / mixed-slices in turn (the order rotates), `pairs` times."""
     ids = torch.randint(3, min(1000, hub.model.config.vocab_size), (ROWS, seq),
                         generator=torch.Generator().manual_seed(0)).tolist()
@@ -169,18 +170,18 @@ def bench_mixed(rec, hub, keys, seq, pairs):
         runs[way] = mixed
         diffs[way] = float((hub.yes_logit(mixed()) - alone).abs().max())
     ms = {name: [] for name in runs}
-    runs["single"]()  # warm-up
+    pairs = budget.fit(pairs, 3 * timed_s(runs["single"]))  # also the warm-up
     names = list(runs)
     for p in range(pairs):  # paired and rotating: slow spells of a shared machine hit every way alike
         for name in names[p % 3:] + names[:p % 3]:
             ms[name].append(_timed(runs[name]))
     for way in ("gather", "slices"):
         ratios = [s / m for s, m in zip(ms["single"], ms[way])]
-        rec.record("mixed_vs_single", {"way": way, "rows": ROWS, "adapters": len(keys), "seq": seq},
+        rec.record("mixed_vs_single", {"way": way, "rows": ROWS, "adapters": len(keys), "seq": seq, "pairs": pairs},
                    statistics.median(ratios), unit="x",
                    extra={"single_ms": statistics.median(ms["single"]), "mixed_ms": statistics.median(ms[way]),
                           "ratio_of_medians": statistics.median(ms["single"]) / statistics.median(ms[way]),
-                          "pairs": pairs, "max_abs_diff": diffs[way], **load()})
+                          "max_abs_diff": diffs[way], **load()})
 
 
 def bench_routing(rec, hub):
@@ -207,20 +208,24 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_args(ap, quants="fp32")
     args = ap.parse_args(argv)
-    from adapterhub.hub import Hub
-    budget = Budget(args.budget_s)
+    from ..hub import Hub
+    quants = quant_list(args.quants, args.device)
+    budget = Budget(args.budget_s, parts=len(quants) * (1 + len(CALLERS)))  # the mixed check, each callers level
     seconds, seq, pairs, rounds = ((SECONDS_QUICK, SEQ_QUICK, PAIRS_QUICK, ROUNDS_QUICK) if args.quick
                                    else (SECONDS, SEQ, PAIRS, ROUNDS))
     rec = Recorder("concurrency", args.out, base=args.base, device=args.device)
     prompts = make_prompts(history=HISTORY_QUICK if args.quick else HISTORY)
     with tempfile.TemporaryDirectory() as tmp:
-        for quant in quant_list(args.quants, args.device):
+        for quant in quants:
             rec.context.update(quant=quant)
             hub = Hub(base=args.base, registry=Path(tmp) / quant, quant=quant, device=args.device)
             keys = [hub.load(n).key for n in publish_random_adapters(hub, 4)]
             bench_routing(rec, hub)
-            if not budget.over():
-                bench_mixed(rec, hub, keys, seq, pairs)
+            if budget.over():
+                rec.record("skipped", {"metric": "mixed_vs_single", "seq": seq}, None, unit="",
+                           extra={"reason": "time budget"})
+            else:
+                bench_mixed(rec, hub, keys, seq, pairs, budget)
             bench_requests(rec, hub, keys, prompts, seconds, budget, rounds, args.quick)
             del hub
     rec.print_table()

@@ -1,165 +1,21 @@
-"""`adapterhub bench`: run the benchmark suite (the scripts in benchmarks/) and build its report.
+"""REPORT.md and the PNG plots, from the JSON lines the suites wrote (`adapterhub bench report`).
 
-    adapterhub bench --quick                         # CPU, SmolLM2-135M, <= 10 min
-    adapterhub bench                                 # the full run (benchmarks/README.md)
-    adapterhub bench --base random:llama-1b --device cuda --out OUT --budget-s 240
-    adapterhub bench report --out benchmarks/results # REPORT.md + PNGs from the JSON lines
-
-Each script runs in its own process (so one crash or memory peak does not touch the others) and
-appends one JSON line per measurement to <out>/<suite>.jsonl; every script of one invocation shares
-a run id. The report reads, for each (suite, base, device), the latest run, and writes REPORT.md and
-PNG plots (matplotlib, the `bench` extra) next to the JSON lines.
+For each (suite, base, device) only the latest run is reported. Every section reads the rows of one
+suite; the plots need matplotlib (the `bench` extra), the Markdown does not.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from .errors import AdapterHubError, ConfigError, did_you_mean
+from ..errors import AdapterHubError
 
-REPO = Path(__file__).resolve().parent.parent
-# suite -> (script, issue item, share of the time budget)
-SUITES = {
-    "base": ("base_memory.py", "base memory per quant mode, load time", 50),
-    "adapters": ("adapter_size.py", "adapter file size and resident bytes per rank", 25),
-    "runtime": ("runtime.py", "cold load / switch vs resident adapters, mixed batch, memory (vs PEFT)", 130),
-    "forward": ("forward.py", "forward throughput: base, single, mixed, split, merged (vs PEFT)", 120),
-    "ranking": ("ranking.py", "ranking candidates/s with and without prefix reuse", 40),
-    "train": ("training.py", "training samples/s and peak memory, LoRA and QLoRA", 90),
-    "merge": ("merge_quality.py", "AUC kept by 4-way merges (cat, ties)", 105),
-    "concurrency": ("concurrency.py", "requests/s, p50/p99 at 1/8/32 callers (batcher vs one at a time); mixed batch", 60),
-}
-QUICK_BUDGET_S = 540  # `--quick` on 2 CPU cores: the whole suite, scripts' start-up included
 PLOTS = ("base_memory.png", "adapter_size.png", "latency_vs_resident.png", "forward_throughput.png",
-         "ranking.png", "training.png", "merge_quality.png")
+         "ranking.png", "training.png", "merge_quality.png", "concurrency.png")
 
 
 class BenchError(AdapterHubError):
-    """The benchmark suite cannot run or report (missing scripts, results or matplotlib)."""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The `adapterhub bench` arguments (also `python -m adapterhub.bench`)."""
-    p.add_argument("action", nargs="?", default="run", choices=["run", "report"],
-                   help="run: the suite, then the report (default); report: only rebuild REPORT.md and the PNGs")
-    p.add_argument("--quick", action="store_true", help=f"small sizes, few repeats, a {QUICK_BUDGET_S} s budget (CPU)")
-    p.add_argument("--base", default="smollm2-135m", help="base spec: smollm2-135m or random:<preset> (e.g. random:llama-1b)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--quants", default=None, help="comma-separated quant modes for every suite (default: each suite's own)")
-    p.add_argument("--only", default=None, help=f"comma-separated suites (default all: {', '.join(SUITES)})")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="results folder (JSON lines, REPORT.md, PNGs)")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="time budget for the whole suite, shared among the scripts (default: none; --quick: "
-                        f"{QUICK_BUDGET_S})")
-    p.add_argument("--no-report", action="store_true", help="run the suite without building the report")
-    p.add_argument("--no-plots", action="store_true", help="write REPORT.md without PNGs (no matplotlib needed)")
-
-
-def run_from_args(args) -> int:
-    out = Path(args.out)
-    if args.action == "report":
-        path = build_report(out, plots=not args.no_plots)
-        print(f"wrote {path}")
-        return 0
-    failed = run_suites(args.base, args.device, out, quick=args.quick, only=args.only, quants=args.quants,
-                        budget_s=args.budget_s if args.budget_s is not None else (QUICK_BUDGET_S if args.quick else None))
-    if not args.no_report:
-        print(f"wrote {build_report(out, plots=not args.no_plots)}")
-    return 1 if failed else 0
-
-
-# ---------------------------------------------------------------- running
-
-def benchmarks_dir() -> Path:
-    folder = REPO / "benchmarks"
-    if not (folder / "common.py").is_file():
-        raise BenchError(f"the benchmark scripts are not in {folder}; `adapterhub bench` runs from a source checkout "
-                         "(git clone ... && pip install -e '.[bench]')")
-    return folder
-
-
-def parse_suites(only: str | None) -> list[str]:
-    if not only:
-        return list(SUITES)
-    names = [s.strip() for s in only.split(",") if s.strip()]
-    bad = [s for s in names if s not in SUITES]
-    if bad:
-        raise ConfigError(f"unknown suite(s) {', '.join(map(repr, bad))} (choose from: {', '.join(SUITES)})."
-                          f"{did_you_mean(bad[0], SUITES)}")
-    return names
-
-
-def run_suites(base: str, device: str, out: Path, quick: bool = False, only: str | None = None,
-               quants: str | None = None, budget_s: float | None = None) -> list[str]:
-    """Run each suite's script in a subprocess; -> the suites that failed. Logs go to <out>/logs/."""
-    folder = benchmarks_dir()
-    suites = parse_suites(only)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "logs").mkdir(exist_ok=True)
-    run_id = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    env = dict(os.environ, ADAPTERHUB_BENCH_RUN=run_id, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    command = "adapterhub bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
-    end = None if budget_s is None else time.monotonic() + budget_s
-    failed = []
-    for i, suite in enumerate(suites):
-        script, _, _ = SUITES[suite]
-        argv = [sys.executable, str(folder / script), "--base", base, "--device", device, "--out", str(out.resolve())]
-        argv += ["--quick"] if quick else []
-        if quants or suite == "runtime":  # runtime's default (fp32,nf4) is CPU's; on CUDA bf16 is the 16-bit mode
-            argv += ["--quants", quants or ("bf16,nf4" if device.startswith("cuda") else "fp32,nf4")]
-        soft = hard = None
-        if end is not None:
-            left = end - time.monotonic()
-            soft = max(10.0, left * _share(suite, base) / sum(_share(s, base) for s in suites[i:]))
-            hard = soft * 1.5 + 30
-            if suite != "runtime":  # runtime.py has no soft budget: its hard limit is its share
-                argv += ["--budget-s", f"{soft:.0f}"]
-            else:
-                hard = soft * 1.2 + 30
-        log_path = out / "logs" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', base)}-{device}-{suite}.log"
-        print(f"[{suite}] {script}" + (f" (budget {soft:.0f} s)" if soft else ""), flush=True)
-        t0 = time.monotonic()
-        status = _run(argv, env, log_path, hard)
-        wall = time.monotonic() - t0
-        print(f"[{suite}] {status} in {wall:.0f} s (log: {log_path})", flush=True)
-        if status != "ok":
-            failed.append(suite)
-        with open(out / "bench.jsonl", "a") as fh:
-            fh.write(json.dumps({"suite": "bench", "run": run_id, "metric": "suite_wall_s", "params": {"suite": suite},
-                                 "value": round(wall, 1), "unit": "s", "status": status, "base": base, "device": device,
-                                 "quick": quick, "command": command, "budget_s": soft}) + "\n")
-    return failed
-
-
-def _share(suite: str, base: str) -> float:
-    """A suite's weight in the time budget (merge quality skips at once on a random base)."""
-    return 2.0 if suite == "merge" and base.startswith("random:") else SUITES[suite][2]
-
-
-def _run(argv: list[str], env: dict, log_path: Path, timeout: float | None) -> str:
-    with open(log_path, "w") as log:
-        log.write("$ " + " ".join(argv) + "\n")
-        log.flush()
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the script and any child it started
-            proc.wait()
-            return f"timed out after {timeout:.0f} s (rows written so far are kept)"
-        except KeyboardInterrupt:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
-    return "ok" if rc == 0 else f"failed (exit {rc})"
+    """The benchmark suite cannot report (no results, or no matplotlib for the plots)."""
 
 
 # ---------------------------------------------------------------- reading results
@@ -252,7 +108,7 @@ def build_report(results: Path, plots: bool = True) -> Path:
           "the same run.", ""]
     md += _section_env(rows)
     sections = [_section_base, _section_adapters, _section_runtime, _section_forward, _section_ranking,
-                _section_train, _section_merge]
+                _section_train, _section_merge, _section_concurrency]
     for section in sections:
         md += section(rows, results, plt)
     skipped = [r for r in rows if r["metric"] == "skipped"]
@@ -394,7 +250,7 @@ def _section_adapters(rows, results, plt) -> list[str]:
 
 
 def _section_runtime(rows, results, plt) -> list[str]:
-    groups = _by(rows, "runtime")
+    groups = _by([r for r in rows if r["metric"] != "skipped"], "runtime")
     if not groups:
         return []
     md = ["## 3. Cold load and switch latency vs resident adapters (adapterhub vs plain PEFT)", "",
@@ -509,42 +365,66 @@ def _section_ranking(rows, results, plt) -> list[str]:
     return md
 
 
+TRAIN_MODES = ("ours", "ours-nockpt", "peft", "peft-bf16")  # the order the report lists them in
+
+
+def _train_order(mode: str) -> int:
+    return TRAIN_MODES.index(mode) if mode in TRAIN_MODES else len(TRAIN_MODES)
+
+
 def _section_train(rows, results, plt) -> list[str]:
-    groups = _by(rows, "train")
-    groups = {k: [r for r in v if r["metric"] != "skipped"] for k, v in groups.items()}
-    groups = {k: v for k, v in groups.items() if v}
+    groups = _by(rows, "train", "train_candidates_per_s")
     if not groups:
         return []
-    md = ["## 6. Training throughput and peak memory (LoRA, QLoRA)", "",
-          "`Hub.train` on the built-in synthetic scenario, r=8 q/k/v/o; samples/s = steps x batch / the card's train_s "
-          "(includes one validation pass); peak = process peak RSS on CPU (base included), "
-          "torch.cuda.max_memory_allocated on GPU; 'before' = the same measure after the base was loaded.", ""]
+    peaks, ranking = _by(rows, "train", "train_peak_bytes"), _by(rows, "train", "rank_candidates_per_s")
+    md = ["## 6. Training throughput and peak memory (adapterhub's loop vs a plain PEFT loop)", "",
+          "The same candidates, r=8 on q/k/v/o, each mode in a fresh process. ours = `Hub.train` (packed "
+          "shared-prefix groups, gradient checkpointing); ours-nockpt = the same without checkpointing; peft = "
+          "PeftModel over the bitsandbytes base, one full prompt per candidate; peft-bf16 = the same over the base "
+          "dequantized once to bf16. candidates/s = candidates judged per second of training steps (higher is "
+          "better); peak RSS = the process peak, base included; ours / this = the two candidates/s of the same run.", ""]
     for label, rs in groups.items():
-        body = []
-        for r in rs:
-            if r["metric"] != "train_samples_per_s":
-                continue
-            peak = _value(rs, "train_peak_bytes", method=r["params"]["method"]) or {}
-            body.append([r["params"]["method"], r.get("quant"), r.get("dtype"), _f(r["value"]), r["params"]["steps"],
-                         r["params"]["batch_size"], _f(r.get("tokens_per_sample")), _mib(peak.get("value")),
-                         _mib(peak.get("before_bytes"))])
-        md += [f"**{label}**", ""] + _table(["method", "quant", "dtype", "samples/s", "steps", "batch", "tokens/sample",
-                                             "peak MiB", "before MiB"], body)
+        body, summary = [], []
+        for scenario in dict.fromkeys(r["params"]["scenario"] for r in rs):
+            got = {r["params"]["mode"]: r for r in rs if r["params"]["scenario"] == scenario}
+            peak = {m: (_value(peaks.get(label, []), "train_peak_bytes", scenario=scenario, mode=m) or {}).get("value")
+                    for m in got}
+            ours = got.get("ours", {}).get("value")
+            for mode in sorted(got, key=_train_order):
+                r = got[mode]
+                body.append([scenario, mode, r.get("compute", "-"), _f(r["value"]), _ratio(ours, r["value"]),
+                             _mib(peak[mode]), f"{r['params']['steps']} x {r['params']['batch_size']}"])
+            if "peft" in got:
+                summary.append(f"{scenario}: {_ratio(ours, got['peft']['value'])} the candidates/s, "
+                               f"{_ratio(peak.get('ours'), peak['peft'])} the peak RSS")
+        md += [f"**{label}** (quant {rs[0].get('quant')})", ""] + _table(
+            ["scenario", "mode", "compute", "candidates/s", "ours / this", "peak RSS MiB", "steps x batch"], body)
+        if summary:
+            md += ["ours / peft: " + "; ".join(summary) + ".", ""]
+        if ranking.get(label):
+            md += ["Ranking one user's 20 candidates: `Hub.score_candidates` (packed) vs PEFT scoring the 20 full "
+                   "prompts in one batch.", ""] + _table(
+                ["scenario", "adapterhub cand/s", "PEFT cand/s", "adapterhub / PEFT", "max P diff", "compute"],
+                [[r["params"]["scenario"], _f(r["value"]), _f(r.get("peft")), _ratio(r["value"], r.get("peft")),
+                  _f(r.get("max_abs_p_diff"), 2), r.get("compute", "-")] for r in ranking[label]])
     if plt:
-        fig, axes = _subplots(plt, 2)
-        labels, speeds, peaks = [], [], []
-        for label, rs in groups.items():
-            for r in rs:
-                if r["metric"] == "train_samples_per_s":
-                    labels.append(f"{r['params']['method']} ({r.get('quant')})\n{r.get('base')}")
-                    speeds.append(r["value"])
-                    peaks.append(((_value(rs, "train_peak_bytes", method=r["params"]["method"]) or {}).get("value") or 0) / 2**20)
-        axes[0].bar(labels, speeds)
-        axes[0].set_ylabel("samples/s")
-        axes[1].bar(labels, peaks, color="tab:orange")
-        axes[1].set_ylabel("peak MiB")
-        for ax in axes:
-            ax.tick_params(axis="x", labelsize=7)
+        fig, axes = _subplots(plt, 2 * len(groups))
+        for i, (label, rs) in enumerate(groups.items()):
+            scen = list(dict.fromkeys(r["params"]["scenario"] for r in rs))
+            modes = sorted({r["params"]["mode"] for r in rs}, key=_train_order)
+            width = 0.8 / len(modes)
+            for j, mode in enumerate(modes):
+                xs = [k + (j - (len(modes) - 1) / 2) * width for k in range(len(scen))]
+                speed = [(_value(rs, "train_candidates_per_s", scenario=s, mode=mode) or {}).get("value") or 0 for s in scen]
+                peak = [(_value(peaks.get(label, []), "train_peak_bytes", scenario=s, mode=mode) or {}).get("value") or 0
+                        for s in scen]
+                axes[2 * i].bar(xs, speed, width, label=mode)
+                axes[2 * i + 1].bar(xs, [b / 2**20 for b in peak], width, label=mode)
+            for ax, ylabel in zip(axes[2 * i:2 * i + 2], ("training candidates/s (higher is better)", "peak RSS MiB")):
+                ax.set_xticks(list(range(len(scen))), scen)
+                ax.set_ylabel(ylabel)
+                ax.set_title(label, fontsize=8)
+                ax.legend(fontsize=7)
         md += [_save(fig, results, "training.png"), ""]
     return md
 
@@ -589,17 +469,70 @@ def _section_merge(rows, results, plt) -> list[str]:
     return md
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m adapterhub.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run_from_args(args)
-    except AdapterHubError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+REQUEST_MODES = ("serial", "threads", "batched")
+
+
+def _section_concurrency(rows, results, plt) -> list[str]:
+    groups = _by([r for r in rows if r["metric"] != "skipped"], "concurrency")
+    if not groups:
+        return []
+    md = ["## 8. Concurrent requests: the batcher vs one call at a time", "",
+          "1-row score requests, each for one of 4 adapters, from 1, 8 and 32 concurrent callers for a fixed time. "
+          "serial = one `hub.score` at a time (callers take turns on a lock: a server without the batcher); threads = "
+          "every caller calls `hub.score` at once; batched = the `Batcher` (concurrent rows in one forward). The modes "
+          "take turns in short slices of the same run; vs serial = its requests/s over serial's; latency per request, "
+          "waiting included.", ""]
+    for label, rs in groups.items():
+        md += [f"**{label}** (quant {rs[0].get('quant')})", ""]
+        reqs = sorted((r for r in rs if r["metric"] == "concurrent_requests"),
+                      key=lambda r: (r["params"]["callers"], REQUEST_MODES.index(r["params"]["mode"])
+                                     if r["params"]["mode"] in REQUEST_MODES else 9))
+        if reqs:
+            body = []
+            for r in reqs:
+                serial = _value(reqs, "concurrent_requests", callers=r["params"]["callers"], mode="serial") or {}
+                body.append([r["params"]["callers"], r["params"]["mode"], _f(r["value"]), _ratio(r["value"], serial.get("value")),
+                             _f(r.get("p50_ms")), _f(r.get("p99_ms")), r.get("requests", "?"), r.get("batches", "-")])
+            md += _table(["callers", "mode", "requests/s", "vs serial", "p50 ms", "p99 ms", "requests", "batches"], body)
+            loads = [r["loadavg_1m"] for r in rs if r.get("loadavg_1m") is not None]
+            if loads:  # a shared machine's other processes slow every mode; this says how much was going on
+                spread = f"{min(loads):.1f}" + (f"-{max(loads):.1f}" if max(loads) - min(loads) >= 0.05 else "")
+                md += [f"One call alone: {_f(reqs[0].get('single_call_ms'))} ms. Machine load (1-min average) while "
+                       f"measuring: {spread} on {reqs[0].get('cores', '?')} cores.", ""]
+        mixed = [r for r in rs if r["metric"] == "mixed_vs_single"]
+        if mixed:
+            md += ["Mixed batch: the same rows over 4 adapters in one forward vs on one adapter, paired and taking "
+                   "turns; single / mixed is the median over the pairs (1.00x: mixing adapters costs nothing).", ""]
+            md += _table(["way", "rows x seq", "pairs", "single ms", "mixed ms", "single / mixed", "max diff"],
+                         [[r["params"]["way"], f"{r['params']['rows']} x {r['params']['seq']}",
+                           r["params"].get("pairs", r.get("pairs", "?")), _f(r.get("single_ms")), _f(r.get("mixed_ms")),
+                           f"{r['value']:.2f}x", _f(r.get("max_abs_diff"), 2)] for r in mixed])
+        routing = [r for r in rs if r["metric"] == "routing_us"]
+        if routing:
+            md += _table(["thread-safe routing", "µs per forward", "note"],
+                         [[r["params"]["way"], _f(r["value"]), r.get("note", f"{r['params'].get('wrappers')} wrapped "
+                                                                       "Linears, one read each")] for r in routing])
+    if plt:
+        fig, axes = _subplots(plt, 2 * len(groups))
+        for i, (label, rs) in enumerate(groups.items()):
+            reqs = [r for r in rs if r["metric"] == "concurrent_requests"]
+            for mode in [m for m in REQUEST_MODES if any(r["params"]["mode"] == m for r in reqs)]:
+                pts = sorted((r["params"]["callers"], r["value"], r.get("p50_ms"), r.get("p99_ms"))
+                             for r in reqs if r["params"]["mode"] == mode)
+                xs = [p[0] for p in pts]
+                axes[2 * i].plot(xs, [p[1] for p in pts], "o-", label=mode)
+                line, = axes[2 * i + 1].plot(xs, [p[3] for p in pts], "o-", label=f"{mode} p99")
+                axes[2 * i + 1].plot(xs, [p[2] for p in pts], "s--", color=line.get_color(), label=f"{mode} p50")
+            callers = sorted({r["params"]["callers"] for r in reqs})
+            for ax, ylabel in zip(axes[2 * i:2 * i + 2], ("requests/s (higher is better)", "latency ms (lower is better)")):
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(callers, [str(c) for c in callers])
+                ax.set_xlabel("concurrent callers")
+                ax.set_ylabel(ylabel)
+                ax.set_title(label, fontsize=8)
+                ax.legend(fontsize=7)
+            axes[2 * i + 1].set_yscale("log")
+        md += [_save(fig, results, "concurrency.png"), ""]
+    return md

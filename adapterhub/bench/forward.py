@@ -1,7 +1,7 @@
 """Forward throughput, adapterhub and plain PEFT side by side, in the same run (issue 5, item 4).
 
-    python benchmarks/forward.py --quick                              # CPU, SmolLM2-135M fp32 + NF4, ~2 min
-    python benchmarks/forward.py --base random:llama-1b --device cuda # bf16 + NF4
+    python -m adapterhub.bench.forward --quick                              # CPU, SmolLM2-135M fp32 + NF4, ~2 min
+    python -m adapterhub.bench.forward --base random:llama-1b --device cuda # bf16 + NF4
 
 One batch of ROWS equal-length rows of SEQ random tokens, per quant mode. Modes (rows/s, higher is better):
   base     no adapter               hub: active=None        PEFT: disable_adapter()
@@ -16,7 +16,8 @@ One batch of ROWS equal-length rows of SEQ random tokens, per quant mode. Modes 
                                     PEFT: merge_and_unload() on its non-quantized copy
 The hub returns the last position's hidden state; PEFT runs the model with logits_to_keep=1 (the
 LM head on one position). Rows record max_abs_diff of the hub's answer logit against the
-single-adapter (merged) or split (mixed) result.
+single-adapter (merged) or split (mixed) result. With --budget-s each measurement gets an equal
+share of the time left: its repeats shrink to fit (params.repeat), and what does not fit is skipped.
 """
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ from pathlib import Path
 
 import torch
 
-from common import Budget, Recorder, add_args, quant_list
-from runtime import median_ms, publish_random_adapters
+from .common import Budget, Recorder, add_args, median_ms, publish_random_adapters, quant_list, timed_s
 
 ROWS, SEQ, SEQ_QUICK = 16, 128, 32
 MIXED, SPLIT = (1, 4, 16), (4, 16)
@@ -39,8 +39,8 @@ REPEAT, REPEAT_QUICK = 10, 3
 @torch.no_grad()
 def bench_quant(rec, args, quant, tmp, budget, seq, repeat):
     import peft
-    from adapterhub.base import load_base
-    from adapterhub.hub import Hub
+    from ..base import load_base
+    from ..hub import Hub
     rec.context.update(quant=quant)
     if budget.over():
         rec.record("skipped", {"quant": quant}, None, unit="", extra={"reason": "time budget"})
@@ -64,8 +64,9 @@ def bench_quant(rec, args, quant, tmp, budget, seq, repeat):
         if budget.over():
             rec.record("skipped", params, None, unit="", extra={"reason": "time budget"})
             return
-        ours(), theirs()  # warm-up
-        ours_ms, peft_ms = median_ms(ours, repeat), median_ms(theirs, repeat)
+        r = budget.fit(repeat, timed_s(ours) + timed_s(theirs))  # the warm-up tells how many repeats fit
+        params["repeat"] = r
+        ours_ms, peft_ms = median_ms(ours, r), median_ms(theirs, r)
         extra = {"ours_ms": ours_ms, "peft_ms": peft_ms}
         if check is not None:
             extra["max_abs_diff"] = check
@@ -127,11 +128,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_args(ap)
     args = ap.parse_args(argv)
-    budget = Budget(args.budget_s)
+    quants = quant_list(args.quants, args.device)
+    # one budget share per measurement: base, single, mixed-k, split-k, merged, per quant mode
+    budget = Budget(args.budget_s, parts=(3 + len(MIXED) + len(SPLIT)) * len(quants))
     seq, repeat = (SEQ_QUICK, REPEAT_QUICK) if args.quick else (SEQ, REPEAT)
     rec = Recorder("forward", args.out, base=args.base, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        for quant in quant_list(args.quants, args.device):
+        for quant in quants:
             bench_quant(rec, args, quant, tmp, budget, seq, repeat)
     rec.print_table()
 
