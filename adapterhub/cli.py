@@ -129,6 +129,12 @@ def _load_data(args):
     fmt, scenario = args.format, args.scenario
     if fmt is None and scenario in FORMATS:  # the old spelling, when --scenario also meant the format
         fmt, scenario = scenario, None
+    if fmt is None and scenario and "," in scenario:  # a joint adapter over several built-in scenarios
+        names = [s.strip() for s in scenario.split(",") if s.strip()]
+        if args.data is not None:
+            raise ConfigError("--data names one scenario's folder; joint training reads each scenario's own folder "
+                              "under $ADAPTERHUB_DATA or ../shared/data")
+        return [_load_data(argparse.Namespace(**{**vars(args), "scenario": s})) for s in names]
     if fmt is None:
         if scenario is None:
             raise ConfigError("which scenario? Give --scenario " + "|".join(BUILT_IN_SCENARIOS) + " (the shared data), "
@@ -183,11 +189,15 @@ def cmd_train(args) -> int:
     if adapter is None:  # a non-main process of a multi-process run: the main one publishes
         return 0
     print(f"published {adapter.key} ({'current' if hub.registry.current(adapter.name) == adapter.version else 'not promoted'})")
-    _print_metrics(card["metrics"], card["primary_metric"])
+    for scenario, part in (card.get("scenarios") or {card.get("scenario"): card}).items():
+        if card.get("scenarios"):
+            print(f"\n== {scenario}")
+        _print_metrics(part["metrics"], part["primary_metric"])
     print()
     for v in card.get("verdict", []):  # one line per baseline: wins or loses, by how much
-        print(f"{v['model']} {'wins against' if v['wins'] else 'LOSES to'} {v['vs']} on {v['split']} {v['metric']}: "
-              f"{v['model_value']:.4f} vs {v['vs_value']:.4f} ({v['diff']:+.4f})")
+        where = f"{v['scenario']} " if "scenario" in v else ""
+        print(f"{v['model']} {'wins against' if v['wins'] else 'LOSES to'} {v['vs']} on {where}{v['split']} "
+              f"{v['metric']}: {v['model_value']:.4f} vs {v['vs_value']:.4f} ({v['diff']:+.4f})")
     return 0
 
 
@@ -398,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--quant", default="nf4", choices=["nf4", "int8", "bf16", "fp32"], help="base quantization (default nf4)")
     model.add_argument("--device", default="auto", help="auto, cpu or cuda")
     data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--scenario", help=f"the scenario: {' | '.join(BUILT_IN_SCENARIOS)} (their data under ../shared/data), "
+    data.add_argument("--scenario", help=f"the scenario: {' | '.join(BUILT_IN_SCENARIOS)} (their data under ../shared/data; "
+                      "train takes several, comma-separated, for one adapter trained jointly on all of them), "
                       "or your own scenario's name with --format (default there: meta.json's \"scenario\", else the "
                       "data folder's name)")
     data.add_argument("--format", choices=FORMATS, help="your own data's format: --data holds items.FORMAT and "

@@ -186,9 +186,12 @@ class Hub:
         config, tensors, card, folder = (compose.build(self.registry, key) if compose.is_composition(key)
                                          else self.registry.load(key))
         placed = self._check_and_cast(key, config, tensors, card, folder)
+        from .prompts import register_templates
         if card.get("templates"):  # a custom scenario's prompt sentences travel with its card
-            from .prompts import register_templates
             register_templates(card.get("scenario", name), **card["templates"])
+        for scenario, part in (card.get("scenarios") or {}).items():  # ... and with a joint card's parts
+            if part.get("templates"):
+                register_templates(scenario, **part["templates"])
         pairs = [None] * self.routing.size
         for path, pair in placed.items():
             pairs[self.wrapped[path].index] = pair

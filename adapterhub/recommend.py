@@ -12,6 +12,7 @@ import json
 import threading
 
 from . import facts as facts_mod
+from .errors import ConfigError
 from . import prompts
 from .fused import apply, sigmoid
 from .report import yes_no_logit
@@ -20,14 +21,17 @@ _FACTS: dict[tuple[str, str], dict | None] = {}
 _LOCK = threading.Lock()
 
 
-def facts_of(registry, key: str) -> dict | None:
-    """The facts version `key` ('name@vN') was trained with (None for versions without), read once."""
+def facts_of(registry, key: str, scenario: str | None = None) -> dict | None:
+    """The facts version `key` ('name@vN') was trained with (None for versions without), read once.
+    A jointly trained version has one file per scenario (facts.<scenario>.json): name the scenario."""
     if "+" in key:  # a load-time composition (adapterhub.compose) has no facts of its own
         return None
-    cache_key = (str(registry.root), key)
+    cache_key = (str(registry.root), key, scenario)
     with _LOCK:
         if cache_key not in _FACTS:
             data = registry.read_file(key, facts_mod.FACTS_FILE)
+            if data is None and scenario:
+                data = registry.read_file(key, f"facts.{scenario}.json")
             _FACTS[cache_key] = None if data is None else json.loads(data)
         return _FACTS[cache_key]
 
@@ -46,11 +50,14 @@ def rank(hub, key: str, card: dict, history, candidates, k: int = 10, disliked=(
          raw: bool = False) -> list[tuple[str, float]]:
     """Top-k (candidate, score): the fused probability, or P(yes) when raw or when the version has
     no fused blend."""
+    joint = card.get("scenarios") or {}  # a jointly trained adapter: each scenario's facts and blend
+    if joint and scenario not in joint:
+        raise ConfigError(f"{key} was trained on several scenarios ({', '.join(joint)}): pass scenario= one of them")
     scenario = scenario or card.get("scenario", key.split("@")[0])
-    facts = facts_of(hub.registry, key)
+    facts = facts_of(hub.registry, key, scenario if joint else None)
     prefix, suffixes = render(scenario, facts, history, candidates, disliked)
     probs = hub.score_candidates(key, prefix, suffixes)
-    fused = card.get("fused")
+    fused = (joint.get(scenario) or card).get("fused")
     if facts is not None and fused and not raw:
         ids = lambda refs: [facts_mod.lookup(facts, r) or str(r) for r in refs]  # noqa: E731
         hist, dis = ids(history), ids(disliked)

@@ -15,6 +15,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ from . import __version__
 from . import facts as facts_mod
 from .config import TrainConfig
 from .datasets.common import Example
-from .errors import AdapterHubError, DataError, IncompatibleAdapterError
+from .errors import AdapterHubError, ConfigError, DataError, IncompatibleAdapterError
 from .lora import TRAIN, adapter_config, check_same_base, group_pairs
 from .report import (cap_examples, encode_examples, evaluate_split, primary_metric, score_examples,
                      yes_no_logit)
@@ -121,6 +122,33 @@ class Encoder:
         return self.cache[text]
 
 
+@dataclass
+class Part:
+    """One scenario of a training run (a joint run has several): its examples, facts and encoders."""
+    data: object
+    train: list
+    valid: list
+    test: list
+    facts: dict | None
+    groups: list
+    sampler: NegativeSampler
+    encode: Encoder
+    enc_valid: list
+    metric: str
+    fused: dict | None = field(default=None)
+
+
+def prepare(hub, data, cfg: TrainConfig, rng: random.Random) -> Part:
+    """Steps 1-2 for one scenario: examples, facts (train split only), groups, encoders."""
+    if data.extra.get("templates"):  # a custom scenario's own prompt sentences (meta.json)
+        from .prompts import register_templates
+        register_templates(data.scenario, **data.extra["templates"])
+    train, valid, test = pick_examples(data, cfg, rng)
+    facts = facts_mod.compute(_train_only(data, train)) if cfg.facts else None
+    return Part(data, train, valid, test, facts, build_groups(train), NegativeSampler(train),
+                Encoder(hub, data, facts), encode_examples(hub, data, valid, facts), primary_metric(data.task))
+
+
 # ---------------------------------------------------------------- 3. loss
 
 def group_loss(logits: torch.Tensor, labels: torch.Tensor, sizes: list[int], listwise_weight: float,
@@ -148,6 +176,9 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
                   accelerator=None, force: bool = False) -> tuple[object, dict]:
     """Train a LoRA adapter for `data.scenario` on the hub's base; publish it as `name`.
 
+    data: one ScenarioData, or a list of them for one adapter trained jointly on several scenarios
+    (batches mixed across them, each scenario's prompts and facts unchanged; validation by the mean
+    of their primary metrics; the card has per-scenario metrics under "scenarios").
     -> (the resident Adapter, the card). With publish=False, returns (None, card) and nothing is written.
     A version whose raw adapter scores below the bare base on valid is published only with force=True.
     """
@@ -160,34 +191,33 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
 
-    if data.extra.get("templates"):  # a custom scenario's own prompt sentences (meta.json)
-        from .prompts import register_templates
-        register_templates(data.scenario, **data.extra["templates"])
-    train, valid, test = pick_examples(data, cfg, rng)
-    facts = facts_mod.compute(_train_only(data, train)) if cfg.facts else None
-    groups = build_groups(train)
-    sampler = NegativeSampler(train)
-    encode = Encoder(hub, data, facts)
-    enc_valid = encode_examples(hub, data, valid, facts)
+    datas = list(data) if isinstance(data, (list, tuple)) else [data]
+    scenarios = [d.scenario for d in datas]
+    if not datas or len(set(scenarios)) < len(scenarios):
+        raise ConfigError(f"joint training needs distinct scenarios, got {scenarios}")
+    if len(datas) > 1 and cfg.domain_steps:
+        raise ConfigError("domain_steps is for one scenario; train the joint adapter without it")
+    parts = [prepare(hub, d, cfg, rng) for d in datas]
+    groups = [(i, g) for i, p in enumerate(parts) for g in p.groups]  # shuffled together: mixed batches
     teacher = hub.load(cfg.teacher).key if cfg.teacher else None
     init = _init_pairs(hub, cfg.init_from, cfg) if cfg.init_from else {}
-    per_step = max(1, round(sum(len(g) for g in groups) / len(groups)))  # candidates per group, roughly
+    per_step = max(1, round(sum(len(g) for _, g in groups) / len(groups)))  # candidates per group, roughly
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(groups) * per_step / (cfg.batch_size * cfg.grad_accum)))
     eval_every = cfg.eval_every
     if eval_every > total:
         log.info("eval_every=%d > max_steps=%d: validating every %d steps instead", eval_every, total, total)
         eval_every = total
-    metric = primary_metric(data.task)
+    metric = parts[0].metric if len(parts) == 1 else "mean_primary"
 
     # hub.use(TRAIN) for the whole loop: a checkpointed backward re-runs the forward, and must see
     # the same routing as the forward did
     with hub.trainable(cfg.r, cfg.alpha, cfg.dropout, cfg.targets, init) as pairs, hub.use(TRAIN), \
             _checkpointing(hub, cfg):
-        domain_log = _domain_adapt(hub, data, pairs.params, cfg, rng, rank, world) if cfg.domain_steps else []
+        domain_log = _domain_adapt(hub, datas[0], pairs.params, cfg, rng, rank, world) if cfg.domain_steps else []
         opt = torch.optim.AdamW(pairs.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
                                                   * max(0.0, (total - s) / total))
-        best = (-math.inf, None, 0, None)  # (valid metric, weights, step, valid scores)
+        best = (-math.inf, None, 0, None)  # (valid metric, weights, step, valid scores per part)
         history: list[dict] = []
         bad_checks, order = 0, []
         step_s, n_candidates, loss_sum, loss_n, step = 0.0, 0, 0.0, 0, 0
@@ -196,15 +226,16 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
         while step < total:
             t_step = time.perf_counter()
             for _ in range(cfg.grad_accum):
-                batch, order = _next_groups(groups, order, cfg.batch_size, world, rank, rng, cfg, sampler)
-                encoded = [encode(g) for g in batch]
+                batch, order = _next_groups(groups, order, cfg.batch_size, world, rank, rng, cfg, parts)
+                encoded = [parts[i].encode(g) for i, g in batch]
                 logits = hub.packed_logits(TRAIN, encoded)
-                labels = torch.tensor([float(ex.label) for g in batch for ex in g], device=logits.device)
+                labels = torch.tensor([float(ex.label) for _, g in batch for ex in g], device=logits.device)
                 soft = None
                 if teacher is not None:
                     with torch.no_grad():
                         soft = torch.sigmoid(hub.packed_logits(teacher, encoded))
-                loss = group_loss(logits, labels, [len(g) for g in batch], cfg.listwise_weight, soft, cfg.distill_weight)
+                loss = group_loss(logits, labels, [len(g) for _, g in batch], cfg.listwise_weight, soft,
+                                  cfg.distill_weight)
                 (accelerator.backward(loss / cfg.grad_accum) if accelerator is not None
                  else (loss / cfg.grad_accum).backward())
                 loss_sum += loss.detach()
@@ -227,9 +258,12 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
                 log.info("step %d/%d | loss %.3f | %.0f ms/step | ETA %.0f s", step, total, float(loss_sum) / max(1, loss_n),
                          1000 * step_s / step, step_s / step * (total - step))
             if step % eval_every == 0 or step == total or out_of_time:
-                val, val_scores = _evaluate(hub, data, valid, enc_valid, metric)
+                checks = [_evaluate(hub, p.data, p.valid, p.enc_valid, p.metric) for p in parts]
+                val, val_scores = sum(v for v, _ in checks) / len(checks), [s for _, s in checks]
                 entry = {"step": step, "loss": round(float(loss_sum) / max(1, loss_n), 4), f"val_{metric}": round(val, 4),
                          "ms_per_step": round(1000 * step_s / step, 1)}
+                if len(parts) > 1:
+                    entry.update({f"val_{p.data.scenario}_{p.metric}": round(v, 4) for p, (v, _) in zip(parts, checks)})
                 history.append(entry)
                 loss_sum, loss_n = 0.0, 0
                 if is_main:
@@ -254,20 +288,26 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
                  "candidates_per_s": round(n_candidates * world / max(step_s, 1e-9), 3)}
         card = None
         if is_main:  # 5. evaluate and 6. card, with the trained pair still resident
-            fused = _fit_fused(data, valid, best[3], facts) if facts is not None else None
-            card = _card(hub, name, data, cfg, description, history, best, speed, len(train), valid, test, world,
-                         facts, fused)
+            for p, scores in zip(parts, best[3]):
+                p.fused = _fit_fused(p.data, p.valid, scores, p.facts) if p.facts is not None else None
+            card = _card(hub, name, parts, cfg, description, history, best, speed, world)
             card["train"]["domain_log"] = domain_log
         tensors = pairs.tensors()
     if not (publish and is_main):  # 7. publish
         return None, card
     _check_beats_base(card, name, force)
-    if promote is None:  # promote only if valid improves, judged on this run's valid examples
-        promote = _compare_with_current(hub, name, data, valid, card)
-    files = {facts_mod.FACTS_FILE: facts_mod.dumps(facts)} if facts is not None else None
+    if promote is None and len(parts) == 1:  # promote only if valid improves, judged on this run's valid examples
+        promote = _compare_with_current(hub, name, parts[0].data, parts[0].valid, card)
+    files = {facts_file(p.data.scenario, len(parts) > 1): facts_mod.dumps(p.facts) for p in parts
+             if p.facts is not None} or None
     version = hub.registry.publish(name, tensors, peft_adapter_config(cfg, hub.base.spec), card,
                                    promote=promote, metric=metric, files=files)
     return hub.load(f"{name}@{version}"), hub.registry.card(f"{name}@{version}")
+
+
+def facts_file(scenario: str, joint: bool) -> str:
+    """facts.json, or one facts.<scenario>.json per scenario of a jointly trained adapter."""
+    return f"facts.{scenario}.json" if joint else facts_mod.FACTS_FILE
 
 
 def _train_only(data, train: list[Example]):
@@ -343,9 +383,9 @@ def _compare_with_current(hub, name: str, data, valid: list[Example], card: dict
     return new >= old
 
 
-def _next_groups(groups, order, batch_size, world, rank, rng, cfg, sampler):
+def _next_groups(groups, order, batch_size, world, rank, rng, cfg, parts):
     """Whole groups until a step holds batch_size candidates, for each process; -> (this process's
-    visits, the rest of the epoch order)."""
+    visits as (part index, candidates), the rest of the epoch order)."""
     per_rank: list[list[list[Example]]] = [[] for _ in range(world)]
     for r in range(world):
         count = 0
@@ -353,8 +393,9 @@ def _next_groups(groups, order, batch_size, world, rank, rng, cfg, sampler):
             if not order:
                 order = list(range(len(groups)))
                 rng.shuffle(order)
-            chosen = visit(groups[order.pop()], cfg, sampler, rng)
-            per_rank[r].append(chosen)
+            i, group = groups[order.pop()]
+            chosen = visit(group, cfg, parts[i].sampler, rng)
+            per_rank[r].append((i, chosen))
             count += len(chosen)
     return per_rank[rank], order
 
@@ -432,20 +473,39 @@ def _domain_adapt(hub, data, params, cfg: TrainConfig, rng: random.Random, rank:
 
 # ---------------------------------------------------------------- 6. card
 
-def _card(hub, name, data, cfg, description, history, best, speed, n_train, valid, test, world=1,
-          facts: dict | None = None, fused: dict | None = None) -> dict:
-    """Evaluate the trained pair (still resident as TRAIN) beside the base and baselines; build the card."""
+def _evaluate_part(hub, p: Part, cfg: TrainConfig, valid_scores: list[float], joint: bool) -> dict:
+    """One scenario's share of the card: data, metrics of the trained pair (still resident as TRAIN)
+    beside the base and baselines on valid and test, facts, fused blend, verdict."""
     from .prompts import registered_templates
     metrics, eval_s = {}, {}
-    for split, examples in (("valid", valid), ("test", test)):
+    for split, examples in (("valid", p.valid), ("test", p.test)):
         if len({ex.label for ex in examples}) == 2:  # AUC needs both classes
             t0 = time.perf_counter()
-            known = best[3] if split == "valid" else None  # the best check already scored valid
-            metrics[split] = evaluate_split(hub, data, examples, TRAIN, seed=cfg.seed, facts=facts, fused_model=fused,
-                                            adapter_scores=known)
+            known = valid_scores if split == "valid" else None  # the best check already scored valid
+            metrics[split] = evaluate_split(hub, p.data, examples, TRAIN, seed=cfg.seed, facts=p.facts,
+                                            fused_model=p.fused, adapter_scores=known)
             eval_s[split] = round(time.perf_counter() - t0, 1)
         elif examples:
-            log.warning("%s split has one label only: no metrics for it in the card", split)
+            log.warning("%s split of %s has one label only: no metrics for it in the card", split, p.data.scenario)
+    d = p.data
+    out = {"data": {"source": d.source, "sha256": d.sha256, "sizes": d.sizes(), "task": d.task,
+                    "used": {"train": len(p.train), "valid": len(p.valid), "test": len(p.test)}},
+           "primary_metric": p.metric, "metrics": metrics, "eval_s": eval_s}
+    if registered_templates(d.scenario):
+        out["templates"] = registered_templates(d.scenario)
+    if p.facts is not None:
+        out["facts"] = {"file": facts_file(d.scenario, joint), "items": len(p.facts["items"]),
+                        "bytes": len(facts_mod.dumps(p.facts)), "from": "train split"}
+        out["fused"] = {**p.fused, "fit_on": "valid", "note": "valid metrics of the fused score are in-sample"}
+    out["verdict"] = verdict(out)
+    return out
+
+
+def _card(hub, name, parts: list[Part], cfg, description, history, best, speed, world=1) -> dict:
+    """Evaluate the trained pair on every scenario of the run; build the card. A joint card keeps
+    each scenario's share under "scenarios" and the mean primary metric of adapter and base on top."""
+    joint = len(parts) > 1
+    evals = {p.data.scenario: _evaluate_part(hub, p, cfg, scores, joint) for p, scores in zip(parts, best[3])}
     parents = []
     if cfg.init_from:
         parents.append({"ref": cfg.init_from, "role": "warm start"})
@@ -453,25 +513,29 @@ def _card(hub, name, data, cfg, description, history, best, speed, n_train, vali
         parents.append({"ref": cfg.teacher, "role": "teacher", "distill_weight": cfg.distill_weight})
     loss = {"bce": round(1 - cfg.listwise_weight, 4), "listwise_softmax": cfg.listwise_weight,
             "group_size": cfg.group_size, "sampled_negatives": cfg.negatives}
+    scenario = "+".join(evals)
+    sources = ", ".join(p.data.source for p in parts)
     card = {
-        "scenario": data.scenario,
-        "description": description or f"{data.scenario} recommendation adapter ({data.source})",
+        "scenario": scenario,
+        "description": description or f"{scenario} recommendation adapter ({sources})",
         "base": {"spec": hub.base.spec, "fingerprint": hub.fingerprint, "quant": hub.base.quant,
                  "compute": hub.base.compute},
         "lora": {"r": cfg.r, "alpha": cfg.alpha, "targets": sorted(cfg.targets), "dropout": cfg.dropout},
-        "data": {"source": data.source, "sha256": data.sha256, "sizes": data.sizes(), "task": data.task,
-                 "used": {"train": n_train, "valid": len(valid), "test": len(test)}},
         "train": {**cfg.to_dict(), "world_size": world, "best_step": best[2], **speed, "loss": loss, "log": history},
-        "primary_metric": primary_metric(data.task),
-        "metrics": metrics,
-        "eval_s": eval_s,
-        **({"templates": registered_templates(data.scenario)} if registered_templates(data.scenario) else {}),
         "parents": parents,
         "adapterhub_version": __version__,
     }
-    if facts is not None:
-        card["facts"] = {"file": facts_mod.FACTS_FILE, "items": len(facts["items"]),
-                         "bytes": len(facts_mod.dumps(facts)), "from": "train split"}
-        card["fused"] = {**fused, "fit_on": "valid", "note": "valid metrics of the fused score are in-sample"}
-    card["verdict"] = verdict(card)
+    if not joint:
+        card.update(next(iter(evals.values())))
+        return card
+    card["scenarios"] = evals
+    card["primary_metric"] = "mean_primary"
+    card["metrics"] = {}
+    for split in ("valid", "test"):
+        rows = [e["metrics"].get(split, {}) for e in evals.values()]
+        means = {who: {"mean_primary": sum(r[who][e["primary_metric"]] for r, e in zip(rows, evals.values())) / len(rows)}
+                 for who in ("adapter", "adapter (fused)", "base") if all(who in r for r in rows)}
+        if means:
+            card["metrics"][split] = means
+    card["verdict"] = [{**v, "scenario": sc} for sc, e in evals.items() for v in e["verdict"]]
     return card
