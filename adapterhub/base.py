@@ -24,11 +24,10 @@ import torch
 from torch import nn
 
 from .errors import BaseModelError, ConfigError, did_you_mean
+from .model_ids import DEFAULT_BASE, QUANTS  # noqa: F401  (re-exported: adapterhub.base.QUANTS)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE = "smollm2-135m"
-QUANTS = ("nf4", "int8", "bf16", "fp32")
 # How a quantized base computes: "native" runs the bitsandbytes kernels; "bf16"/"fp32" dequantize
 # the 4/8-bit weights once at load (the same values, so adapters and fingerprints do not change) and
 # run plain matmuls. "auto": native on CUDA (memory is the point there), bf16 on CPUs with bf16

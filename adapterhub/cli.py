@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 
 from .errors import AdapterHubError, ConfigError, DataError, RegistryError
+from .model_ids import DEFAULT_BASE, QUANTS
 
 DEFAULT_REGISTRY = "adapters"
 REGISTRY_ENV = "ADAPTERHUB_REGISTRY"
@@ -256,11 +257,27 @@ def cmd_prompt(args) -> int:
     registry = Registry(args.registry)
     card = registry.card(args.ref)
     key = args.ref if "@" in args.ref else f"{args.ref}@{registry.current(args.ref)}"
-    prefix, suffixes = recommend.render(card.get("scenario", args.ref), recommend.facts_of(registry, key), history,
-                                        candidates)
+    joint = card.get("scenarios") or {}
+    if joint and args.scenario not in joint:
+        raise ConfigError(f"{key} was trained on several scenarios: pass --scenario {'|'.join(joint)}")
+    scenario = args.scenario if joint else card.get("scenario", args.ref)
+    prefix, suffixes = recommend.render(scenario, recommend.facts_of(registry, key, args.scenario if joint else None),
+                                        history, candidates)
     for suffix in suffixes:
         print(prefix + suffix)
         print()
+    return 0
+
+
+def cmd_facts(args) -> int:
+    """Rebuild a version's facts.json from the data it was trained on (checked against its card)."""
+    from .registry import Registry
+    from .train import rebuild_facts
+    _check_refs(args, args.ref)
+    registry = Registry(args.registry)
+    if args.scenario is None and args.format is None:
+        args.scenario = registry.card(args.ref).get("scenario")
+    print(f"wrote {rebuild_facts(registry, args.ref, _load_data(args))}")
     return 0
 
 
@@ -404,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"registry folder (default: ${REGISTRY_ENV}, else ./{DEFAULT_REGISTRY})")
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("--base", default="smollm2-135m", help="base spec: smollm2-135m, random:tiny, or a model folder")
-    model.add_argument("--quant", default="nf4", choices=["nf4", "int8", "bf16", "fp32"], help="base quantization (default nf4)")
+    model.add_argument("--base", default=DEFAULT_BASE, help=f"base spec: {DEFAULT_BASE}, random:tiny, or a model folder")
+    model.add_argument("--quant", default=QUANTS[0], choices=QUANTS, help=f"base quantization (default {QUANTS[0]})")
     model.add_argument("--device", default="auto", help="auto, cpu or cuda")
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("--scenario", help=f"the scenario: {' | '.join(BUILT_IN_SCENARIOS)} (their data under ../shared/data; "
@@ -470,10 +487,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--raw", action="store_true", help="rank by the adapter's P(yes) alone, not the fused score")
     s.set_defaults(func=cmd_recommend)
 
+    s = sub.add_parser("facts", parents=[common, data], help="rebuild a version's facts.json from the data it was "
+                       "trained on (the shipped adapters' facts are data, so they are not committed)")
+    s.add_argument("ref", help="adapter: name or name@vN")
+    s.set_defaults(func=cmd_facts)
+
     s = sub.add_parser("prompt", parents=[common], help="print exactly what the model sees for a history and candidates")
     s.add_argument("ref", help="adapter: name or name@vN (its facts are rendered)")
     s.add_argument("--history", default="", help="item titles or dataset ids, oldest first, separated by '|'")
     s.add_argument("--candidate", action="append", default=[], help="a candidate title or id (repeat for more)")
+    s.add_argument("--scenario", default=None, help="for an adapter trained jointly on several scenarios: which one")
     s.set_defaults(func=cmd_prompt)
 
     s = sub.add_parser("merge", parents=[common, model], help="merge adapters into a new one (cat is exact)")

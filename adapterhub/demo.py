@@ -62,6 +62,26 @@ def shipped_registry(path: str) -> Path:
     return Path(__file__).resolve().parent.parent / "adapters"
 
 
+def ensure_facts(registry, key: str, card: dict) -> str:
+    """The shipped adapters' facts are data, so a clone lacks them (README, Shipped adapters):
+    rebuild them from the data folder when it is here. -> a line to print ('' when nothing to do)."""
+    import inspect
+    from .datasets import SOURCES, default_data_dir, load
+    from .train import rebuild_facts
+    if "facts.json" not in (card.get("files") or {}) or (registry.resolve(key) / "facts.json").exists():
+        return ""
+    scenario = card.get("scenario")
+    if default_data_dir() is None or scenario not in SOURCES:
+        return "  (its facts are not here and there is no data folder: ranked without them)"
+    # the loader options that give the data the card names (news@v2: full_train)
+    flags = [p for p, v in inspect.signature(SOURCES[scenario][0].load).parameters.items() if v.default is False]
+    for options in [{}] + [{f: True} for f in flags]:
+        data = load(scenario, options=options or None)
+        if data.sha256 == card["data"]["sha256"]:
+            return f"  (rebuilt its facts from the data folder: {rebuild_facts(registry, key, data)})"
+    return "  (its facts are not here and the data folder holds other data: ranked without them)"
+
+
 def run_demo(args) -> int:
     from .config import TrainConfig
     from .hub import Hub
@@ -77,6 +97,7 @@ def run_demo(args) -> int:
         print(f"no shipped adapters in {registry.root}/ (expected: {', '.join(USERS)})")
     for card in shipped:
         name = card["name"]
+        note = ensure_facts(registry, f"{name}@{card['current']}", card=registry.card(name))
         t = time.perf_counter()
         adapter = hub.load(name)
         load_ms = 1000 * (time.perf_counter() - t)
@@ -85,6 +106,8 @@ def run_demo(args) -> int:
         ranked = adapter.recommend(history, candidates, k=len(candidates))
         print(f"\n[{adapter.key}] scenario {adapter.scenario}; loaded in {load_ms:.0f} ms, "
               f"ranked {len(candidates)} candidates in {time.perf_counter() - t:.1f} s")
+        if note:
+            print(note)
         print("  history: " + "; ".join(history))
         for rank, (item, score) in enumerate(ranked, 1):
             print(f"  {rank}. {score:.3f}  {item}")

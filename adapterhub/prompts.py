@@ -18,7 +18,7 @@ from __future__ import annotations
 import string
 
 from . import facts as _facts
-from .datasets.common import MAX_HISTORY, Example, Item
+from .datasets.common import MAX_HISTORY, Example, Item, one_line
 from .errors import DataError
 
 ANSWERS = (" Yes", " No")   # the model code takes the first token of each
@@ -92,10 +92,8 @@ def templates(scenario: str) -> tuple[str, str]:
 
 
 def quote(text: str) -> str:
-    words = str(text).split()
-    if len(words) > MAX_WORDS:
-        words = words[:MAX_WORDS] + ["..."]
-    return '"' + " ".join(words) + '"'
+    """'a  long\ntitle' -> '"a long title"', cut to MAX_WORDS words."""
+    return '"' + one_line(text, MAX_WORDS) + '"'
 
 
 # ---------------------------------------------------------------- facts (adapterhub.facts)

@@ -9,6 +9,7 @@ Items are given by title or by dataset id; an unknown one is rendered as a new i
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 from . import facts as facts_mod
@@ -17,6 +18,7 @@ from . import prompts
 from .fused import apply, sigmoid
 from .report import yes_no_logit
 
+log = logging.getLogger(__name__)
 _FACTS: dict[tuple[str, str], dict | None] = {}
 _LOCK = threading.Lock()
 
@@ -29,9 +31,12 @@ def facts_of(registry, key: str, scenario: str | None = None) -> dict | None:
     cache_key = (str(registry.root), key, scenario)
     with _LOCK:
         if cache_key not in _FACTS:
-            data = registry.read_file(key, facts_mod.FACTS_FILE)
-            if data is None and scenario:
-                data = registry.read_file(key, f"facts.{scenario}.json")
+            name = f"facts.{scenario}.json" if scenario else facts_mod.FACTS_FILE
+            data = registry.read_file(key, name, missing_ok=True)
+            if data is None and name in (registry.card(key).get("files") or {}):
+                # the shipped adapters' facts hold dataset text, so they are not in the repository
+                log.warning("%s: its %s is not here (facts are data, not committed); scoring without facts, "
+                            "which it was not trained for. Rebuild it with: adapterhub facts %s", key, name, key)
             _FACTS[cache_key] = None if data is None else json.loads(data)
         return _FACTS[cache_key]
 

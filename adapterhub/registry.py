@@ -224,14 +224,16 @@ class Registry:
         tensors, _ = read_safetensors(weights, expected_sha256=sha)
         return config, tensors, card, folder
 
-    def read_file(self, ref: str, fname: str) -> bytes | None:
+    def read_file(self, ref: str, fname: str, missing_ok: bool = False) -> bytes | None:
         """An extra file of a version (see publish(files=...)), checked against the card's sha256;
-        None when the version has no such file."""
+        None when the version has no such file (or, with missing_ok, when its file is absent)."""
         folder, card = self.resolve(ref), self.card(ref)
         want = (card.get("files") or {}).get(fname)
         if want is None:
             return None
         path = folder / fname
+        if missing_ok and not path.exists() and not path.is_symlink():
+            return None
         if path.is_symlink() or not path.is_file():
             raise RegistryError(f"{path} is missing or a symbolic link; republish the adapter")
         data = path.read_bytes()

@@ -310,6 +310,35 @@ def facts_file(scenario: str, joint: bool) -> str:
     return f"facts.{scenario}.json" if joint else facts_mod.FACTS_FILE
 
 
+def rebuild_facts(registry, ref: str, data) -> str:
+    """Recompute a version's facts from the data it was trained on (its train split, as training
+    picked it) and write them to its folder, checked against the sha256 in its card -> the path.
+    The shipped adapters' facts hold dataset text (titles, categories), so they are not committed."""
+    import dataclasses
+    import hashlib
+    import os
+    card = registry.card(ref)
+    want = (card.get("files") or {}).get(facts_mod.FACTS_FILE)
+    if want is None:
+        raise ConfigError(f"{ref} has no facts file to rebuild (trained without facts, or jointly: its card lists "
+                          f"{sorted(card.get('files') or {}) or 'none'})")
+    if data.sha256 != card["data"]["sha256"]:
+        raise DataError(f"{ref} was trained on data with sha256 {card['data']['sha256'][:12]}..., this data has "
+                        f"{data.sha256[:12]}...: load the data it was trained on (the same folder, --seed and "
+                        "--data-option values; see adapters/README.md)")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig.from_dict({k: v for k, v in card["train"].items() if k in names})
+    train, _, _ = pick_examples(data, cfg, random.Random(cfg.seed))  # training's first use of its rng
+    body = facts_mod.dumps(facts_mod.compute(_train_only(data, train)))
+    if hashlib.sha256(body).hexdigest() != want:
+        raise DataError(f"the facts rebuilt for {ref} do not match the sha256 in its card; not written")
+    path = registry.resolve(ref) / facts_mod.FACTS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(body)
+    os.replace(tmp, path)
+    return str(path)
+
+
 def _train_only(data, train: list[Example]):
     """data with its train split as actually used (n_train may sample it): facts see nothing else."""
     from dataclasses import replace

@@ -24,6 +24,12 @@ def cell(row: dict | None, metric: str) -> str:
     return f"{row[metric]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+def auc(test: dict) -> str:
+    """The LLM alone against the bare base on AUC (issue 12's bar: + 0.10 in every scenario)."""
+    raw, base = (test.get(k, {}).get("auc") for k in ("adapter", "base"))
+    return "-" if raw is None or base is None else f"{raw:.3f} / {base:.3f} ({raw - base:+.3f})"
+
+
 def size(card: dict, test: dict) -> str:
     first = next(iter(test.values()))
     n = card.get("data", {}).get("used", {}).get("test")
@@ -41,7 +47,7 @@ def verdict(test: dict, metric: str, who: str) -> str:
 
 def rows(reg: Registry, all_versions: bool = False) -> list[str]:
     out = ["| scenario | version | metric (test) | adapter (raw) | adapter (fused) | base | rule | most-popular | "
-           "random | test size | train min | eval min | raw | fused |", "|" + "---|" * 14]
+           "random | AUC raw / base | test size | train min | eval min | raw | fused |", "|" + "---|" * 15]
     for name in reg.names():
         versions = reg.versions(name) if all_versions else [reg.current(name)]
         for v in versions:
@@ -56,7 +62,7 @@ def rows(reg: Registry, all_versions: bool = False) -> list[str]:
             out.append(f"| {scenario} | {name}@{v} | {metric} | {cell(test.get('adapter'), metric)} | "
                        f"{cell(test.get('adapter (fused)'), metric)} | {cell(test.get('base'), metric)} | "
                        f"{rule} {cell(test.get(rule), metric)} | {cell(test.get('most-popular'), metric)} | "
-                       f"{cell(test.get('random'), metric)} | {size(card, test)} | {train_min:.1f} | "
+                       f"{cell(test.get('random'), metric)} | {auc(test)} | {size(card, test)} | {train_min:.1f} | "
                        f"{eval_min:.1f} | {verdict(test, metric, 'adapter')} | {verdict(test, metric, 'adapter (fused)')} |")
     return out
 

@@ -123,7 +123,7 @@ def test_runtime_scales_to_its_budget(suites, tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "SEQ_QUICK", 16)
     monkeypatch.setattr(runtime, "REPEAT_QUICK", 10**6)  # only the budget can stop these repeats
     t = time.monotonic()
-    runtime.main(TINY + ["--out", str(tmp_path), "--budget-s", "2"])
+    runtime.main(TINY + ["--out", str(tmp_path), "--budget-s", "6"])
     assert time.monotonic() - t < 30  # a million repeats of each would take hours
     rows = read_rows(tmp_path, "runtime")
     repeats = [r["params"]["repeat"] for r in rows if "repeat" in r["params"] and r["metric"] != "skipped"]

@@ -101,3 +101,24 @@ def test_prompt_command_prints_what_the_model_sees(trained, capsys):
     prefix, suffixes = recommend.render("toy", recommend.facts_of(hub.registry, adapter.key), ["i0", "i2"],
                                         [toy.items["i1"].text])
     assert prefix + suffixes[0] in out
+
+
+def test_facts_file_absent_then_rebuilt_from_the_data(hub, toy, caplog):
+    # the shipped adapters' facts are data, so a clone has none: serving warns and scores without
+    # them; `adapterhub facts` rebuilds the same bytes from the data (checked against the card)
+    from dataclasses import replace
+    from adapterhub.config import TrainConfig
+    from adapterhub.errors import DataError
+    from adapterhub.train import rebuild_facts
+    hub.train("toy", toy, TrainConfig(max_steps=2, eval_every=2, batch_size=4), progress=False)
+    path = hub.registry.resolve("toy@v1") / "facts.json"
+    original = path.read_bytes()
+    path.unlink()
+    fresh = type(hub)(base=hub.base, registry=hub.registry.root)
+    with caplog.at_level("WARNING"):
+        ranked = fresh.recommend("toy", ["red thing 2"], ["red thing 4", "blue thing 1"])
+    assert len(ranked) == 2 and "adapterhub facts toy@v1" in caplog.text
+    with pytest.raises(DataError, match="trained on data with sha256"):
+        rebuild_facts(hub.registry, "toy@v1", replace(toy, sha256="other"))
+    assert not path.exists()
+    assert rebuild_facts(hub.registry, "toy@v1", toy) == str(path) and path.read_bytes() == original

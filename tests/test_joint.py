@@ -36,6 +36,11 @@ def test_joint_card_has_each_scenario_and_the_mean(hub):
     assert len(adapter.hub.recommend("both", history, candidates, scenario="books")) == 2
     with pytest.raises(ConfigError, match="several scenarios.*scenario="):
         adapter.hub.recommend("both", history, candidates)
+    # and `adapterhub prompt` shows a scenario's prompt with that scenario's facts
+    from adapterhub.cli import main
+    assert main(["prompt", "both", "--scenario", "books", "--registry", str(hub.registry.root), "--history",
+                 "red thing 2|red thing 4", "--candidate", "red thing 6"]) == 0
+    assert main(["prompt", "both", "--registry", str(hub.registry.root), "--candidate", "red thing 6"]) == 2
 
 
 def test_batches_mix_scenarios(hub):

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from ..errors import AdapterHubError, ConfigError, did_you_mean
+from ..model_ids import DEFAULT_BASE
 from .report import PLOTS, BenchError, build_report
 
 __all__ = ["SUITES", "QUICK_BUDGET_S", "PLOTS", "BenchError", "add_arguments", "run_from_args", "run_suites",
@@ -50,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", nargs="?", default="run", choices=["run", "report"],
                    help="run: the suites, then the report (default); report: only rebuild REPORT.md and the PNGs")
     p.add_argument("--quick", action="store_true", help=f"small sizes, few repeats, a {QUICK_BUDGET_S} s budget (CPU)")
-    p.add_argument("--base", default="smollm2-135m", help="base spec: smollm2-135m or random:<preset> (e.g. random:llama-1b)")
+    p.add_argument("--base", default=DEFAULT_BASE, help=f"base spec: {DEFAULT_BASE} or random:<preset> (e.g. random:llama-1b)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quants", default=None, help="comma-separated quant modes for every suite (default: each suite's own)")
     p.add_argument("--only", default=None, help=f"comma-separated suites (default all: {', '.join(SUITES)})")
