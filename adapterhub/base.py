@@ -13,8 +13,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import BaseModelError, ConfigError, did_you_mean
+from .files import atomic_dir
 from .model_ids import DEFAULT_BASE, QUANTS  # noqa: F401  (re-exported: adapterhub.base.QUANTS)
 
 log = logging.getLogger(__name__)
@@ -193,17 +192,11 @@ def convert_smollm2(force: bool = False) -> Path:
         del config.quantization_config
         model = type(gmodel)(config)
         model.load_state_dict(gmodel.state_dict())
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".convert-"))
-        try:
+        with atomic_dir(out) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             (tmp / "fingerprint.json").write_text(json.dumps(
                 {"weights_sha256": _sha256_files(tmp), "source": str(gguf), "convert_s": time.perf_counter() - t0}))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -87,7 +87,7 @@ class Batcher:
 
     @contextlib.contextmanager
     def joined(self):
-        """Inside the `with`, this thread's hub forwards (score_ids, packed_logits) go through the batcher."""
+        """Inside the `with`, this thread's hub forwards (Hub.score's rows, packed_logits) go through the batcher."""
         token = BATCHER.set(self)
         with self._cv:
             self._coming += 1
@@ -100,7 +100,7 @@ class Batcher:
                 self._cv.notify_all()
 
     def rows(self, keys: list, ids: list[list[int]]) -> list[float]:
-        """Hub.score_ids for one caller: P(yes) per row."""
+        """Hub.score's rows for one caller (token ids): P(yes) per row."""
         if not ids:
             return []
         return self._submit(_Request("rows", list(keys), list(ids)))
@@ -200,8 +200,6 @@ class Batcher:
 
     def _score_rows(self, keys: list, ids: list[list[int]]) -> list[float]:
         """P(yes) per row: rows of one adapter packed side by side (first-fit, longest first)."""
-        if len(ids) == 1:
-            return self.hub.score_ids(keys, ids)
         width = max(MIN_PACK_WIDTH, max(len(x) for x in ids))
         bins: list[tuple[object, list[int], list[int]]] = []  # (key, [tokens used], row indices)
         for i in sorted(range(len(ids)), key=lambda i: -len(ids[i])):

@@ -210,7 +210,7 @@ def _print_metrics(metrics: dict, primary: str) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .report import cap_examples, evaluate_split, primary_metric
+    from .scoring import cap_examples, evaluate_split, primary_metric
     _check_refs(args, args.ref)
     data = _load_data(args)
     examples = cap_examples(data.splits[args.split], args.n, args.seed)

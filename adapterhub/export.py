@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import ConfigError, RegistryError
+from .files import atomic_dir
 from .merge import read_pairs
 from .model_ids import hub_model_id
 
@@ -29,9 +29,7 @@ def export(hub, ref: str, out_dir: str | os.PathLike, merge_into_base: bool = Tr
            overwrite: bool = False) -> Path:
     out = check_out(out_dir, dtype, overwrite)
     folder = hub.registry.resolve(ref)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
+    with atomic_dir(out) as tmp:
         if not merge_into_base:
             for f in ("adapter_model.safetensors", "card.json"):
                 shutil.copy2(folder / f, tmp / f)
@@ -41,11 +39,6 @@ def export(hub, ref: str, out_dir: str | os.PathLike, merge_into_base: bool = Tr
             (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         else:
             _write_merged(hub, ref, tmp, DTYPES[dtype])
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

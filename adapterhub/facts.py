@@ -24,13 +24,13 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 from . import baselines
 from .datasets.common import ScenarioData
 from .errors import DataError
+from .files import atomic_write
 
 FACTS_FILE = "facts.json"
 FORMAT = 1
@@ -104,14 +104,7 @@ def save(facts: dict, path) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / FACTS_FILE
-    body = {k: v for k, v in facts.items() if not k.startswith("_")}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(body, f, ensure_ascii=False, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, dumps(facts))
 
 
 def load(path) -> dict:

@@ -288,11 +288,11 @@ class Hub:
         batch even when the rows name different adapters."""
         rows = list(rows)
         keys = [self._ref(ref) for ref, _ in rows]
-        ids = [self.encode(prompt) for _, prompt in rows]
-        return self.score_ids(keys, ids, batch_size)
+        return self._score_rows(keys, [self.encode(prompt) for _, prompt in rows], batch_size)
 
-    @torch.no_grad()
-    def score_ids(self, keys: list[str | None], ids: list[list[int]], batch_size: int | None = None) -> list[float]:
+    def _score_rows(self, keys: list[str | None], ids: list[list[int]], batch_size: int | None = None) -> list[float]:
+        """P(yes) per tokenized prompt. A prompt is a packed group of its own (no shared prefix, one
+        suffix), so it runs through the one forward, packed_logits, as ranking and training do."""
         batcher = BATCHER.get()
         if batcher is not None and batcher.hub is self:
             return batcher.rows(keys, ids)
@@ -301,34 +301,13 @@ class Hub:
         out = [0.0] * len(ids)
         for start in range(0, len(order), bs):
             chunk = order[start:start + bs]
-            probs = self.yes_prob(self.last_hidden([ids[i] for i in chunk], [keys[i] for i in chunk]))
-            for i, p in zip(chunk, probs.tolist()):
+            logits = self.packed_logits([keys[i] for i in chunk], [([], [ids[i]]) for i in chunk])
+            for i, p in zip(chunk, torch.sigmoid(logits).tolist()):
                 out[i] = p
         return out
 
-    def yes_prob(self, hidden: torch.Tensor) -> torch.Tensor:  # (batch, hidden) -> (batch,)
-        return torch.sigmoid(self.yes_logit(hidden))
-
     def yes_logit(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden.float() @ self._answer_dir
-
-    def last_hidden(self, ids: list[list[int]], keys: list[str | None] | str | None) -> torch.Tensor:
-        """Final hidden state at each row's last real token -> (batch, hidden). Right-padded.
-        keys: one key for every row, or one per row (a mixed batch)."""
-        route, order = self._route(keys)
-        if order is not None:  # each adapter's rows side by side; the result goes back in the caller's order
-            ids = [ids[i] for i in order]
-        lengths = torch.tensor([len(x) for x in ids], device=self.device)
-        width = packing.pad_width(int(lengths.max()))  # few distinct shapes (see packing.pad_width)
-        input_ids = torch.zeros(len(ids), width, dtype=torch.long)
-        for i, x in enumerate(ids):
-            input_ids[i, :len(x)] = torch.tensor(x)
-        input_ids = input_ids.to(self.device)
-        mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
-        with self.routing.routed(route):
-            h = self.decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
-        h = h[torch.arange(len(ids), device=self.device), lengths - 1]  # (batch, hidden)
-        return h if order is None else h[torch.tensor(_inverse(order), device=self.device)]
 
     def _single(self, key: str | None) -> Route:
         """The route for one resident key (None = base, TRAIN = the pair being trained) on every row."""
@@ -368,16 +347,12 @@ class Hub:
     @torch.no_grad()
     def score_candidates(self, ref: str | None, prefix: str, suffixes: list[str], batch_size: int | None = None,
                          reuse_prefix: bool = True) -> list[float]:
-        """P(yes) of prefix+suffix for each suffix. The shared prefix runs once (KV cache)."""
+        """P(yes) of prefix+suffix for each suffix. The shared prefix runs once per packed row of up
+        to batch_size candidates (reuse_prefix=False: each full prompt on its own, for comparison)."""
         key = self._ref(ref)
-        return self.score_candidates_ids(key, self.encode(prefix), [self.encode(s, special=False) for s in suffixes],
-                                         batch_size, reuse_prefix)
-
-    @torch.no_grad()
-    def score_candidates_ids(self, key: str | None, prefix_ids: list[int], suffix_ids: list[list[int]],
-                             batch_size: int | None = None, reuse_prefix: bool = True) -> list[float]:
+        prefix_ids, suffix_ids = self.encode(prefix), [self.encode(s, special=False) for s in suffixes]
         if not reuse_prefix:
-            return self.score_ids([key] * len(suffix_ids), [prefix_ids + s for s in suffix_ids], batch_size)
+            return self._score_rows([key] * len(suffix_ids), [prefix_ids + s for s in suffix_ids], batch_size)
         bs = batch_size or self.batch_size
         chunks = [(prefix_ids, suffix_ids[i:i + bs]) for i in range(0, len(suffix_ids), bs)]
         return torch.sigmoid(self.packed_logits(key, chunks)).tolist()

@@ -16,7 +16,7 @@ from . import facts as facts_mod
 from .errors import ConfigError
 from . import prompts
 from .fused import apply, sigmoid
-from .report import yes_no_logit
+from .scoring import yes_no_logit
 
 log = logging.getLogger(__name__)
 _FACTS: dict[tuple[str, str], dict | None] = {}

@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .errors import AdapterNotFoundError, RegistryError
+from .files import atomic_write, fsync_dir, write_file
 from .safetensors_io import read_header, read_safetensors, save_safetensors
 
 if TYPE_CHECKING:
@@ -58,21 +59,6 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     if sep and not VERSION_RE.fullmatch(version):
         raise RegistryError(f"invalid version {version!r} in {ref!r}: expected 'vN', e.g. '{name}@v1'")
     return name, (version if sep else None)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _read_json(path: Path) -> dict:
@@ -113,13 +99,6 @@ def _check_ranks(config: dict, header: dict, path: Path) -> None:
         if not ok:
             raise RegistryError(f"{path.parent / CONFIG} says r={r}, but {path.name} holds {key!r} with shape "
                                 f"{shape}: the config and the weights do not belong together")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")  # removed by _clean_stale if we die
-    _write_file(tmp, text.encode())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class Registry:
@@ -265,7 +244,7 @@ class Registry:
                     raise RegistryError(f"{folder} is a symbolic link; refusing to write through it")
                 if not folder.is_dir():
                     folder.mkdir(parents=True)
-                    _fsync_dir(self.root)
+                    fsync_dir(self.root)
                 self._clean_stale(folder)
                 numbers = [int(m.group(1)) for p in folder.iterdir() if (m := VERSION_RE.fullmatch(p.name))]
                 version = f"v{max(numbers, default=0) + 1}"
@@ -273,26 +252,26 @@ class Registry:
                 tmp.mkdir()
                 try:
                     digest = save_safetensors(tensors, tmp / WEIGHTS)
-                    _write_file(tmp / CONFIG, json.dumps(adapter_config, indent=2).encode())
+                    write_file(tmp / CONFIG, json.dumps(adapter_config, indent=2).encode())
                     extra = {}
                     for fname, data in (files or {}).items():
                         if fname in (WEIGHTS, CONFIG, CARD) or not EXTRA_FILE_RE.fullmatch(fname):
                             raise RegistryError(f"extra file name {fname!r} is not allowed (plain names like facts.json)")
-                        _write_file(tmp / fname, data)
+                        write_file(tmp / fname, data)
                         extra[fname] = hashlib.sha256(data).hexdigest()
                     full = {**card, "name": name, "version": version, "weights_sha256": digest,
                             **({"files": extra} if extra else {}),
                             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                             "adapterhub_version": __version__}
-                    _write_file(tmp / CARD, json.dumps(full, indent=2, sort_keys=True).encode())  # card last
-                    _fsync_dir(tmp)
+                    write_file(tmp / CARD, json.dumps(full, indent=2, sort_keys=True).encode())  # card last
+                    fsync_dir(tmp)
                     os.replace(tmp, folder / version)
-                    _fsync_dir(folder)
+                    fsync_dir(folder)
                 except BaseException:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise
                 if self._should_promote(name, full, promote, metric):
-                    _atomic_write_text(folder / "current", version + "\n")
+                    atomic_write(folder / "current", version + "\n")
                 return version
         except Timeout:
             raise RegistryError(f"could not lock '{name}' in {self.root}/ within {LOCK_TIMEOUT_S} s: "
@@ -328,7 +307,7 @@ class Registry:
         name, _ = parse_ref(ref)
         version = self.resolve(ref).name
         with self._lock(name):
-            _atomic_write_text(self.root / name / "current", version + "\n")
+            atomic_write(self.root / name / "current", version + "\n")
         return version
 
     def remove(self, ref: str) -> list[str]:
@@ -350,7 +329,7 @@ class Registry:
             if not left:
                 shutil.rmtree(folder, ignore_errors=True)
             elif self._current_file(name) not in left:
-                _atomic_write_text(cur_file, left[-1] + "\n")
+                atomic_write(cur_file, left[-1] + "\n")
         return targets
 
 

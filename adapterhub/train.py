@@ -26,8 +26,9 @@ from . import facts as facts_mod
 from .config import TrainConfig
 from .datasets.common import Example
 from .errors import AdapterHubError, ConfigError, DataError, IncompatibleAdapterError
+from .files import atomic_write
 from .lora import TRAIN, adapter_config, check_same_base, group_pairs
-from .report import (cap_examples, encode_examples, evaluate_split, primary_metric, score_examples,
+from .scoring import (cap_examples, encode_examples, evaluate_split, primary_metric, score_examples,
                      yes_no_logit)
 
 log = logging.getLogger(__name__)
@@ -316,7 +317,6 @@ def rebuild_facts(registry, ref: str, data) -> str:
     The shipped adapters' facts hold dataset text (titles, categories), so they are not committed."""
     import dataclasses
     import hashlib
-    import os
     card = registry.card(ref)
     want = (card.get("files") or {}).get(facts_mod.FACTS_FILE)
     if want is None:
@@ -332,11 +332,7 @@ def rebuild_facts(registry, ref: str, data) -> str:
     body = facts_mod.dumps(facts_mod.compute(_train_only(data, train)))
     if hashlib.sha256(body).hexdigest() != want:
         raise DataError(f"the facts rebuilt for {ref} do not match the sha256 in its card; not written")
-    path = registry.resolve(ref) / facts_mod.FACTS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(body)
-    os.replace(tmp, path)
-    return str(path)
+    return str(atomic_write(registry.resolve(ref) / facts_mod.FACTS_FILE, body))
 
 
 def _train_only(data, train: list[Example]):

@@ -45,7 +45,7 @@ def child(scenario: str, loop: str, minutes: float, registry: str) -> None:
 def evaluate(scenarios, registry: str, out: Path, n_valid: int, n_test: int, runs: dict) -> None:
     from adapterhub import datasets
     from adapterhub.hub import Hub
-    from adapterhub.report import cap_examples, encode_examples, evaluate_split
+    from adapterhub.scoring import cap_examples, encode_examples, evaluate_split
     hub = Hub(base="smollm2-135m", registry=registry)
     done = {(r["scenario"], r["split"]) for r in map(json.loads, open(out))} if out.exists() else set()
     for scenario in scenarios:

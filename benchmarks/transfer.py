@@ -66,7 +66,7 @@ def main():
     from adapterhub.datasets import load
     from adapterhub.evaluation import evaluate
     from adapterhub.hub import Hub
-    from adapterhub.report import cap_examples, encode_examples, score_examples
+    from adapterhub.scoring import cap_examples, encode_examples, score_examples
 
     data = load("video", args.data)
     source, target = split_by_genre(data)

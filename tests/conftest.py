@@ -105,3 +105,11 @@ def publish_random(hub, name, r=4, seed=0, targets=TARGETS, fingerprint=None, sc
 
 
 PROMPTS = ["The user liked A B C. Will the user like D? Answer:", "short", "another prompt of middling size here"]
+
+
+def plain_logit(hub, key, ids: list[int]) -> torch.Tensor:
+    """The answer logit of one full prompt through the model's own causal forward, no packing: the
+    reference that the hub's one scoring path (Hub.packed_logits) is checked against. -> (1,)"""
+    with hub.use(key):
+        h = hub.decoder(input_ids=torch.tensor([ids], device=hub.device)).last_hidden_state[:, -1]
+    return hub.yes_logit(h)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+import adapterhub.files as files
 import adapterhub.registry as registry
 
 # Where a job can stop, in the order a publish reaches them.
@@ -34,7 +35,7 @@ def tensors(seed: int) -> dict[str, torch.Tensor]:
 
 def _install(point: str, stop) -> None:
     """Wrap the registry's writers so that a publish calls stop() at `point`."""
-    save, write, atomic, replace = registry.save_safetensors, registry._write_file, registry._atomic_write_text, os.replace
+    save, write, atomic, replace = registry.save_safetensors, files.write_file, registry.atomic_write, os.replace
 
     def save_safetensors(ts, path):
         if point == "weights":  # half the weights file written
@@ -44,7 +45,7 @@ def _install(point: str, stop) -> None:
             stop()
         return save(ts, path)
 
-    def _write_file(path, data):
+    def write_file(path, data):
         if (point, path.name) in (("config", registry.CONFIG), ("card", registry.CARD)):
             write(path, data[: len(data) // 2])  # half the file written
             stop()
@@ -52,7 +53,7 @@ def _install(point: str, stop) -> None:
         if point == "current" and path.name.startswith(".tmp-current"):
             stop()  # the new `current` written beside the old one, not yet renamed over it
 
-    def _atomic_write_text(path, text):
+    def atomic_write(path, text):
         if point == "promote":  # the version is in place, `current` not yet touched
             stop()
         atomic(path, text)
@@ -62,7 +63,9 @@ def _install(point: str, stop) -> None:
             stop()  # every file of the version written and fsynced, its folder not yet renamed
         replace(src, dst, **kw)
 
-    registry.save_safetensors, registry._write_file, registry._atomic_write_text = save_safetensors, _write_file, _atomic_write_text
+    # registry writes a version's files itself and `current` through files.atomic_write: patch both homes
+    registry.save_safetensors, registry.atomic_write = save_safetensors, atomic_write
+    registry.write_file = files.write_file = write_file
     os.replace = os_replace
 
 

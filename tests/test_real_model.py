@@ -1,6 +1,4 @@
 """End to end on the embedded SmolLM2-135M (converted once per test session into tmp)."""
-import importlib.util
-import json
 import time
 from pathlib import Path
 

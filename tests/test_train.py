@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from adapterhub.config import TrainConfig
 from adapterhub.errors import ConfigError, DataError, IncompatibleAdapterError
@@ -94,7 +93,7 @@ def test_the_best_checks_valid_scores_are_the_cards_valid_scores(hub, toy):
     best = [e for e in card["train"]["log"] if e["step"] == card["train"]["best_step"]][0]
     assert card["metrics"]["valid"]["adapter"]["auc"] == pytest.approx(best["val_auc"], abs=1e-4)
     fresh = type(hub)(base=hub.base, registry=hub.registry)
-    from adapterhub.report import evaluate_split
+    from adapterhub.scoring import evaluate_split
     from adapterhub.recommend import facts_of
     valid = [e for e in toy.splits["valid"]]
     again = evaluate_split(fresh, toy, valid, fresh.load("toy").key, with_base=False, with_baselines=False, ci=False,

@@ -102,6 +102,12 @@ def environment(device: str) -> dict:
     return env
 
 
+def row_logits(hub, keys, rows: list[list[int]]):
+    """Yes-No logits of plain prompts (token ids) through the hub's one forward, Hub.packed_logits:
+    each row a packed group of its own. keys: one adapter key for every row, or one per row."""
+    return hub.packed_logits(keys, [([], [r]) for r in rows])
+
+
 class Recorder:
     """Collects measurements; each is appended as one JSON line to <out>/<suite>.jsonl."""
 

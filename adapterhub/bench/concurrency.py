@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from .common import Budget, Recorder, add_args, publish_random_adapters, quant_list, timed_s
+from .common import Budget, Recorder, add_args, row_logits, publish_random_adapters, quant_list, timed_s
 
 CALLERS = (1, 8, 32)
 SECONDS, SECONDS_QUICK = 12.0, 2.0      # per (mode, callers)
@@ -157,18 +157,18 @@ def bench_mixed(rec, hub, keys, seq, pairs, budget):
     ids = torch.randint(3, min(1000, hub.model.config.vocab_size), (ROWS, seq),
                         generator=torch.Generator().manual_seed(0)).tolist()
     row_keys = [keys[i % len(keys)] for i in range(ROWS)]
-    alone = torch.cat([hub.yes_logit(hub.last_hidden([ids[i]], row_keys[i])) for i in range(ROWS)])
-    runs = {"single": lambda: hub.last_hidden(ids, keys[0])}
+    alone = torch.cat([row_logits(hub, row_keys[i], [ids[i]]) for i in range(ROWS)])
+    runs = {"single": lambda: row_logits(hub, keys[0], ids)}
     diffs = {}
     for way in ("gather", "slices"):
         def mixed(way=way):
             hub.routing.gather = way == "gather"
             try:
-                return hub.last_hidden(ids, row_keys)
+                return row_logits(hub, row_keys, ids)
             finally:
                 hub.routing.gather = True
         runs[way] = mixed
-        diffs[way] = float((hub.yes_logit(mixed()) - alone).abs().max())
+        diffs[way] = float((mixed() - alone).abs().max())
     ms = {name: [] for name in runs}
     pairs = budget.fit(pairs, 3 * timed_s(runs["single"]))  # also the warm-up
     names = list(runs)

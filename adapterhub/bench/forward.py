@@ -5,16 +5,16 @@
 
 One batch of ROWS equal-length rows of SEQ random tokens, per quant mode. Modes (rows/s, higher is better):
   base     no adapter               hub: active=None        PEFT: disable_adapter()
-  single   one adapter, all rows    hub: last_hidden(rows, key)                 PEFT: set_adapter + forward
+  single   one adapter, all rows    hub: row_logits(hub, key, rows)             PEFT: set_adapter + forward
   mixed-k  k adapters among the rows (row i -> adapter i % k), one forward
                                     hub: per-row keys       PEFT: forward(adapter_names=[...])
   split-k  the same rows, one forward per adapter on its own rows, switching between them
-                                    hub: last_hidden(subset, key)               PEFT: set_adapter + forward(subset)
+                                    hub: row_logits(hub, key, subset)           PEFT: set_adapter + forward(subset)
   merged   adapter 0 folded into the base weights (fp32/bf16 bases only; merging into a 4-bit base
            re-quantizes, which is lossy, so NF4 rows say n/a)
                                     hub: W += B@A*scale in the hub's own (wrapped) Linear weights, routed to no adapter
                                     PEFT: merge_and_unload() on its non-quantized copy
-The hub returns the last position's hidden state; PEFT runs the model with logits_to_keep=1 (the
+The hub returns the answer logit of each row (its one forward, packed_logits); PEFT runs the model with logits_to_keep=1 (the
 LM head on one position). Rows record max_abs_diff of the hub's answer logit against the
 single-adapter (merged) or split (mixed) result. With --budget-s each measurement gets an equal
 share of the time left: its repeats shrink to fit (params.repeat), and what does not fit is skipped.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .common import Budget, Recorder, add_args, median_ms, publish_random_adapters, quant_list, timed_s
+from .common import Budget, Recorder, add_args, row_logits, median_ms, publish_random_adapters, quant_list, timed_s
 
 ROWS, SEQ, SEQ_QUICK = 16, 128, 32
 MIXED, SPLIT = (1, 4, 16), (4, 16)
@@ -80,23 +80,23 @@ def bench_quant(rec, args, quant, tmp, budget, seq, repeat):
         pm.set_adapter(names[0])
         pm(input_ids=ids, logits_to_keep=1)
 
-    measure("base", 0, lambda: hub.last_hidden(rows, None), peft_base)
-    measure("single", 1, lambda: hub.last_hidden(rows, keys[0]), peft_single)
-    single_logit = hub.yes_logit(hub.last_hidden(rows, keys[0]))
+    measure("base", 0, lambda: row_logits(hub, None, rows), peft_base)
+    measure("single", 1, lambda: row_logits(hub, keys[0], rows), peft_single)
+    single_logit = row_logits(hub, keys[0], rows)
     for k in MIXED:
         row_keys = [keys[i % k] for i in range(ROWS)]
         row_names = [names[i % k] for i in range(ROWS)]
-        mixed = hub.yes_logit(hub.last_hidden(rows, row_keys))
+        mixed = row_logits(hub, row_keys, rows)
         split = torch.empty_like(mixed)
         for j in range(k):
-            split[j::k] = hub.yes_logit(hub.last_hidden(rows[j::k], keys[j]))
-        measure("mixed", k, lambda: hub.last_hidden(rows, row_keys),
+            split[j::k] = row_logits(hub, keys[j], rows[j::k])
+        measure("mixed", k, lambda: row_logits(hub, row_keys, rows),
                 lambda: pm(input_ids=ids, adapter_names=row_names, logits_to_keep=1),
                 float((mixed - split).abs().max()))
     for k in SPLIT:
         def ours_split(k=k):
             for j in range(k):
-                hub.last_hidden(rows[j::k], keys[j])
+                row_logits(hub, keys[j], rows[j::k])
 
         def peft_split(k=k):
             for j in range(k):
@@ -115,10 +115,10 @@ def bench_quant(rec, args, quant, tmp, budget, seq, repeat):
             pair = m.adapters.get(hub._wkey(keys[0]))
             if pair is not None:
                 m.base.weight += (pair[1] @ pair[0]).to(m.base.weight.dtype)
-        merged_logit = hub.yes_logit(hub.last_hidden(rows, None))
+        merged_logit = row_logits(hub, None, rows)
         pm.set_adapter(names[0])
         merged = pm.merge_and_unload()
-        measure("merged", 1, lambda: hub.last_hidden(rows, None), lambda: merged(input_ids=ids, logits_to_keep=1),
+        measure("merged", 1, lambda: row_logits(hub, None, rows), lambda: merged(input_ids=ids, logits_to_keep=1),
                 float((merged_logit - single_logit).abs().max()))
     del hub, pm, plain
     gc.collect()

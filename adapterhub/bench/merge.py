@@ -62,7 +62,7 @@ def run(rec, args, quant, n, budget):
     from ..errors import AdapterHubError
     from ..hub import Hub
     from ..registry import Registry
-    from ..report import cap_examples, evaluate_split
+    from ..scoring import cap_examples, evaluate_split
     shipped = Registry(args.adapters)
     present = [s for s in SCENARIOS if s in shipped.names()]
     if len(present) < 2:

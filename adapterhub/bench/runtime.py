@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .common import Budget, Recorder, add_args, median_ms, publish_random_adapters, quant_list, timed_s, used_bytes
+from .common import Budget, Recorder, add_args, row_logits, median_ms, publish_random_adapters, quant_list, timed_s, used_bytes
 
 RESIDENT = (1, 4, 16, 64)
 N_MEMORY = 16                           # adapters loaded together for resident bytes
@@ -95,11 +95,11 @@ def bench_mixed(rec, hub, pm, names, folders, quant, seq, repeat, budget):
     row_names = [names[i % N_ADAPTERS_MIXED] for i in range(BATCH)]
     rows = [ids[i].tolist() for i in range(BATCH)]
     # equal outputs: the mixed batch vs each row alone with its own adapter (answer logit); also the warm-up
-    mixed = hub.yes_logit(hub.last_hidden(rows, row_keys))
-    alone = torch.stack([hub.yes_logit(hub.last_hidden([rows[i]], row_keys[i]))[0] for i in range(BATCH)])
-    r = budget.fit(repeat, 4 * timed_s(lambda: hub.last_hidden(rows, keys[0])))  # four ways, about as long
-    ours_single = median_ms(lambda: hub.last_hidden(rows, keys[0]), r)
-    ours_mixed = median_ms(lambda: hub.last_hidden(rows, row_keys), r)
+    mixed = row_logits(hub, row_keys, rows)
+    alone = torch.cat([row_logits(hub, row_keys[i], [rows[i]]) for i in range(BATCH)])
+    r = budget.fit(repeat, 4 * timed_s(lambda: row_logits(hub, keys[0], rows)))  # four ways, about as long
+    ours_single = median_ms(lambda: row_logits(hub, keys[0], rows), r)
+    ours_mixed = median_ms(lambda: row_logits(hub, row_keys, rows), r)
     pm.set_adapter(names[0])
     peft_single = median_ms(lambda: pm(input_ids=ids, logits_to_keep=1), r)
     peft_mixed = median_ms(lambda: pm(input_ids=ids, adapter_names=row_names, logits_to_keep=1), r)

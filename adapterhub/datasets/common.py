@@ -85,25 +85,31 @@ def ranking_group(user: str, history, target: str, negatives: list[str], group: 
 
 
 def cap(examples: list[Example], n: int | None, seed: int, split: str) -> list[Example]:
-    """A seeded fair sample of at most n examples; grouped data is capped by whole groups."""
+    """A loader's max_examples cap for one split (see cap_groups)."""
+    return cap_groups(examples, n, rng_for(seed, "cap", split))
+
+
+def cap_groups(examples: list[Example], n: int | None, rng: random.Random) -> list[Example]:
+    """A seeded fair sample of at most n examples, order kept; grouped data is capped by whole
+    groups (at least one). The one capping rule: loaders, training and evaluation all use it."""
     if n is None or len(examples) <= n:
-        return examples
-    rng = rng_for(seed, "cap", split)
-    if not examples[0].group:
-        keep = sorted(rng.sample(range(len(examples)), n))   # keep the original order
+        return list(examples)
+    if n <= 0:
+        return []
+    if not any(ex.group for ex in examples):
+        keep = sorted(rng.sample(range(len(examples)), n))
         return [examples[i] for i in keep]
-    groups: dict[str, list[Example]] = {}
-    for ex in examples:
-        groups.setdefault(ex.group, []).append(ex)
+    groups: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):  # an example without a group is a group of its own
+        groups.setdefault(ex.group or f"#{i}", []).append(i)
     order = list(groups)
     rng.shuffle(order)
-    kept, total = set(), 0
+    keep: list[int] = []
     for g in order:   # take whole groups while they fit, but at least one
-        if total + len(groups[g]) > n and kept:
+        if len(keep) + len(groups[g]) > n and keep:
             continue
-        kept.add(g)
-        total += len(groups[g])
-    return [ex for ex in examples if ex.group in kept]
+        keep += groups[g]
+    return [examples[i] for i in sorted(keep)]
 
 
 def finish(scenario: str, source: str, items: dict[str, Item], splits: dict[str, list[Example]],

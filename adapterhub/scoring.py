@@ -1,4 +1,6 @@
-"""Score a split with an adapter, the bare base and the baselines, on the same examples."""
+"""Scoring examples: tokenize them (encode_examples), cap a split (cap_examples), score them with
+shared prefixes (score_examples), and score a whole split with an adapter, the bare base and the
+baselines on the same examples (evaluate_split). Metrics from scores are adapterhub.evaluation's."""
 from __future__ import annotations
 
 import math
@@ -9,26 +11,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import prompts
+from .datasets.common import cap_groups
 from .errors import DataError
 
 
 def cap_examples(examples: list, n: int | None, seed: int) -> list:
     """At most n examples, whole ranking groups only, as a seeded sample (order kept)."""
-    if n is None or len(examples) <= n:
-        return list(examples)
-    if n <= 0:
-        return []
-    groups: dict[str, list[int]] = {}
-    for i, ex in enumerate(examples):
-        groups.setdefault(ex.group or f"#{i}", []).append(i)
-    keys = list(groups)
-    random.Random(seed).shuffle(keys)
-    keep: list[int] = []
-    for k in keys:
-        if len(keep) + len(groups[k]) > n and keep:
-            break
-        keep += groups[k]
-    return [examples[i] for i in sorted(keep)]
+    return cap_groups(examples, n, random.Random(seed))
 
 
 def encode_examples(hub, data, examples, facts: dict | None = None) -> list[tuple[list[int], list[int]]]:
