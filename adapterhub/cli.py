@@ -275,8 +275,13 @@ def cmd_facts(args) -> int:
     from .train import rebuild_facts
     _check_refs(args, args.ref)
     registry = Registry(args.registry)
+    card = registry.card(args.ref)
     if args.scenario is None and args.format is None:
-        args.scenario = registry.card(args.ref).get("scenario")
+        args.scenario = card.get("scenario")
+    loaded = (card.get("data") or {}).get("load")
+    if loaded and not args.data_option and args.format is None:  # the card says how its data was loaded
+        args.data_option = [f"{k}={v}" for k, v in (loaded.get("options") or {}).items()]
+        args.seed = loaded.get("seed", args.seed)
     print(f"wrote {rebuild_facts(registry, args.ref, _load_data(args))}")
     return 0
 

@@ -73,10 +73,14 @@ def ensure_facts(registry, key: str, card: dict) -> str:
     scenario = card.get("scenario")
     if default_data_dir() is None or scenario not in SOURCES:
         return "  (its facts are not here and there is no data folder: ranked without them)"
-    # the loader options that give the data the card names (news@v2: full_train)
-    flags = [p for p, v in inspect.signature(SOURCES[scenario][0].load).parameters.items() if v.default is False]
-    for options in [{}] + [{f: True} for f in flags]:
-        data = load(scenario, options=options or None)
+    if card["data"].get("load"):  # the card says how its data was loaded
+        tries = [card["data"]["load"]]
+    else:  # older cards (the v2s): try the loader's on/off options (news@v2 has full_train)
+        flags = [p for p, v in inspect.signature(SOURCES[scenario][0].load).parameters.items() if v.default is False]
+        tries = [{"options": o} for o in [{}] + [{f: True} for f in flags]]
+    for args in tries:
+        data = load(scenario, seed=args.get("seed", 0), n_candidates=args.get("n_candidates", 20),
+                    max_examples=args.get("max_examples"), options=args.get("options") or None)
         if data.sha256 == card["data"]["sha256"]:
             return f"  (rebuilt its facts from the data folder: {rebuild_facts(registry, key, data)})"
     return "  (its facts are not here and the data folder holds other data: ranked without them)"

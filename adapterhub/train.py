@@ -170,7 +170,7 @@ def group_loss(logits: torch.Tensor, labels: torch.Tensor, sizes: list[int], lis
     return (1 - listwise_weight) * bce + listwise_weight * torch.stack(terms).mean()
 
 
-# ---------------------------------------------------------------- 4. loop
+# ---------------------------------------------------------------- train_adapter: the steps in order
 
 def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, promote: bool | None = None,
                   description: str = "", progress: bool | None = None, publish: bool = True,
@@ -215,56 +215,99 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
     with hub.trainable(cfg.r, cfg.alpha, cfg.dropout, cfg.targets, init) as pairs, hub.use(TRAIN), \
             _checkpointing(hub, cfg):
         domain_log = _domain_adapt(hub, datas[0], pairs.params, cfg, rng, rank, world) if cfg.domain_steps else []
-        opt = torch.optim.AdamW(pairs.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        loop = Loop(hub, parts, groups, pairs.params, cfg, teacher, rng, accelerator)
+        best, history, speed = loop.run(name, total, eval_every, metric, progress and is_main, is_main)
+        with torch.no_grad():  # the best validation check's weights
+            for p, b in zip(pairs.params, best[1]):
+                p.copy_(b)
+        card = None
+        if is_main:  # 5. evaluate and 6. card, with the trained pair still resident
+            for p, scores in zip(parts, best[3]):
+                p.fused = _fit_fused(p.data, p.valid, scores, p.facts) if p.facts is not None else None
+            card = _card(hub, name, parts, cfg, description, history, best, speed, world)
+            card["train"]["domain_log"] = domain_log
+        tensors = pairs.tensors()
+    if not (publish and is_main):
+        return None, card
+    return _publish(hub, name, parts, cfg, card, tensors, promote, force, metric)  # 7. publish
+
+
+# ---------------------------------------------------------------- 4. the loop
+
+class Loop:
+    """The training loop over packed groups: step() is one optimizer update, check() one validation
+    pass, run() both until max_steps, max_minutes or early stopping."""
+
+    def __init__(self, hub, parts: list[Part], groups: list, params: list, cfg: TrainConfig, teacher, rng, accelerator):
+        self.hub, self.parts, self.groups, self.params, self.cfg = hub, parts, groups, params, cfg
+        self.teacher, self.rng, self.accelerator = teacher, rng, accelerator
+        self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+        self.order: list = []
+
+    def step(self, opt, sched) -> tuple[torch.Tensor, int, int]:
+        """One optimizer update over batch_size candidates (x grad_accum) -> (summed loss, losses, candidates)."""
+        cfg, hub = self.cfg, self.hub
+        loss_sum, n_loss, n_candidates = torch.zeros(()), 0, 0
+        for _ in range(cfg.grad_accum):
+            batch, self.order = _next_groups(self.groups, self.order, cfg.batch_size, self.world, self.rank,
+                                             self.rng, cfg, self.parts)
+            encoded = [self.parts[i].encode(g) for i, g in batch]
+            logits = hub.packed_logits(TRAIN, encoded)
+            labels = torch.tensor([float(ex.label) for _, g in batch for ex in g], device=logits.device)
+            soft = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    soft = torch.sigmoid(hub.packed_logits(self.teacher, encoded))
+            loss = group_loss(logits, labels, [len(g) for _, g in batch], cfg.listwise_weight, soft, cfg.distill_weight)
+            (self.accelerator.backward(loss / cfg.grad_accum) if self.accelerator is not None
+             else (loss / cfg.grad_accum).backward())
+            loss_sum = loss_sum + loss.detach().cpu()
+            n_loss += 1
+            n_candidates += len(labels)
+        if self.world > 1:  # data parallel: every process applies the same averaged gradient
+            for p in self.params:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.world
+        torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return loss_sum, n_loss, n_candidates
+
+    def check(self) -> tuple[float, list[tuple[float, list[float]]]]:
+        """Validate every part -> (the mean of their primary metrics, [(metric, scores)] per part)."""
+        checks = [_evaluate(self.hub, p.data, p.valid, p.enc_valid, p.metric) for p in self.parts]
+        return sum(v for v, _ in checks) / len(checks), checks
+
+    def run(self, name: str, total: int, eval_every: int, metric: str, bar_on: bool, is_main: bool):
+        """-> (best, history, speed). best = (valid metric, weights, step, valid scores per part)."""
+        cfg = self.cfg
+        opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
                                                   * max(0.0, (total - s) / total))
-        best = (-math.inf, None, 0, None)  # (valid metric, weights, step, valid scores per part)
+        best = (-math.inf, None, 0, None)
         history: list[dict] = []
-        bad_checks, order = 0, []
-        step_s, n_candidates, loss_sum, loss_n, step = 0.0, 0, 0.0, 0, 0
-        bar = tqdm(total=total, desc=f"train {name}", disable=not (progress and is_main))
+        bad_checks, step_s, n_candidates, loss_sum, loss_n, step = 0, 0.0, 0, 0.0, 0, 0
+        bar = tqdm(total=total, desc=f"train {name}", disable=not bar_on)
         last_log = time.perf_counter()
         while step < total:
             t_step = time.perf_counter()
-            for _ in range(cfg.grad_accum):
-                batch, order = _next_groups(groups, order, cfg.batch_size, world, rank, rng, cfg, parts)
-                encoded = [parts[i].encode(g) for i, g in batch]
-                logits = hub.packed_logits(TRAIN, encoded)
-                labels = torch.tensor([float(ex.label) for _, g in batch for ex in g], device=logits.device)
-                soft = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        soft = torch.sigmoid(hub.packed_logits(teacher, encoded))
-                loss = group_loss(logits, labels, [len(g) for _, g in batch], cfg.listwise_weight, soft,
-                                  cfg.distill_weight)
-                (accelerator.backward(loss / cfg.grad_accum) if accelerator is not None
-                 else (loss / cfg.grad_accum).backward())
-                loss_sum += loss.detach()
-                loss_n += 1
-                n_candidates += len(labels)
-            if world > 1:  # data parallel: every process applies the same averaged gradient
-                for p in pairs.params:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= world
-            torch.nn.utils.clip_grad_norm_(pairs.params, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            loss, n_loss, n_cand = self.step(opt, sched)
+            loss_sum, loss_n, n_candidates = loss_sum + loss, loss_n + n_loss, n_candidates + n_cand
             step += 1
             step_s += time.perf_counter() - t_step
             bar.update(1)
             out_of_time = cfg.max_minutes is not None and step_s >= 60 * cfg.max_minutes
-            if not progress and is_main and time.perf_counter() - last_log >= LOG_EVERY_S:
+            if not bar_on and is_main and time.perf_counter() - last_log >= LOG_EVERY_S:
                 last_log = time.perf_counter()
                 log.info("step %d/%d | loss %.3f | %.0f ms/step | ETA %.0f s", step, total, float(loss_sum) / max(1, loss_n),
                          1000 * step_s / step, step_s / step * (total - step))
             if step % eval_every == 0 or step == total or out_of_time:
-                checks = [_evaluate(hub, p.data, p.valid, p.enc_valid, p.metric) for p in parts]
-                val, val_scores = sum(v for v, _ in checks) / len(checks), [s for _, s in checks]
+                val, checks = self.check()
                 entry = {"step": step, "loss": round(float(loss_sum) / max(1, loss_n), 4), f"val_{metric}": round(val, 4),
                          "ms_per_step": round(1000 * step_s / step, 1)}
-                if len(parts) > 1:
-                    entry.update({f"val_{p.data.scenario}_{p.metric}": round(v, 4) for p, (v, _) in zip(parts, checks)})
+                if len(self.parts) > 1:
+                    entry.update({f"val_{p.data.scenario}_{p.metric}": round(v, 4) for p, (v, _) in zip(self.parts, checks)})
                 history.append(entry)
                 loss_sum, loss_n = 0.0, 0
                 if is_main:
@@ -272,7 +315,7 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
                              metric, val, entry["ms_per_step"])
                 bar.set_postfix(loss=entry["loss"], **{f"val_{metric}": round(val, 3)})
                 if val > best[0]:
-                    best, bad_checks = (val, [p.detach().clone() for p in pairs.params], step, val_scores), 0
+                    best, bad_checks = (val, [p.detach().clone() for p in self.params], step, [s for _, s in checks]), 0
                 else:
                     bad_checks += 1
                     if bad_checks >= cfg.patience:
@@ -282,20 +325,17 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
                 log.info("max_minutes=%s reached at step %d/%d", cfg.max_minutes, step, total)
                 break
         bar.close()
-        with torch.no_grad():
-            for p, b in zip(pairs.params, best[1]):
-                p.copy_(b)
+        world = self.world
         speed = {"train_s": round(step_s, 3), "steps": step, "candidates": n_candidates * world,
                  "candidates_per_s": round(n_candidates * world / max(step_s, 1e-9), 3)}
-        card = None
-        if is_main:  # 5. evaluate and 6. card, with the trained pair still resident
-            for p, scores in zip(parts, best[3]):
-                p.fused = _fit_fused(p.data, p.valid, scores, p.facts) if p.facts is not None else None
-            card = _card(hub, name, parts, cfg, description, history, best, speed, world)
-            card["train"]["domain_log"] = domain_log
-        tensors = pairs.tensors()
-    if not (publish and is_main):  # 7. publish
-        return None, card
+        return best, history, speed
+
+
+# ---------------------------------------------------------------- 7. publish
+
+def _publish(hub, name: str, parts: list[Part], cfg: TrainConfig, card: dict, tensors: dict, promote, force: bool,
+             metric: str):
+    """Publish the trained pair with its card and facts -> (the resident Adapter, the stored card)."""
     _check_beats_base(card, name, force)
     if promote is None and len(parts) == 1:  # promote only if valid improves, judged on this run's valid examples
         promote = _compare_with_current(hub, name, parts[0].data, parts[0].valid, card)
@@ -514,7 +554,8 @@ def _evaluate_part(hub, p: Part, cfg: TrainConfig, valid_scores: list[float], jo
             log.warning("%s split of %s has one label only: no metrics for it in the card", split, p.data.scenario)
     d = p.data
     out = {"data": {"source": d.source, "sha256": d.sha256, "sizes": d.sizes(), "task": d.task,
-                    "used": {"train": len(p.train), "valid": len(p.valid), "test": len(p.test)}},
+                    "used": {"train": len(p.train), "valid": len(p.valid), "test": len(p.test)},
+                    **({"load": d.load_args} if d.load_args else {})},
            "primary_metric": p.metric, "metrics": metrics, "eval_s": eval_s}
     if registered_templates(d.scenario):
         out["templates"] = registered_templates(d.scenario)

@@ -420,3 +420,12 @@ def test_loader_options_reach_the_loader_and_unknown_ones_are_named(tmp_path):
         load("news", tmp_path, options={"full_trian": True})
     with pytest.raises(DataError, match="no data option.*full_train.*it has: none"):
         load("video", tmp_path, options={"full_train": True})
+
+
+def test_load_records_its_arguments_so_the_card_can_load_the_data_again(news_dir):
+    data = load("news", news_dir, seed=3, options={"full_train": True})
+    assert data.load_args == {"seed": 3, "n_candidates": 20, "max_examples": None, "options": {"full_train": True}}
+    args = data.load_args
+    again = load("news", news_dir, seed=args["seed"], n_candidates=args["n_candidates"],
+                 max_examples=args["max_examples"], options=args["options"])
+    assert again.sha256 == data.sha256 != load("news", news_dir, seed=3).sha256

@@ -68,6 +68,8 @@ def load(source: str, path: str | os.PathLike | None = None, *, seed: int = 0, n
             raise DataError(f"scenario {name!r} has no data option(s) {', '.join(bad)} (it has: "
                             f"{', '.join(known) or 'none'})", field="options")
         kwargs.update(options)
-    if module is generic:
-        return generic.load(path, fmt=name, **kwargs)
-    return module.load(path, **kwargs)
+    data = generic.load(path, fmt=name, **kwargs) if module is generic else module.load(path, **kwargs)
+    # recorded in a trained adapter's card, so its facts can be rebuilt from the same data
+    data.load_args = {"seed": seed, "n_candidates": n_candidates, "max_examples": max_examples,
+                      "options": dict(options or {})}
+    return data

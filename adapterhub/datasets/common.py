@@ -38,6 +38,7 @@ class ScenarioData:
     sha256: str                         # over the input files' bytes + the load parameters
     task: str                           # "pointwise" | "ranking" | "impression"
     extra: dict = field(default_factory=dict)   # train-only statistics for baselines, etc.
+    load_args: dict = field(default_factory=dict)  # datasets.load's arguments besides the path: loads it again
 
     def sizes(self) -> dict[str, int]:
         return {name: len(examples) for name, examples in self.splits.items()}
