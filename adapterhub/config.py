@@ -31,7 +31,8 @@ class TrainConfig:
     listwise_weight: float = _f(0.5, "loss = w * softmax cross-entropy over each group's candidates + (1 - w) * "
                                      "pointwise BCE (keeps P(yes) calibrated); 0 = BCE only")
     grad_checkpointing: bool = _f(True, "recompute activations in the backward pass: keeps a batch-8 step of "
-                                        "SmolLM2 under 1.5 GB peak RSS (2.2 GB without), ~1.6x slower per step")
+                                        "SmolLM2 on music or news under 1.5 GB peak RSS (1.6-1.7 GB without), "
+                                        "~1.4-1.5x slower per step")
     max_minutes: float | None = _f(None, "stop training after this many minutes (evaluation time excluded)")
     grad_accum: int = _f(1, "steps whose gradients are summed before one optimizer update")
     max_steps: int | None = _f(None, "optimizer updates; default: --epochs over the train split")

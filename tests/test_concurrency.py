@@ -125,7 +125,7 @@ def test_load_unload_and_eviction_while_others_score(hub):
 
     def work(i):
         wrong = 0
-        for j in range(12):
+        for j in range(8):
             name = names[(i + j) % len(names)]
             wrong += not close(hub.score([(name, p) for p in PROMPTS]), want[name])
         return wrong
