@@ -244,10 +244,10 @@ class Loop:
         self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         self.order: list = []
 
-    def step(self, opt, sched) -> tuple[torch.Tensor, int, int]:
+    def step(self, opt, sched) -> tuple[torch.Tensor | float, int, int]:
         """One optimizer update over batch_size candidates (x grad_accum) -> (summed loss, losses, candidates)."""
         cfg, hub = self.cfg, self.hub
-        loss_sum, n_loss, n_candidates = torch.zeros(()), 0, 0
+        loss_sum, n_loss, n_candidates = 0.0, 0, 0
         for _ in range(cfg.grad_accum):
             batch, self.order = _next_groups(self.groups, self.order, cfg.batch_size, self.world, self.rank,
                                              self.rng, cfg, self.parts)
@@ -261,7 +261,7 @@ class Loop:
             loss = group_loss(logits, labels, [len(g) for _, g in batch], cfg.listwise_weight, soft, cfg.distill_weight)
             (self.accelerator.backward(loss / cfg.grad_accum) if self.accelerator is not None
              else (loss / cfg.grad_accum).backward())
-            loss_sum = loss_sum + loss.detach().cpu()
+            loss_sum = loss_sum + loss.detach()  # stays on the device: no sync per step
             n_loss += 1
             n_candidates += len(labels)
         if self.world > 1:  # data parallel: every process applies the same averaged gradient
