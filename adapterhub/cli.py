@@ -158,7 +158,7 @@ def _load_data(args):
 
 
 def _data_options(pairs: list[str] | None) -> dict:
-    """['full_train=true', 'n=3'] -> {'full_train': True, 'n': 3}."""
+    """['full_train=true', 'n=3', 'valid_from_train=0.15'] -> {'full_train': True, 'n': 3, 'valid_from_train': 0.15}."""
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -166,8 +166,15 @@ def _data_options(pairs: list[str] | None) -> dict:
             raise ConfigError(f"--data-option {pair!r}: write KEY=VALUE, e.g. --data-option full_train=true")
         low = value.lower()
         out[key] = (True if low in ("true", "yes") else False if low in ("false", "no")
-                    else int(value) if value.lstrip("-").isdigit() else value)
+                    else int(value) if value.lstrip("-").isdigit() else _float_or_text(value))
     return out
+
+
+def _float_or_text(value: str):
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def cmd_train(args) -> int:
@@ -294,17 +301,31 @@ def cmd_merge(args) -> int:
     for item in args.adapters:
         ref, _, w = item.partition("=")
         try:
-            weights[ref] = float(w) if w else 1.0 / len(args.adapters)
+            weights[ref] = float(w) if w else None
         except ValueError:
             raise AdapterHubError(f"bad weight in {item!r}: write REF=WEIGHT, e.g. news=0.5") from None
-    if args.method not in METHODS:
+    if any(w is None for w in weights.values()):
+        if any(w is not None for w in weights.values()):
+            raise AdapterHubError("give every adapter a weight (REF=WEIGHT) or none (the default rule)")
+        weights = list(weights)
+    if args.method is not None and args.method not in METHODS:
         raise ConfigError(f"unknown merge method {args.method!r} (valid: {', '.join(METHODS)}).{did_you_mean(args.method, METHODS)}")
     if args.name is not None:
         check_name(args.name)
     _check_refs(args, *weights)
     hub = _hub(args)
-    adapter = hub.merge(weights, method=args.method, name=args.name, rank=args.rank, density=args.density)
+    adapter = hub.merge(weights, method=args.method, name=args.name, rank=args.rank, density=args.density,
+                        measure=not args.no_measure)
     print(f"published {adapter.key}: {adapter.card['description']}")
+    for scenario, k in (adapter.card["merge"].get("kept") or {}).items():
+        if "skipped" in k:
+            print(f"  {scenario}: not measured ({k['skipped']})")
+        else:
+            kept = "n/a" if k["kept"] is None else f"{k['kept']:.0%}"
+            print(f"  {scenario}: kept {kept} of {k['parent']}'s gain over the base (valid {k['metric']}: merged "
+                  f"{k['merged']:.3f}, own {k['own']:.3f}, base {k['base']:.3f}; {k['n']} examples)")
+    for warning in adapter.card.get("warnings") or []:
+        print(f"WARNING: {warning}")
     return 0
 
 
@@ -505,8 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_prompt)
 
     s = sub.add_parser("merge", parents=[common, model], help="merge adapters into a new one (cat is exact)")
-    s.add_argument("adapters", nargs="+", help="REF=WEIGHT ... (equal weights when omitted)")
-    s.add_argument("--method", default="cat", help="cat (exact), linear (PEFT's, cross terms), svd, ties, dare_ties")
+    s.add_argument("adapters", nargs="+", help="REF=WEIGHT ... (without weights: the default rule, see README Merging)")
+    s.add_argument("--method", default=None, help="cat (exact), linear (PEFT's, cross terms), svd, ties, dare_ties "
+                                                  "(default: the measured default recipe)")
+    s.add_argument("--no-measure", action="store_true", help="skip scoring the merge on each parent's valid split "
+                                                             "(the kept figures in its card)")
     s.add_argument("--name", help="name of the merged adapter (default: the parents' names joined by '-')")
     s.add_argument("--rank", type=int, help="rank of svd/ties/dare_ties merges (default: the largest parent rank)")
     s.add_argument("--density", type=float, default=0.5, help="share of entries ties/dare_ties keep")

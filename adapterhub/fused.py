@@ -19,8 +19,15 @@ import torch
 from .errors import DataError
 
 
-def fit(X, y, names=None, l2: float = 1e-3, max_iter: int = 200) -> dict:
-    """Logistic regression of labels y (0/1) on rows X -> {"features", "mean", "std", "weights", "bias"}."""
+def fit(X, y, names=None, l2: float = 1e-3, max_iter: int = 200, groups=None) -> dict:
+    """Logistic regression of labels y (0/1) on rows X -> {"features", "mean", "std", "weights", "bias", "fit"}.
+
+    groups (one name per row, e.g. the impression): the weights are fit for ranking within each
+    group instead (softmax cross-entropy over a group's rows, the positives as targets: a
+    conditional logit), then one scale and bias map that score to a calibrated P(yes). The
+    ranking metrics (per-impression AUC, NDCG) only see order within a group, and a pointwise fit
+    spends its weights on what differs between groups (one user's prompts scoring higher than
+    another's)."""
     x = torch.as_tensor(X, dtype=torch.float64)
     t = torch.as_tensor(y, dtype=torch.float64)
     if x.ndim != 2 or len(x) != len(t) or len(x) == 0:
@@ -36,20 +43,59 @@ def fit(X, y, names=None, l2: float = 1e-3, max_iter: int = 200) -> dict:
     std = x.std(0, unbiased=False)
     std = torch.where(std > 1e-12, std, torch.ones_like(std))
     z = (x - mean) / std
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    if groups is None:
+        w, b = _lbfgs(lambda w, b: _bce(z @ w + b, t) + 0.5 * l2 * (w @ w), x.shape[1], max_iter)
+        kind = "pointwise"
+    else:
+        rows = _ranked_groups(groups, t)
+        if not rows:
+            raise DataError("fit(groups=...) needs a group with both a positive and a negative; "
+                            "fit without groups, or on a split with such groups (the valid split)")
+        w, _ = _lbfgs(lambda w, b: _listwise(z @ w, t, rows) + 0.5 * l2 * (w @ w), x.shape[1], max_iter)
+        s = (z @ w).unsqueeze(1)  # the ranking score; calibrate it: P(yes) = sigmoid(a * s + b)
+        a, b = _lbfgs(lambda a, b: _bce(s @ a + b, t), 1, max_iter)
+        w = w * a
+        kind = "listwise"
+    return {"features": names, "mean": mean.tolist(), "std": std.tolist(),
+            "weights": w.tolist(), "bias": float(b), "fit": kind}
+
+
+def _bce(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, t)
+
+
+def _lbfgs(loss_fn, n: int, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise loss_fn(w, b) over w (n,) and a scalar b, from zeros -> (w, b), detached."""
+    w = torch.zeros(n, dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10,
                             tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, t) + 0.5 * l2 * (w @ w)
+        loss = loss_fn(w, b)
         loss.backward()
         return loss
 
     opt.step(closure)
-    return {"features": names, "mean": mean.tolist(), "std": std.tolist(),
-            "weights": w.detach().tolist(), "bias": float(b.detach())}
+    return w.detach(), b.detach()
+
+
+def _ranked_groups(groups, t: torch.Tensor) -> list[torch.Tensor]:
+    """Row indices of each group that has a positive and a negative (the others rank nothing)."""
+    if len(groups) != len(t):
+        raise DataError(f"{len(groups)} group names for {len(t)} rows")
+    index: dict[object, list[int]] = {}
+    for i, g in enumerate(groups):
+        index.setdefault(g, []).append(i)
+    out = [torch.tensor(rows) for rows in index.values()]
+    return [r for r in out if 0 < float(t[r].sum()) < len(r)]
+
+
+def _listwise(scores: torch.Tensor, t: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over groups of -mean_{positives} log softmax(group scores): the training loss's listwise term."""
+    terms = [-(torch.log_softmax(scores[r], 0) * t[r]).sum() / t[r].sum() for r in rows]
+    return torch.stack(terms).mean()
 
 
 def apply(model: dict, X) -> list[float]:

@@ -185,10 +185,31 @@ class Hub:
         # read and check outside the lock: other threads keep scoring, loading and unloading
         config, tensors, card, folder = (compose.build(self.registry, key) if compose.is_composition(key)
                                          else self.registry.load(key))
+        adapter = self._place(key, config, tensors, card, folder)
+        if version is None:
+            with self._lock:
+                self._point(name, key)
+        return adapter
+
+    @contextlib.contextmanager
+    def staged(self, key: str, config: dict, tensors: dict, card: dict):
+        """An adapter that is not in the registry (a merge being measured before it is published),
+        resident under `key` for the body of the `with` and unloaded on exit. Yields the Adapter."""
+        if key in self._resident or key in self.registry.names():
+            raise ConfigError(f"cannot stage {key!r}: that name is taken")
+        adapter = self._place(key, config, {k: v.clone() for k, v in tensors.items()}, card, "(staged)")
+        try:
+            yield adapter
+        finally:
+            self.unload(key)
+
+    def _place(self, key: str, config, tensors, card, folder) -> Adapter:
+        """Check and cast an adapter's tensors and make them resident under `key` (evicting the least
+        recently used adapter past max_resident)."""
         placed = self._check_and_cast(key, config, tensors, card, folder)
         from .prompts import register_templates
         if card.get("templates"):  # a custom scenario's prompt sentences travel with its card
-            register_templates(card.get("scenario", name), **card["templates"])
+            register_templates(card.get("scenario", key.split("@")[0]), **card["templates"])
         for scenario, part in (card.get("scenarios") or {}).items():  # ... and with a joint card's parts
             if part.get("templates"):
                 register_templates(scenario, **part["templates"])
@@ -207,8 +228,6 @@ class Hub:
                 self._alias[key] = key
             else:
                 self._resident.move_to_end(key)
-            if version is None:
-                self._point(name, key)
         return adapter
 
     def _point(self, name: str, key: str) -> None:
@@ -418,8 +437,9 @@ class Hub:
         from .train import train_adapter
         return train_adapter(self, name, data, config, **kwargs)
 
-    def merge(self, weights: dict[str, float], method: str = "cat", name: str | None = None, **kwargs) -> Adapter:
-        """Merge adapters into a new published adapter and load it. See adapterhub.merge for methods."""
+    def merge(self, weights, method: str | None = None, name: str | None = None, **kwargs) -> Adapter:
+        """Merge adapters ({ref: weight}, or a list of refs) into a new published adapter and load it.
+        Without a method, the measured default recipe. See adapterhub.merge for methods and `measure`."""
         from .merge import merge
         return self.load(merge(self, weights, method, name, **kwargs))
 

@@ -16,10 +16,18 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError, did_you_mean
+import logging
+
+from .errors import AdapterHubError, ConfigError, did_you_mean
 from .lora import adapter_config, check_same_base, group_pairs, peft_key, split_peft_key
 
+log = logging.getLogger(__name__)
 METHODS = ("cat", "linear", "svd", "ties", "dare_ties")
+# what merge() does when not told: the recipe that kept the most of every scenario's gain in the
+# measurement (python -m adapterhub.bench.merge; README "Merging"): method, and weight per parent
+# ("sum": 1 each, task arithmetic; "mean": 1/n each)
+DEFAULT_METHOD, DEFAULT_WEIGHTS = "cat", "sum"
+KEPT_WARN = 0.5  # a merge keeping less than this share of a parent's gain over the base says so
 
 
 def read_pairs(registry, ref: str) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float, dict, dict]:
@@ -86,10 +94,20 @@ def merge_tensors(parents: list[tuple[dict, float, float]], method: str, rank: i
     return out, new_rank
 
 
-def merge(hub, weights: dict[str, float], method: str = "cat", name: str | None = None, rank: int | None = None,
-          density: float = 0.5, seed: int = 0, description: str = "") -> str:
-    """Merge registry adapters into a new adapter `name`; returns the new reference 'name@vN'."""
+def merge(hub, weights, method: str | None = None, name: str | None = None, rank: int | None = None,
+          density: float = 0.5, seed: int = 0, description: str = "", measure: bool = True) -> str:
+    """Merge registry adapters into a new adapter `name`; returns the new reference 'name@vN'.
+
+    weights: {ref: weight}, or a list of refs, weighted by the default rule (DEFAULT_WEIGHTS).
+    method: default DEFAULT_METHOD, the measured best. measure: score the merge on each parent's
+    valid split (as the parent's card measured it, with its facts) before publishing, and record
+    kept = (merged - base) / (own - base) per parent in the card (parents whose data or facts are
+    not here are listed as skipped); a parent kept below KEPT_WARN is warned about in the card."""
     from .registry import check_name
+    if not isinstance(weights, dict):
+        refs = list(weights)
+        weights = {r: 1.0 if DEFAULT_WEIGHTS == "sum" else 1.0 / max(1, len(refs)) for r in refs}
+    method = method or DEFAULT_METHOD
     if len(weights) < 2:
         raise ConfigError("a merge needs at least two adapters, e.g. {'news': 0.5, 'music': 0.5}")
     name = check_name(name or "-".join(ref.split("@")[0] for ref in weights)[:64])
@@ -111,5 +129,50 @@ def merge(hub, weights: dict[str, float], method: str = "cat", name: str | None 
             "parents": [{"ref": f"{c['name']}@{c['version']}", "weight": w, "role": "merge"}
                         for c, w in zip(cards, weights.values())],
             "metrics": {}}
+    if measure:
+        with hub.staged(f"{name}@measuring", config, tensors, card) as staged:
+            card["merge"]["kept"] = kept_on_valid(hub, staged.key, cards)
+        low = [f"{s}: kept {k['kept']:.0%} of its gain over the base (valid {k['metric']} {k['merged']:.3f}, "
+               f"own {k['own']:.3f}, base {k['base']:.3f})"
+               for s, k in card["merge"]["kept"].items() if k.get("kept") is not None and k["kept"] < KEPT_WARN]
+        if low:
+            card["warnings"] = [f"this merge keeps less than {KEPT_WARN:.0%} of a parent's gain: " + "; ".join(low)]
+            log.warning("%s: %s", name, card["warnings"][0])
     version = hub.registry.publish(name, tensors, config, card, promote=True)
     return f"{name}@{version}"
+
+
+def kept_on_valid(hub, key: str, cards: list[dict]) -> dict[str, dict]:
+    """Per parent scenario: adapter `key`'s primary metric on that parent's valid examples (the
+    ones its card measured, with its facts in the prompts) beside the parent's own and the bare
+    base's from its card, and kept = (merged - base) / (own - base). A parent that cannot be
+    measured here (no data, no facts file, a joint or merged parent) gets {"skipped": why}."""
+    from .evaluation import evaluate
+    from .recommend import facts_of
+    from .scoring import encode_examples, score_examples
+    from .train import card_splits, load_card_data
+    out = {}
+    for card in cards:
+        ref = f"{card['name']}@{card['version']}"
+        scenario = card.get("scenario", card["name"])
+        try:
+            valid = (card.get("metrics") or {}).get("valid") or {}
+            metric = card.get("primary_metric")
+            if card.get("scenarios") or "merge" in card or metric not in (valid.get("adapter") or {}) \
+                    or "sha256" not in (card.get("data") or {}):
+                raise ConfigError("its card has no single-scenario valid metrics and data record "
+                                  "(a joint, merged or imported adapter)")
+            if "facts.json" in (card.get("files") or {}) and facts_of(hub.registry, ref) is None:
+                raise ConfigError(f"its facts.json is not here (rebuild it: adapterhub facts {ref})")
+            data = load_card_data(card)
+            _, examples, _ = card_splits(card, data)
+            scores = score_examples(hub, key, encode_examples(hub, data, examples, facts_of(hub.registry, ref)))
+        except AdapterHubError as e:
+            out[scenario] = {"parent": ref, "skipped": str(e)}
+            continue
+        own, base = valid["adapter"][metric], valid["base"][metric]
+        merged = evaluate(data.task, examples, scores)[metric]
+        out[scenario] = {"parent": ref, "metric": metric, "n": len(examples), "merged": round(merged, 4),
+                         "own": round(own, 4), "base": round(base, 4),
+                         "kept": round((merged - base) / (own - base), 4) if abs(own - base) > 1e-9 else None}
+    return out

@@ -355,7 +355,6 @@ def rebuild_facts(registry, ref: str, data) -> str:
     """Recompute a version's facts from the data it was trained on (its train split, as training
     picked it) and write them to its folder, checked against the sha256 in its card -> the path.
     The shipped adapters' facts hold dataset text (titles, categories), so they are not committed."""
-    import dataclasses
     import hashlib
     card = registry.card(ref)
     want = (card.get("files") or {}).get(facts_mod.FACTS_FILE)
@@ -366,13 +365,37 @@ def rebuild_facts(registry, ref: str, data) -> str:
         raise DataError(f"{ref} was trained on data with sha256 {card['data']['sha256'][:12]}..., this data has "
                         f"{data.sha256[:12]}...: load the data it was trained on (the same folder, --seed and "
                         "--data-option values; see adapters/README.md)")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig.from_dict({k: v for k, v in card["train"].items() if k in names})
-    train, _, _ = pick_examples(data, cfg, random.Random(cfg.seed))  # training's first use of its rng
+    train, _, _ = card_splits(card, data)
     body = facts_mod.dumps(facts_mod.compute(_train_only(data, train)))
     if hashlib.sha256(body).hexdigest() != want:
         raise DataError(f"the facts rebuilt for {ref} do not match the sha256 in its card; not written")
     return str(atomic_write(registry.resolve(ref) / facts_mod.FACTS_FILE, body))
+
+
+def card_splits(card: dict, data) -> tuple[list, list, list]:
+    """(train, valid, test) examples of `data` exactly as the version with this card picked them
+    (its n_train, n_valid, n_test and seed): its valid and test metrics were measured on these."""
+    import dataclasses
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig.from_dict({k: v for k, v in card["train"].items() if k in names})
+    return pick_examples(data, cfg, random.Random(cfg.seed))  # training's first use of its rng
+
+
+def load_card_data(card: dict, path=None):
+    """The scenario data a (single-scenario) version was trained on, loaded with its recorded loader
+    arguments (card["data"]["load"]); checked against the card's sha256."""
+    from .datasets import SOURCES, load
+    if card.get("scenario") not in SOURCES:
+        raise DataError(f"{card.get('name')}@{card.get('version')} was trained on data of your own (scenario "
+                        f"{card.get('scenario')!r}, source {(card.get('data') or {}).get('source')!r}), whose folder "
+                        "is not recorded: load it yourself (adapterhub.datasets.load('jsonl', PATH))")
+    args = dict((card.get("data") or {}).get("load") or {"seed": card["train"]["seed"]})
+    data = load(card["scenario"], path, **args)
+    if data.sha256 != card["data"]["sha256"]:
+        raise DataError(f"{card.get('name')}@{card.get('version')} was trained on data with sha256 "
+                        f"{card['data']['sha256'][:12]}..., the data loaded now has {data.sha256[:12]}...: "
+                        "point to the data it was trained on")
+    return data
 
 
 def _train_only(data, train: list[Example]):
@@ -567,6 +590,28 @@ def _evaluate_part(hub, p: Part, cfg: TrainConfig, valid_scores: list[float], jo
     return out
 
 
+def lineage(registry, ref: str, depth: int = 8) -> dict:
+    """{"ref": "name@vN", "parents": [...]}: a version and, recursively, the parents its card names
+    (a merge's parents, a warm start's parent), so a card shows where its weights came from."""
+    name, version = ref.split("@", 1) if "@" in ref else (ref, registry.current(ref))
+    key = f"{name}@{version}"
+    out = {"ref": key}
+    try:
+        card = registry.card(key)
+    except AdapterHubError:
+        return out
+    if card.get("scenario"):
+        out["scenario"] = card["scenario"]
+    up = []
+    for parent in card.get("parents") or []:
+        if depth > 0 and parent.get("ref"):
+            up.append({**lineage(registry, parent["ref"], depth - 1),
+                       **{k: v for k, v in parent.items() if k not in ("ref", "parents", "scenario")}})
+    if up:
+        out["parents"] = up
+    return out
+
+
 def _card(hub, name, parts: list[Part], cfg, description, history, best, speed, world=1) -> dict:
     """Evaluate the trained pair on every scenario of the run; build the card. A joint card keeps
     each scenario's share under "scenarios" and the mean primary metric of adapter and base on top."""
@@ -574,9 +619,9 @@ def _card(hub, name, parts: list[Part], cfg, description, history, best, speed, 
     evals = {p.data.scenario: _evaluate_part(hub, p, cfg, scores, joint) for p, scores in zip(parts, best[3])}
     parents = []
     if cfg.init_from:
-        parents.append({"ref": cfg.init_from, "role": "warm start"})
+        parents.append({**lineage(hub.registry, cfg.init_from), "role": "warm start"})
     if cfg.teacher:
-        parents.append({"ref": cfg.teacher, "role": "teacher", "distill_weight": cfg.distill_weight})
+        parents.append({**lineage(hub.registry, cfg.teacher), "role": "teacher", "distill_weight": cfg.distill_weight})
     loss = {"bce": round(1 - cfg.listwise_weight, 4), "listwise_softmax": cfg.listwise_weight,
             "group_size": cfg.group_size, "sampled_negatives": cfg.negatives}
     scenario = "+".join(evals)

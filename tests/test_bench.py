@@ -282,9 +282,10 @@ def sample_rows() -> list[dict]:
                          quant="fp32", single_ms=400.0, mixed_ms=400.0 / v, max_abs_diff=1e-6, loadavg_1m=3.5))
     rows.append(_row("concurrency", "routing_us", {"way": "contextvar", "wrappers": 210}, 7.2, quant="fp32"))
     for s in ("video", "news"):
-        for m, v in (("own", 0.70), ("base", 0.55), ("cat", 0.66), ("ties", 0.60)):
-            rows.append(_row("merge", "merge_auc", {"scenario": s, "method": m, "n": 200, "adapters": 2}, v,
-                             n_examples=200, parents=["news", "video"], **({"kept": 0.5} if m in ("cat", "ties") else {})))
+        for m, v in (("own", 0.70), ("base", 0.55), ("cat-sum", 0.66), ("ties-sum", 0.60)):
+            rows.append(_row("merge", "merge_quality", {"scenario": s, "recipe": m, "n": 200}, v, metric_name="auc",
+                             n_examples=200, parents=["news@v1", "video@v1"],
+                             **({"kept": (v - 0.55) / 0.15} if "-" in m else {})))
     rows.append(_row("bench", "suite_wall_s", {"suite": "forward"}, 80.0, status="ok", command="adapterhub bench --quick"))
     return rows
 
@@ -318,6 +319,8 @@ def test_report_markdown_and_plots(tmp_path):
     assert md.index("| music | ours-nockpt |") < md.index("| music | peft |")  # the modes in their fixed order
     assert "ours / peft: music: 8.00x the candidates/s, 0.18x the peak RSS." in md
     assert "| music | 6 | 1.5 | 4.00x | 0.01 | bf16 |" in md                # ranking 20 candidates vs PEFT
+    assert "| cat-sum | 0.66 (73%) | 0.66 (73%) | 73% |" in md             # merges: value (kept), worst kept
+    assert "| own | 0.7 | 0.7 |  |" in md
     for png in bench.PLOTS:
         assert (tmp_path / png).stat().st_size > 1000, png
         assert f"]({png})" in md

@@ -104,7 +104,7 @@ def test_merge_and_export_commands(reg, tmp_path, capsys):
 def test_data_options_are_parsed_and_bad_ones_named():
     from adapterhub.cli import _data_options
     from adapterhub.errors import ConfigError
-    assert _data_options(["full_train=true", "n=3", "tag=x", "flag=No"]) == {"full_train": True, "n": 3, "tag": "x",
-                                                                             "flag": False}
+    assert _data_options(["full_train=true", "n=3", "tag=x", "flag=No", "valid_from_train=0.15"]) == {
+        "full_train": True, "n": 3, "tag": "x", "flag": False, "valid_from_train": 0.15}
     with pytest.raises(ConfigError, match="--data-option 'full_train'.*KEY=VALUE"):
         _data_options(["full_train"])

@@ -173,6 +173,22 @@ def test_video_splits_by_user_and_like_rate_excludes_heldout(video_dir):
     assert data.extra["like_rate"][item] == pytest.approx(sum(rates) / len(rates))
 
 
+def test_video_valid_from_train_moves_whole_users_and_keeps_test(video_dir):
+    base = load("video", video_dir, seed=0)
+    more = load("video", video_dir, seed=0, options={"valid_from_train": 0.5})
+    users = lambda d, s: {ex.user for ex in d.splits[s]}  # noqa: E731
+    moved = users(base, "train") - users(more, "train")
+    assert moved and users(more, "valid") == users(base, "valid") | moved       # whole users move to valid
+    assert more.splits["test"] == base.splits["test"]                           # test is the same
+    assert len(more.splits["train"]) + len(more.splits["valid"]) == len(base.splits["train"]) + len(base.splits["valid"])
+    assert not users(more, "train") & users(more, "valid")
+    assert more.sha256 != base.sha256 and more.load_args["options"] == {"valid_from_train": 0.5}
+    # the moved users' ratings no longer feed the like-rates (no valid label leaks into the facts)
+    assert more.extra["like_rate"] != base.extra["like_rate"]
+    with pytest.raises(DataError, match="valid_from_train"):
+        load("video", video_dir, options={"valid_from_train": 1.5})
+
+
 def test_ecommerce_groups_and_no_leak(ecommerce_dir):
     data = load("amazon", ecommerce_dir, seed=0, **SMALL)
     assert_valid_shapes(data)

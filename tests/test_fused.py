@@ -27,7 +27,7 @@ def test_fit_recovers_signs_is_deterministic_and_json():
     model = fused.fit(X, y, names=["llm_logit", "pop", "const"])
     assert model == fused.fit(X, y, names=["llm_logit", "pop", "const"])
     assert json.loads(json.dumps(model)) == model
-    assert set(model) == {"features", "mean", "std", "weights", "bias"}
+    assert set(model) == {"features", "mean", "std", "weights", "bias", "fit"} and model["fit"] == "pointwise"
     w = model["weights"]
     assert w[0] > 1.0 and w[1] < -0.2 and w[2] == 0.0 and model["std"][2] == 1.0
     scores = fused.apply(model, X)
@@ -81,3 +81,30 @@ def test_bootstrap_skips_undefined_resamples():
     metric = lambda e, s: evaluate("pointwise", e, s)["auc"]  # noqa: E731
     lo, hi = fused.bootstrap_ci(metric, ex, [0.9, 0.1], n=50)   # half the resamples have one class
     assert lo == hi == 1.0
+
+
+def test_listwise_fit_ignores_what_differs_between_groups():
+    """With groups, the weights rank within a group: a feature that only shifts whole groups (one
+    user's prompts all scoring higher) gets no weight, while the pointwise fit leans on it; then one
+    scale and bias calibrate, so the mean P(yes) matches the positive rate."""
+    rng = random.Random(1)
+    X, y, groups = [], [], []
+    for g in range(150):
+        shift = rng.gauss(0, 2)
+        pos = rng.randrange(8)
+        for j in range(8):
+            signal = rng.gauss(0, 1) + (1.5 if j == pos else 0.0)
+            X.append([signal + shift, shift])      # the second feature is only the group's shift
+            y.append(int(j == pos))
+            groups.append(g)
+    point = fused.fit(X, y, names=["a", "shift"])
+    lw = fused.fit(X, y, names=["a", "shift"], groups=groups)
+    assert lw["fit"] == "listwise"
+    # the shift is constant within a group: it cannot rank, so the listwise fit gives it no weight;
+    # the pointwise fit spends weight on it (to undo the shift in a's scale across groups)
+    assert abs(lw["weights"][1]) < 1e-3 and lw["weights"][0] > 0.3
+    assert point["weights"][1] < -0.3
+    probs = [fused.sigmoid(z) for z in fused.apply(lw, X)]
+    assert sum(probs) / len(probs) == pytest.approx(sum(y) / len(y), abs=0.01)
+    with pytest.raises(DataError, match="both a positive and a negative"):
+        fused.fit([[0.0], [1.0]], [0, 1], groups=["a", "b"])

@@ -41,6 +41,10 @@ def test_joint_card_has_each_scenario_and_the_mean(hub):
     assert main(["prompt", "both", "--scenario", "books", "--registry", str(hub.registry.root), "--history",
                  "red thing 2|red thing 4", "--candidate", "red thing 6"]) == 0
     assert main(["prompt", "both", "--registry", str(hub.registry.root), "--candidate", "red thing 6"]) == 2
+    # a joint adapter warm-starts a single-scenario one like any parent, named in its card
+    _, child = hub.train("toy-from-both", toy_data(scenario="toy"),
+                         TrainConfig(**{**FAST, "max_steps": 3, "init_from": "both"}), progress=False)
+    assert child["parents"] == [{"ref": "both@v1", "scenario": "toy+books", "role": "warm start"}]
 
 
 def test_batches_mix_scenarios(hub):

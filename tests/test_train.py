@@ -73,7 +73,22 @@ def test_warm_start_checks_rank_and_records_parent(hub, toy):
     with pytest.raises(IncompatibleAdapterError, match="--r 8"):
         hub.train("child", toy, TrainConfig(**{**FAST, "max_steps": 5, "r": 4, "init_from": "parent"}), progress=False)
     _, card = hub.train("child", toy, TrainConfig(**{**FAST, "max_steps": 5, "init_from": "parent"}), progress=False)
-    assert card["parents"] == [{"ref": "parent", "role": "warm start"}]
+    assert card["parents"] == [{"ref": "parent@v1", "scenario": "toy", "role": "warm start"}]
+
+
+def test_warm_start_from_a_merge_shows_the_lineage(hub, toy):
+    """A merged (or jointly trained) adapter is a parent like any other; the card names its parents too."""
+    from conftest import publish_random
+    publish_random(hub, "a", r=4, seed=1)
+    publish_random(hub, "b", r=4, seed=2)
+    merged = hub.merge({"a": 1.0, "b": 1.0}, method="cat", name="ab", measure=False)   # rank 4 + 4
+    _, card = hub.train("child", toy, TrainConfig(**{**FAST, "max_steps": 3, "r": 8, "init_from": "ab"}), progress=False)
+    parent = card["parents"][0]
+    assert parent["ref"] == merged.key and parent["role"] == "warm start"
+    assert [(p["ref"], p["weight"], p["role"]) for p in parent["parents"]] == [("a@v1", 1.0, "merge"), ("b@v1", 1.0, "merge")]
+    _, grandchild = hub.train("grand", toy, TrainConfig(**{**FAST, "max_steps": 3, "r": 8, "init_from": "child"}),
+                              progress=False)
+    assert grandchild["parents"][0]["parents"][0]["ref"] == merged.key  # two levels up
 
 
 def test_promotion_compares_with_the_current_version_on_the_same_valid_examples(hub, toy):

@@ -1,22 +1,23 @@
-"""Quality kept by merges: each scenario's AUC with its own adapter vs an n-way merge (issue 5, item 7).
+"""Quality kept by merges: every merge recipe, scored on every scenario's test split (issue 15, item 1).
 
-    python -m adapterhub.bench.merge --quick          # CPU, SmolLM2-135M NF4, 200 test examples each
-    python -m adapterhub.bench.merge                  # 1000 test examples each
+    python -m adapterhub.bench.merge --quick          # CPU, SmolLM2-135M NF4, smaller test slices
+    python -m adapterhub.bench.merge                  # the slices in CAPS
 
-Needs the shipped adapters (./adapters/<scenario> or --adapters, trained on this base) and the real data
-(../shared/data, or $ADAPTERHUB_DATA); skips with a 'skipped' row saying why when either is absent
-or the base is random (quality never comes from a random base). The shipped adapters are copied
-into a temporary registry and merged there with equal weights 1/n (the CLI's default):
-  cat   exact: the sum of the weighted deltas (rank = sum of the ranks)
-  ties  TIES on the full deltas, then SVD back to the parents' rank (lossy)
-Rows (suite "merge"): merge_auc {scenario, method: own | cat | ties | base, n, adapters}; 'kept' is
-(merged - base) / (own - base), the share of the adapter's AUC gain over the bare base that the
-merge keeps. With --budget-s, the scenarios after the first get as many test examples as fit in
-their share of the time left (params.n; fewer than N_LEAST: skipped).
+Needs the shipped adapters (./adapters/<scenario> or --adapters, trained on this base), their facts
+(`adapterhub facts ...`) and the real data (../shared/data, or $ADAPTERHUB_DATA); skips with a
+'skipped' row saying why when any is absent or the base is random. The shipped adapters' current
+versions are copied into a temporary registry and merged there with each recipe of RECIPES:
+a method (adapterhub.merge) and a weight rule, "mean" (1/n each: an average) or "sum" (1 each:
+task arithmetic, the sum of the deltas). Each scenario is scored on the first CAPS[scenario]
+candidates of its test split (whole groups, as its card picked them), with its own facts in the
+prompt, under: its own adapter, the bare base, and each merge. Rows (suite "merge"): merge_quality
+{scenario, recipe, n}; value = the scenario's primary metric; kept = (merged - base) / (own - base),
+the share of the adapter's gain over the bare base that the merge keeps.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -26,9 +27,15 @@ from pathlib import Path
 from .common import Budget, Recorder, add_args, quant_list
 
 SCENARIOS = ("video", "ecommerce", "news", "music")
-METHODS = ("cat", "ties")
-N, N_QUICK = 1000, 200
-N_LEAST = 50  # an AUC on fewer test examples is noise
+RECIPES = {  # name -> (method, weight rule, density)
+    "cat-mean": ("cat", "mean", 0.5),
+    "cat-sum": ("cat", "sum", 0.5),
+    "linear-mean": ("linear", "mean", 0.5),
+    "svd-sum": ("svd", "sum", 0.5),
+    "ties-sum": ("ties", "sum", 0.5),
+    "dare_ties-sum": ("dare_ties", "sum", 0.5),
+}
+CAPS = {"music": 600, "ecommerce": 600, "news": 400, "video": 250}  # test candidates per scenario
 SHIPPED = Path("adapters")  # the repo's shipped adapters, from a checkout's root
 
 
@@ -37,15 +44,17 @@ def main(argv=None):
     add_args(ap, quants="nf4")
     ap.add_argument("--adapters", default=str(SHIPPED), help="registry holding the shipped scenario adapters "
                                                              "(default ./adapters)")
-    ap.add_argument("--data", default=None, help="folder holding video/, ecommerce/, news/, music/ (default ../shared/data)")
-    ap.add_argument("--n", type=int, default=None, help=f"test examples per scenario (default {N}, --quick {N_QUICK})")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of: {', '.join(RECIPES)}")
+    ap.add_argument("--also", default="", help="comma-separated adapters of the same registry to score beside the "
+                                               "merges, e.g. a jointly trained one (with its own facts per scenario)")
     args = ap.parse_args(argv)
-    budget = Budget(args.budget_s)
-    n = args.n or (N_QUICK if args.quick else N)
+    unknown = [r for r in args.recipes.split(",") if r not in RECIPES]
+    if unknown:
+        ap.error(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
     quant = quant_list(args.quants, args.device)[0]
     rec = Recorder("merge", args.out, base=args.base, device=args.device, quant=quant)
     try:
-        run(rec, args, quant, n, budget)
+        run(rec, args, quant, Budget(args.budget_s))
     finally:
         rec.print_table()
 
@@ -55,62 +64,85 @@ def skip(rec, why: str, **params) -> None:
     rec.record("skipped", params, None, unit="", extra={"reason": why})
 
 
-def run(rec, args, quant, n, budget):
+def recipe_weights(rule: str, refs: list[str]) -> dict[str, float]:
+    return {r: (1.0 if rule == "sum" else 1.0 / len(refs)) for r in refs}
+
+
+def run(rec, args, quant, budget):
     if args.base.startswith("random:"):
         return skip(rec, f"base {args.base} is random: merge quality needs the real base the adapters were trained on")
-    from ..datasets import default_data_dir, load
+    from ..datasets import default_data_dir
     from ..errors import AdapterHubError
+    from ..evaluation import evaluate
+    from ..facts import FACTS_FILE
     from ..hub import Hub
     from ..registry import Registry
-    from ..scoring import cap_examples, evaluate_split
+    from ..scoring import cap_examples, encode_examples, score_examples
+    from ..train import card_splits, load_card_data
+    if default_data_dir() is None:
+        return skip(rec, "no data folder (../shared/data or $ADAPTERHUB_DATA): merge quality needs the real data")
     shipped = Registry(args.adapters)
     present = [s for s in SCENARIOS if s in shipped.names()]
+    missing = [s for s in present if shipped.read_file(s, FACTS_FILE, missing_ok=True) is None]
+    if missing:
+        return skip(rec, f"{', '.join(missing)}: facts.json not here; rebuild with `adapterhub facts NAME` first")
     if len(present) < 2:
         return skip(rec, f"a merge needs at least two shipped adapters in {args.adapters}/ (found: {present or 'none'})")
-    data_root = Path(args.data) if args.data else default_data_dir()
-    if data_root is None or not data_root.is_dir():
-        return skip(rec, "no data folder (../shared/data or $ADAPTERHUB_DATA): merge quality needs the real data")
+    scale = 0.5 if args.quick else 1.0
     with tempfile.TemporaryDirectory() as tmp:  # never write into the shipped registry
-        for s in present:
-            shutil.copytree(shipped.root / s, Path(tmp) / s, ignore=shutil.ignore_patterns("*.lock", ".*"))
+        refs = []
+        also = [a for a in args.also.split(",") if a]
+        for s in present + also:  # the current version only, under its own name and version
+            version = shipped.current(s)
+            shutil.copytree(shipped.root / s / version, Path(tmp) / s / version)
+            (Path(tmp) / s / "current").write_text(version + "\n")
+            refs.append(f"{s}@{version}")
+        refs, also = refs[:len(present)], refs[len(present):]
         hub = Hub(base=args.base, registry=Path(tmp), quant=quant, device=args.device)
-        present = [s for s in present if _compatible(hub, s)]
-        if len(present) < 2:
-            return skip(rec, f"fewer than two shipped adapters were trained on base {args.base}")
-        weights = {s: 1.0 / len(present) for s in present}
-        merged = {m: hub.merge(weights, method=m, name=f"bench-{m}").key for m in METHODS}
+        recipes = args.recipes.split(",")
+        merged = {}
+        for name in recipes:
+            method, rule, density = RECIPES[name]
+            merged[name] = hub.merge(recipe_weights(rule, refs), method=method, name=f"bench-{name}",
+                                     density=density, measure=False).key
         budget.parts = len(present)
-        per_example_s = None  # measured on the first scenario
-        for s in present:
-            share = budget.share()  # inf without a budget
-            n_s = n if per_example_s is None else int(min(n, share / per_example_s))
-            params = {"scenario": s, "n": n_s, "adapters": len(present)}
-            if budget.over() or n_s < N_LEAST:
+        for s, ref in zip(present, refs):
+            params = {"scenario": s}
+            if budget.over():
                 skip(rec, "time budget", **params)
                 continue
             t = time.monotonic()
+            card = hub.registry.card(ref)
             try:
-                data = load(s, data_root / s, max_examples={"train": 8, "valid": 8, "test": n_s})
+                data = load_card_data(card)
             except AdapterHubError as e:
                 skip(rec, f"no {s} data: {e}", **params)
                 continue
-            examples = cap_examples(data.splits["test"], n_s, 0)
-            own = evaluate_split(hub, data, examples, hub.load(s).key, with_baselines=False)
-            aucs = {"own": own["adapter"]["auc"], "base": own["base"]["auc"]}
-            for m, key in merged.items():
-                aucs[m] = evaluate_split(hub, data, examples, key, with_base=False, with_baselines=False)["adapter"]["auc"]
-            gain = aucs["own"] - aucs["base"]
-            for method, value in aucs.items():
-                extra = {"n_examples": len(examples), "task": data.task, "parents": sorted(weights)}
-                if method in METHODS:
-                    extra["kept"] = (value - aucs["base"]) / gain if abs(gain) > 1e-9 else None
-                rec.record("merge_auc", {**params, "method": method}, value, unit="auc", extra=extra)
-            per_example_s = (time.monotonic() - t) / max(1, len(examples))
-
-
-def _compatible(hub, name: str) -> bool:
-    fp = (hub.registry.card(name).get("base") or {}).get("fingerprint")
-    return fp is None or fp == hub.fingerprint
+            _, _, test = card_splits(card, data)
+            examples = cap_examples(test, int(CAPS[s] * scale), 0)
+            facts = json.loads(hub.registry.read_file(ref, FACTS_FILE))
+            encoded = encode_examples(hub, data, examples, facts)
+            metric = card["primary_metric"]
+            value = {}
+            for who, key in [("own", hub.load(ref).key), ("base", None), *merged.items()]:
+                value[who] = evaluate(data.task, examples, score_examples(hub, key, encoded))[metric]
+                print(f"  {s} {who}: {metric} {value[who]:.4f} ({time.monotonic() - t:.0f} s)", file=sys.stderr, flush=True)
+            for other in also:  # e.g. a joint adapter: its own facts for this scenario
+                own_facts = hub.registry.read_file(other, f"facts.{s}.json", missing_ok=True)
+                enc = encode_examples(hub, data, examples, json.loads(own_facts)) if own_facts else encoded
+                who = other.split("@")[0]
+                value[who] = evaluate(data.task, examples, score_examples(hub, hub.load(other).key, enc))[metric]
+                print(f"  {s} {who}: {metric} {value[who]:.4f} ({time.monotonic() - t:.0f} s)", file=sys.stderr, flush=True)
+            gain = value["own"] - value["base"]
+            for who, v in value.items():
+                extra = {"metric_name": metric, "n_examples": len(examples), "task": data.task, "parents": refs,
+                         "s": round(time.monotonic() - t, 1)}
+                if who not in ("own", "base"):
+                    extra["kept"] = (v - value["base"]) / gain if abs(gain) > 1e-9 else None
+                if who in RECIPES:
+                    method, rule, density = RECIPES[who]
+                    extra.update(method=method, weights=rule, density=density)
+                rec.record("merge_quality", {**params, "recipe": who, "n": len(examples)}, v, unit=metric, extra=extra)
 
 
 if __name__ == "__main__":

@@ -433,42 +433,47 @@ def _section_merge(rows, results, plt) -> list[str]:
     groups = _by(rows, "merge")
     if not groups:
         return []
-    md = ["## 7. Quality kept by merges (AUC)", "",
-          "Each scenario's test AUC with its own adapter, with an equal-weight merge of all the shipped adapters "
-          "(cat: exact sum of deltas; ties: TIES + SVD, lossy), and with the bare base. kept = (merged - base) / "
-          "(own - base).", ""]
+    md = ["## 7. Quality kept by merges", "",
+          "Each scenario's test primary metric (a slice of its test split, its own facts in the prompt) with its own "
+          "adapter, the bare base, and merges of all the shipped adapters by each recipe: method and weights "
+          "(mean = 1/n each, sum = 1 each, task arithmetic). kept = (merged - base) / (own - base); the last column "
+          "is the worst scenario's.", ""]
     for label, rs in groups.items():
-        aucs = [r for r in rs if r["metric"] == "merge_auc"]
-        if not aucs:
+        got = [r for r in rs if r["metric"] == "merge_quality"]
+        if not got:
             md += [f"**{label}**: skipped — " + "; ".join(r.get("reason", "") for r in rs if r["metric"] == "skipped"), ""]
             continue
-        scen = list(dict.fromkeys(r["params"]["scenario"] for r in aucs))
+        scen = list(dict.fromkeys(r["params"]["scenario"] for r in got))
+        recipes = list(dict.fromkeys(r["params"]["recipe"] for r in got))
+        cell = lambda s, who: _value(got, "merge_quality", scenario=s, recipe=who) or {}  # noqa: E731
         body = []
-        for s in scen:
-            get = lambda m: _value(aucs, "merge_auc", scenario=s, method=m) or {}  # noqa: E731
-            body.append([s, get("own").get("n_examples", "?"), _f(get("own").get("value")), _f(get("cat").get("value")),
-                         _f(get("ties").get("value")), _f(get("base").get("value")), _f(get("cat").get("kept"), 2),
-                         _f(get("ties").get("kept"), 2)])
-        n_ad = aucs[0]["params"].get("adapters")
-        md += [f"**{label}** ({n_ad}-way merge of {', '.join(aucs[0].get('parents', []))})", ""] + _table(
-            ["scenario", "examples", "own AUC", "cat AUC", "ties AUC", "base AUC", "kept (cat)", "kept (ties)"], body)
+        for who in recipes:
+            row = [who]
+            for s in scen:
+                c = cell(s, who)
+                row.append(_f(c.get("value")) + (f" ({c['kept']:.0%})" if c.get("kept") is not None else ""))
+            kept = [cell(s, who).get("kept") for s in scen]
+            row.append(f"{min(kept):.0%}" if kept and None not in kept else "")
+            body.append(row)
+        head = [f"{s} ({cell(s, 'own').get('metric_name', '?')}, {cell(s, 'own').get('n_examples', '?')})" for s in scen]
+        md += [f"**{label}** (parents: {', '.join(got[0].get('parents', []))})", ""] + _table(
+            ["recipe", *head, "min kept"], body)
         if plt:
-            fig, axes = _subplots(plt, 1, width=7.0)
+            fig, axes = _subplots(plt, 1, width=8.0)
             ax = axes[0]
-            x = range(len(scen))
-            for j, m in enumerate(("own", "cat", "ties", "base")):
-                ax.bar([i + (j - 1.5) * 0.2 for i in x],
-                       [(_value(aucs, "merge_auc", scenario=s, method=m) or {}).get("value") or 0 for s in scen], 0.2, label=m)
-            ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-            ax.set_xticks(list(x), scen)
-            ax.set_ylim(0.3, 1.0)
-            ax.set_ylabel("test AUC")
+            merges = [w for w in recipes if w not in ("own", "base")]
+            width = 0.8 / max(1, len(merges))
+            for j, who in enumerate(merges):
+                ax.bar([i + (j - (len(merges) - 1) / 2) * width for i in range(len(scen))],
+                       [cell(s, who).get("kept") or 0 for s in scen], width, label=who)
+            ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+            ax.axhline(0.7, color="red", lw=0.8, ls="--")
+            ax.set_xticks(list(range(len(scen))), scen)
+            ax.set_ylabel("kept = (merged - base) / (own - base)")
             ax.set_title(label, fontsize=8)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7, ncol=2)
             md += [_save(fig, results, "merge_quality.png"), ""]
     return md
-
-
 
 
 REQUEST_MODES = ("serial", "threads", "batched")
