@@ -283,6 +283,12 @@ def cmd_facts(args) -> int:
     _check_refs(args, args.ref)
     registry = Registry(args.registry)
     card = registry.card(args.ref)
+    if card.get("scenarios") and args.format is None:  # jointly trained: each scenario's data, as recorded
+        from .datasets import load
+        datas = [load(s, None, **(part["data"].get("load") or {"seed": card["train"]["seed"]}))
+                 for s, part in card["scenarios"].items()]
+        print(f"wrote {rebuild_facts(registry, args.ref, datas)}")
+        return 0
     if args.scenario is None and args.format is None:
         args.scenario = card.get("scenario")
     loaded = (card.get("data") or {}).get("load")

@@ -353,32 +353,52 @@ def facts_file(scenario: str, joint: bool) -> str:
 
 def rebuild_facts(registry, ref: str, data) -> str:
     """Recompute a version's facts from the data it was trained on (its train split, as training
-    picked it) and write them to its folder, checked against the sha256 in its card -> the path.
+    picked it) and write them to its folder, checked against the sha256 in its card -> the path(s).
+    data: the ScenarioData, or for a jointly trained version one per scenario, in its card's order.
     The shipped adapters' facts hold dataset text (titles, categories), so they are not committed."""
     import hashlib
     card = registry.card(ref)
-    want = (card.get("files") or {}).get(facts_mod.FACTS_FILE)
-    if want is None:
-        raise ConfigError(f"{ref} has no facts file to rebuild (trained without facts, or jointly: its card lists "
-                          f"{sorted(card.get('files') or {}) or 'none'})")
-    if data.sha256 != card["data"]["sha256"]:
-        raise DataError(f"{ref} was trained on data with sha256 {card['data']['sha256'][:12]}..., this data has "
-                        f"{data.sha256[:12]}...: load the data it was trained on (the same folder, --seed and "
-                        "--data-option values; see adapters/README.md)")
-    train, _, _ = card_splits(card, data)
-    body = facts_mod.dumps(facts_mod.compute(_train_only(data, train)))
-    if hashlib.sha256(body).hexdigest() != want:
-        raise DataError(f"the facts rebuilt for {ref} do not match the sha256 in its card; not written")
-    return str(atomic_write(registry.resolve(ref) / facts_mod.FACTS_FILE, body))
+    joint = card.get("scenarios") or {}
+    datas = list(data) if isinstance(data, (list, tuple)) else [data]
+    order = card["scenario"].split("+") if joint else [card.get("scenario")]  # training's order
+    parts = [joint[s] for s in order] if joint else [card]
+    names = [facts_file(s, True) for s in order] if joint else [facts_mod.FACTS_FILE]
+    files = card.get("files") or {}
+    if any(n not in files for n in names):
+        raise ConfigError(f"{ref} has no facts file to rebuild (trained without facts: its card lists "
+                          f"{sorted(files) or 'none'})")
+    if len(datas) != len(parts):
+        raise ConfigError(f"{ref} was trained on {len(parts)} scenario(s) ({', '.join(order)}); "
+                          f"got data for {len(datas)}")
+    if joint:  # each scenario's data, whatever order they came in
+        by_name = {d.scenario: d for d in datas}
+        if set(by_name) != set(order):
+            raise ConfigError(f"{ref} was trained on {', '.join(order)}; got data for {', '.join(by_name)}")
+        datas = [by_name[s] for s in order]
+    bodies = []
+    rng = random.Random(card["train"]["seed"])  # one rng through the scenarios, as training used it
+    for part, d, name in zip(parts, datas, names):
+        if d.sha256 != part["data"]["sha256"]:
+            raise DataError(f"{ref} was trained on data with sha256 {part['data']['sha256'][:12]}... ({d.scenario}), "
+                            f"this data has {d.sha256[:12]}...: load the data it was trained on (the same folder, "
+                            "--seed and --data-option values; see adapters/README.md)")
+        train, _, _ = card_splits(card, d, rng)
+        body = facts_mod.dumps(facts_mod.compute(_train_only(d, train)))
+        if hashlib.sha256(body).hexdigest() != files[name]:
+            raise DataError(f"the facts rebuilt for {ref} ({name}) do not match the sha256 in its card; not written")
+        bodies.append((name, body))
+    folder = registry.resolve(ref)
+    return ", ".join(str(atomic_write(folder / name, body)) for name, body in bodies)
 
 
-def card_splits(card: dict, data) -> tuple[list, list, list]:
+def card_splits(card: dict, data, rng: random.Random | None = None) -> tuple[list, list, list]:
     """(train, valid, test) examples of `data` exactly as the version with this card picked them
-    (its n_train, n_valid, n_test and seed): its valid and test metrics were measured on these."""
+    (its n_train, n_valid, n_test and seed): its valid and test metrics were measured on these.
+    rng: for the later scenarios of a joint card, the rng the earlier ones went through."""
     import dataclasses
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig.from_dict({k: v for k, v in card["train"].items() if k in names})
-    return pick_examples(data, cfg, random.Random(cfg.seed))  # training's first use of its rng
+    return pick_examples(data, cfg, rng or random.Random(cfg.seed))  # training's first use of its rng
 
 
 def load_card_data(card: dict, path=None):

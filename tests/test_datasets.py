@@ -434,8 +434,10 @@ def test_loader_options_reach_the_loader_and_unknown_ones_are_named(tmp_path):
     from adapterhub.datasets import load
     with pytest.raises(DataError, match="no data option.*full_trian.*it has: full_train, sampled_eval"):
         load("news", tmp_path, options={"full_trian": True})
-    with pytest.raises(DataError, match="no data option.*full_train.*it has: none"):
+    with pytest.raises(DataError, match="no data option.*full_train.*it has: valid_from_train"):
         load("video", tmp_path, options={"full_train": True})
+    with pytest.raises(DataError, match="no data option.*full_train.*it has: none"):
+        load("music", tmp_path, options={"full_train": True})
 
 
 def test_load_records_its_arguments_so_the_card_can_load_the_data_again(news_dir):

@@ -31,6 +31,19 @@ def test_joint_card_has_each_scenario_and_the_mean(hub):
     assert {"val_toy_auc", "val_books_auc", "val_mean_primary"} <= set(card["train"]["log"][-1])
     folder = hub.registry.root / "both" / "v1"
     assert {"facts.toy.json", "facts.books.json"} <= {p.name for p in folder.iterdir()}
+    # facts are data, not committed: a clone rebuilds each scenario's file, byte for byte
+    from adapterhub.errors import ConfigError as CE, DataError
+    from adapterhub.train import rebuild_facts
+    saved = {n: (folder / n).read_bytes() for n in ("facts.toy.json", "facts.books.json")}
+    for n in saved:
+        (folder / n).unlink()
+    with pytest.raises(CE, match="2 scenario"):
+        rebuild_facts(hub.registry, "both", two_scenarios()[:1])
+    from dataclasses import replace
+    with pytest.raises(DataError, match="sha256"):
+        rebuild_facts(hub.registry, "both", [two_scenarios()[0], replace(two_scenarios()[1], sha256="other")])
+    rebuild_facts(hub.registry, "both", two_scenarios()[::-1])  # any order: matched by scenario
+    assert {n: (folder / n).read_bytes() for n in saved} == saved
     # served per scenario: its own facts and fused blend; without a scenario, a clear error
     history, candidates = ["red thing 2", "red thing 4"], ["red thing 6", "blue thing 1"]
     assert len(adapter.hub.recommend("both", history, candidates, scenario="books")) == 2

@@ -101,6 +101,9 @@ def test_every_shipped_adapter_loads_and_recommends(smol_hub, name):
     assert card["base"]["fingerprint"] == hub.fingerprint
     assert {"valid", "test"} <= set(card["metrics"]) and "adapter" in card["metrics"]["test"]
     adapter = hub.load(name)
-    ranked = adapter.recommend(["item one", "item two"], ["cand a", "cand b", "cand c"], k=2)
-    assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1]
+    scenarios = list(card.get("scenarios") or [None])  # a jointly trained adapter: each of its scenarios
+    for scenario in scenarios:
+        ranked = adapter.hub.recommend(name, ["item one", "item two"], ["cand a", "cand b", "cand c"], k=2,
+                                       scenario=scenario)
+        assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1]
     hub.unload(name)

@@ -127,7 +127,7 @@ def test_distillation_follows_the_teacher_not_the_labels(hub):
     hub.train("teacher", flipped, TrainConfig(**cfg), progress=False)
     _, card = hub.train("student", data, TrainConfig(**{**cfg, "teacher": "teacher", "distill_weight": 1.0}),
                         progress=False)
-    assert card["parents"] == [{"ref": "teacher", "role": "teacher", "distill_weight": 1.0}]
+    assert card["parents"] == [{"ref": "teacher@v1", "scenario": "toy", "role": "teacher", "distill_weight": 1.0}]
     test = card["metrics"]["test"]
     # the teacher's (wrong) direction, against its own labels (the base alone scores ~0.85 here)
     assert test["adapter"]["auc"] < min(0.5, test["base"]["auc"] - 0.2), test

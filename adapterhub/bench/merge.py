@@ -8,8 +8,9 @@ Needs the shipped adapters (./adapters/<scenario> or --adapters, trained on this
 'skipped' row saying why when any is absent or the base is random. The shipped adapters' current
 versions are copied into a temporary registry and merged there with each recipe of RECIPES:
 a method (adapterhub.merge) and a weight rule, "mean" (1/n each: an average) or "sum" (1 each:
-task arithmetic, the sum of the deltas). Each scenario is scored on the first CAPS[scenario]
-candidates of its test split (whole groups, as its card picked them), with its own facts in the
+task arithmetic, the sum of the deltas). Each scenario is scored on a seeded slice of CAPS[scenario]
+candidates of its test split (--split valid: its valid split, which is what chooses the default
+recipe; whole groups, as its card picked them), with its own facts in the
 prompt, under: its own adapter, the bare base, and each merge. Rows (suite "merge"): merge_quality
 {scenario, recipe, n}; value = the scenario's primary metric; kept = (merged - base) / (own - base),
 the share of the adapter's gain over the bare base that the merge keeps.
@@ -45,6 +46,8 @@ def main(argv=None):
     ap.add_argument("--adapters", default=str(SHIPPED), help="registry holding the shipped scenario adapters "
                                                              "(default ./adapters)")
     ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of: {', '.join(RECIPES)}")
+    ap.add_argument("--split", default="test", choices=("test", "valid"),
+                    help="the split the slices come from: test for the table, valid to choose a default recipe")
     ap.add_argument("--also", default="", help="comma-separated adapters of the same registry to score beside the "
                                                "merges, e.g. a jointly trained one (with its own facts per scenario)")
     args = ap.parse_args(argv)
@@ -107,7 +110,7 @@ def run(rec, args, quant, budget):
                                      density=density, measure=False).key
         budget.parts = len(present)
         for s, ref in zip(present, refs):
-            params = {"scenario": s}
+            params = {"scenario": s, "split": args.split}
             if budget.over():
                 skip(rec, "time budget", **params)
                 continue
@@ -118,8 +121,8 @@ def run(rec, args, quant, budget):
             except AdapterHubError as e:
                 skip(rec, f"no {s} data: {e}", **params)
                 continue
-            _, _, test = card_splits(card, data)
-            examples = cap_examples(test, int(CAPS[s] * scale), 0)
+            _, valid, test = card_splits(card, data)
+            examples = cap_examples(test if args.split == "test" else valid, int(CAPS[s] * scale), 0)
             facts = json.loads(hub.registry.read_file(ref, FACTS_FILE))
             encoded = encode_examples(hub, data, examples, facts)
             metric = card["primary_metric"]
