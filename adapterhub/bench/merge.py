@@ -82,15 +82,15 @@ def run(rec, args, quant, budget):
     from ..registry import Registry
     from ..scoring import cap_examples, encode_examples, score_examples
     from ..train import card_splits, load_card_data
-    if default_data_dir() is None:
-        return skip(rec, "no data folder (../shared/data or $ADAPTERHUB_DATA): merge quality needs the real data")
     shipped = Registry(args.adapters)
     present = [s for s in SCENARIOS if s in shipped.names()]
+    if len(present) < 2:
+        return skip(rec, f"a merge needs at least two shipped adapters in {args.adapters}/ (found: {present or 'none'})")
+    if default_data_dir() is None:
+        return skip(rec, "no data folder (../shared/data or $ADAPTERHUB_DATA): merge quality needs the real data")
     missing = [s for s in present if shipped.read_file(s, FACTS_FILE, missing_ok=True) is None]
     if missing:
         return skip(rec, f"{', '.join(missing)}: facts.json not here; rebuild with `adapterhub facts NAME` first")
-    if len(present) < 2:
-        return skip(rec, f"a merge needs at least two shipped adapters in {args.adapters}/ (found: {present or 'none'})")
     scale = 0.5 if args.quick else 1.0
     with tempfile.TemporaryDirectory() as tmp:  # never write into the shipped registry
         refs = []
