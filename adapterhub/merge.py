@@ -106,8 +106,7 @@ def merge(hub, weights, method: str | None = None, name: str | None = None, rank
     not here are listed as skipped); a parent kept below KEPT_WARN is warned about in the card."""
     from .registry import check_name
     if not isinstance(weights, dict):
-        refs = list(weights)
-        weights = {r: 1.0 if DEFAULT_WEIGHTS == "sum" else 1.0 / max(1, len(refs)) for r in refs}
+        weights = weights_for(DEFAULT_WEIGHTS, list(weights))
     method = method or DEFAULT_METHOD
     if len(weights) < 2:
         raise ConfigError("a merge needs at least two adapters, e.g. {'news': 0.5, 'music': 0.5}")
@@ -141,6 +140,13 @@ def merge(hub, weights, method: str | None = None, name: str | None = None, rank
             log.warning("%s: %s", name, card["warnings"][0])
     version = hub.registry.publish(name, tensors, config, card, promote=True)
     return f"{name}@{version}"
+
+
+def weights_for(rule: str, refs: list[str]) -> dict[str, float]:
+    """A weight rule over parents: "sum" gives each 1.0 (task arithmetic), "mean" 1/n (an average)."""
+    if rule not in ("sum", "mean"):
+        raise ConfigError(f"unknown weight rule {rule!r} (choose: sum, mean)")
+    return {r: 1.0 if rule == "sum" else 1.0 / max(1, len(refs)) for r in refs}
 
 
 def kept_on_valid(hub, key: str, cards: list[dict]) -> dict[str, dict]:

@@ -110,11 +110,15 @@ def evaluate_split(hub, data, examples, adapter_key: str | None, *, with_base: b
 
 def fused_scores(model: dict, facts: dict, scenario: str, examples, probs) -> list[float]:
     """The fused score: the blend (adapterhub.fused) of the adapter's Yes-No logit and the rules' features."""
-    from . import facts as facts_mod
     from .fused import apply, sigmoid
     names = model["features"][1:]  # the features it was fit with (the first is the LLM's logit)
-    X = [[yes_no_logit(p)] + f for p, f in zip(probs, facts_mod.feature_matrix(facts, scenario, examples, names))]
-    return [sigmoid(z) for z in apply(model, X)]
+    return [sigmoid(z) for z in apply(model, blend_rows(probs, facts, scenario, examples, names))]
+
+
+def blend_rows(probs, facts: dict, scenario: str, examples, names=None) -> list[list[float]]:
+    """The fused blend's input per example: the adapter's Yes-No logit, then the rules' features."""
+    from . import facts as facts_mod
+    return [[yes_no_logit(p)] + f for p, f in zip(probs, facts_mod.feature_matrix(facts, scenario, examples, names))]
 
 
 def yes_no_logit(p: float) -> float:

@@ -28,8 +28,7 @@ from .datasets.common import Example
 from .errors import AdapterHubError, ConfigError, DataError, IncompatibleAdapterError
 from .files import atomic_write
 from .lora import TRAIN, adapter_config, check_same_base, group_pairs
-from .scoring import (cap_examples, encode_examples, evaluate_split, primary_metric, score_examples,
-                     yes_no_logit)
+from .scoring import blend_rows, cap_examples, encode_examples, evaluate_split, primary_metric, score_examples
 
 log = logging.getLogger(__name__)
 LOG_EVERY_S = 30.0  # without a progress bar, a log line at least this often
@@ -428,7 +427,7 @@ def _fit_fused(data, valid, probs: list[float], facts) -> dict:
     """The blend of the adapter's Yes-No logit (P(yes) per valid example: the best check's
     scores) with the rules' features, fit on valid."""
     from .fused import fit
-    X = [[yes_no_logit(p)] + f for p, f in zip(probs, facts_mod.feature_matrix(facts, data.scenario, valid))]
+    X = blend_rows(probs, facts, data.scenario, valid)
     return fit(X, [ex.label for ex in valid], names=["llm_logit", *facts_mod.feature_names(data.scenario)])
 
 

@@ -22,7 +22,7 @@ from adapterhub.evaluation import evaluate
 from adapterhub.fused import apply, bootstrap_ci, fit
 from adapterhub.hub import Hub
 from adapterhub.registry import Registry
-from adapterhub.scoring import encode_examples, primary_metric, score_examples, yes_no_logit
+from adapterhub.scoring import blend_rows, encode_examples, primary_metric, score_examples
 from adapterhub.train import card_splits, load_card_data
 
 
@@ -54,11 +54,10 @@ FITS = {"pointwise LR": False, "listwise (by group)": True}
 def blend_scores(data, facts, fit_ex, fit_p, score_ex, score_p, grouped: bool) -> list[float]:
     """Fit the blend on (fit_ex, fit_p) -> its logits on (score_ex, score_p)."""
     names = list(facts_mod.feature_names(data.scenario))
-    rows = lambda ex, p: [[yes_no_logit(q)] + f for q, f in  # noqa: E731
-                          zip(p, facts_mod.feature_matrix(facts, data.scenario, ex, names))]
     groups = [e.group for e in fit_ex] if grouped else None
-    model = fit(rows(fit_ex, fit_p), [e.label for e in fit_ex], ["llm_logit", *names], groups=groups)
-    return apply(model, rows(score_ex, score_p))
+    model = fit(blend_rows(fit_p, facts, data.scenario, fit_ex, names), [e.label for e in fit_ex],
+                ["llm_logit", *names], groups=groups)
+    return apply(model, blend_rows(score_p, facts, data.scenario, score_ex, names))
 
 
 def valid_cv(data, facts, valid, p_valid, grouped: bool, folds: int = 5) -> float:

@@ -67,10 +67,6 @@ def skip(rec, why: str, **params) -> None:
     rec.record("skipped", params, None, unit="", extra={"reason": why})
 
 
-def recipe_weights(rule: str, refs: list[str]) -> dict[str, float]:
-    return {r: (1.0 if rule == "sum" else 1.0 / len(refs)) for r in refs}
-
-
 def run(rec, args, quant, budget):
     if args.base.startswith("random:"):
         return skip(rec, f"base {args.base} is random: merge quality needs the real base the adapters were trained on")
@@ -79,6 +75,7 @@ def run(rec, args, quant, budget):
     from ..evaluation import evaluate
     from ..facts import FACTS_FILE
     from ..hub import Hub
+    from ..merge import weights_for
     from ..registry import Registry
     from ..scoring import cap_examples, encode_examples, score_examples
     from ..train import card_splits, load_card_data
@@ -106,7 +103,7 @@ def run(rec, args, quant, budget):
         merged = {}
         for name in recipes:
             method, rule, density = RECIPES[name]
-            merged[name] = hub.merge(recipe_weights(rule, refs), method=method, name=f"bench-{name}",
+            merged[name] = hub.merge(weights_for(rule, refs), method=method, name=f"bench-{name}",
                                      density=density, measure=False).key
         budget.parts = len(present)
         for s, ref in zip(present, refs):
@@ -126,15 +123,14 @@ def run(rec, args, quant, budget):
             facts = json.loads(hub.registry.read_file(ref, FACTS_FILE))
             encoded = encode_examples(hub, data, examples, facts)
             metric = card["primary_metric"]
-            value = {}
-            for who, key in [("own", hub.load(ref).key), ("base", None), *merged.items()]:
-                value[who] = evaluate(data.task, examples, score_examples(hub, key, encoded))[metric]
-                print(f"  {s} {who}: {metric} {value[who]:.4f} ({time.monotonic() - t:.0f} s)", file=sys.stderr, flush=True)
+            runs = [(who, key, encoded) for who, key in [("own", hub.load(ref).key), ("base", None), *merged.items()]]
             for other in also:  # e.g. a joint adapter: its own facts for this scenario
                 own_facts = hub.registry.read_file(other, f"facts.{s}.json", missing_ok=True)
                 enc = encode_examples(hub, data, examples, json.loads(own_facts)) if own_facts else encoded
-                who = other.split("@")[0]
-                value[who] = evaluate(data.task, examples, score_examples(hub, hub.load(other).key, enc))[metric]
+                runs.append((other.split("@")[0], hub.load(other).key, enc))
+            value = {}
+            for who, key, enc in runs:
+                value[who] = evaluate(data.task, examples, score_examples(hub, key, enc))[metric]
                 print(f"  {s} {who}: {metric} {value[who]:.4f} ({time.monotonic() - t:.0f} s)", file=sys.stderr, flush=True)
             gain = value["own"] - value["base"]
             for who, v in value.items():
