@@ -110,6 +110,7 @@ class Hub:
         # hold 'news@v1' never overwrite each other's weights.
         if not hasattr(self.model, "_adapterhub_lora"):
             self.model._adapterhub_lora = wrap_model(self.model)
+            packing.use_packed_attention(self.model)
         self.routing, self.wrapped = self.model._adapterhub_lora
         self.decoder = self.model.get_decoder()
         self._resident: OrderedDict[str, Adapter] = OrderedDict()  # least recently used first
@@ -387,7 +388,7 @@ class Hub:
         route, order = self._route(key)
         if order is not None:
             groups = [groups[i] for i in order]
-        packed = packing.pack(groups, self.base.compute_dtype, self.device)
+        packed = packing.pack(groups, self.device)
         with self.routing.routed(route):
             logits = self.yes_logit(packing.last_hidden(self.decoder, packed))
         if order is None:

@@ -508,14 +508,17 @@ def _next_groups(groups, order, batch_size, world, rank, rng, cfg, parts):
 
 
 class _checkpointing:
-    """Gradient checkpointing for the body of a `with`, when the config asks for it."""
+    """Gradient checkpointing for the body of a `with`, when the config asks for it: every
+    checkpoint_every-th decoder layer recomputes its activations in the backward pass."""
 
     def __init__(self, hub, cfg: TrainConfig):
-        self.model, self.on = hub.model, cfg.grad_checkpointing
+        self.model, self.on, self.every = hub.model, cfg.grad_checkpointing, cfg.checkpoint_every
 
     def __enter__(self):
         if self.on:  # transformers 5 name; gradient_checkpointing_enable is its deprecated alias
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            for i, layer in enumerate(self.model.get_decoder().layers):  # GradientCheckpointingLayer's switch
+                layer.gradient_checkpointing = i % self.every == 0
             self.model.get_decoder().train()  # the layers only checkpoint in training mode (no dropout: p = 0)
 
     def __exit__(self, *exc):

@@ -158,7 +158,7 @@ def test_score_examples_shares_prefixes_and_matches_full_prompts(hub, toy):
 @pytest.mark.parametrize("quant,compute,tol", [
     ("fp32", "auto", 1e-5), ("bf16", "auto", 0.05),
     ("nf4", "native", 1e-5), ("nf4", "fp32", 1e-5), ("nf4", "bf16", 0.05),  # fp32 dequantized = NF4's own values
-    ("int8", "native", 1e-5), ("int8", "fp32", 0.02), ("int8", "bf16", 0.05)])  # int8 kernels cast inputs to fp16
+    ("nf4", "bf16-mixed", 0.05), ("int8", "native", 1e-5), ("int8", "fp32", 0.02), ("int8", "bf16", 0.05)])  # int8 kernels cast inputs to fp16
 def test_same_logits_as_peft_on_every_quant(quant, compute, tol, tmp_path):
     """The stated tolerances: max abs logit difference vs PEFT on the same quantized base (PEFT runs
     the bitsandbytes kernels; the hub may run them or weights dequantized once at load)."""
@@ -175,6 +175,17 @@ def test_same_logits_as_peft_on_every_quant(quant, compute, tol, tmp_path):
     with torch.no_grad():
         theirs = pm(ids).logits.float()
     assert (ours - theirs).abs().max() < tol
+
+
+def test_bf16_compute_keeps_rotary_tables_fp32():
+    """compute='bf16' casts parameters only: a bf16-rounded rotary frequency times a position in the
+    hundreds would turn the angles by up to a radian."""
+    from adapterhub.base import load_base
+    b = load_base("random:small", quant="nf4", device="cpu", compute="bf16")
+    assert {p.dtype for p in b.model.parameters()} == {torch.bfloat16}
+    assert {t.dtype for t in b.model.buffers()} == {torch.float32}
+    mixed = load_base("random:small", quant="nf4", device="cpu", compute="bf16-mixed")
+    assert mixed.model.get_input_embeddings().weight.dtype == torch.float32  # the residual stream stays fp32
 
 
 def test_max_resident_must_be_positive(tiny_base):

@@ -13,21 +13,31 @@ GROUPS = [([1, 5, 9, 14, 3, 7], [[20, 21], [22], [23, 24, 25]]), ([1, 8, 8], [[3
 
 
 def test_pack_layout():
-    p = packing.pack([([1, 2], [[3], [4, 5]])], torch.float32, "cpu")
+    p = packing.pack([([1, 2], [[3], [4, 5]])], "cpu")
     width = packing.WIDTH_STEP  # padded up to a multiple of WIDTH_STEP (few distinct shapes)
     assert p.input_ids.shape == (1, width) and p.input_ids[0, 5:].eq(0).all()
     assert p.input_ids[0, :5].tolist() == [1, 2, 3, 4, 5]
     assert p.position_ids[0, :5].tolist() == [0, 1, 2, 2, 3]  # every candidate restarts after the prefix
-    allowed = (p.mask[0, 0] == 0).int()
-    assert allowed[:5, :5].tolist() == [[1, 0, 0, 0, 0],
-                                        [1, 1, 0, 0, 0],
-                                        [1, 1, 1, 0, 0],
-                                        [1, 1, 0, 1, 0],   # candidate 2 does not see candidate 1
-                                        [1, 1, 0, 1, 1]]
-    assert allowed[:5, 5:].sum() == 0                      # nobody attends to the padding
-    assert torch.equal(allowed[5:, 5:], torch.eye(width - 5, dtype=allowed.dtype))  # a pad sees itself only
+    lay, dump = p.layout, width  # index `width` is the zero row that pads read
+    assert lay.prefix.tolist() == [[0, 1]]
+    assert lay.cands.tolist() == [[2, dump], [3, 4]]         # candidate 1 is padded to the longest suffix
+    assert lay.cand_row.tolist() == [0, 0]
+    assert lay.cand_mask.int().tolist() == [[[[1, 1, 1, 0],   # candidate token 1: the prefix and itself
+                                              [1, 1, 1, 1]]]]  # one prefix length: one mask for all
+    # outputs go back in place: prefix (0, 1), candidate 1 (slot 2), candidate 2 (slots 4, 5), pads -> zero row
+    assert lay.back[:5].tolist() == [0, 1, 2, 4, 5] and lay.back[5:].eq(6).all()
     assert p.last[1].tolist() == [2, 4] and p.sizes == [2]
     assert [packing.pad_width(w) for w in (1, 32, 33, 700)] == [32, 32, 64, 704]
+
+
+def test_pack_masks_each_rows_own_prefix():
+    p = packing.pack([([1, 2, 3], [[4]]), ([5], [[6, 7]])], "cpu")
+    assert p.layout.cand_mask[:, 0].int().tolist() == [[[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]],
+                                                       [[1, 0, 0, 1, 0], [1, 0, 0, 1, 1]]]
+
+
+def test_packed_attention_is_the_models_attention(hub):
+    assert hub.model.config._attn_implementation == packing.ATTENTION
 
 
 def test_packed_logits_equal_full_prompts(hub):
