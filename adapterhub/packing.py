@@ -5,10 +5,14 @@ prefix+suffix once per candidate, a packed row is
 
     [prefix][cand 1][cand 2]...[cand K][pad]
 
-with an attention mask under which each candidate sees the prefix and itself only, and position
-ids that restart at len(prefix) for every candidate. Every candidate's last hidden state is then
-exactly what it would be in its own prompt (tested), the prefix runs once, and the whole group
-is one differentiable forward: the same trick serves scoring and training.
+where each candidate attends to the prefix and itself only, and position ids restart at
+len(prefix) for every candidate. Every candidate's last hidden state is then exactly what it would
+be in its own prompt (tested), the prefix runs once, and the whole group is one differentiable
+forward: the same trick serves scoring and training.
+
+The attention (packed_attention, registered with transformers) computes only the blocks that are
+let through: the prefix causally, then each candidate's tokens against [its prefix; itself]. A dense
+width x width mask would compute every blocked pair as well.
 """
 from __future__ import annotations
 
@@ -110,9 +114,11 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
                                       **kwargs)
     lay = packed_layout
     rows, heads, width, dim = query.shape
+    # scoring attends in the matmuls' dtype; training in fp32: CPU flash attention's backward ran
+    # 3.6x slower in bf16
     out_dtype = query.dtype
-    if torch.is_grad_enabled() and out_dtype != torch.float32:  # CPU flash attention's backward ran
-        query, key, value = query.float(), key.float(), value.float()  # 3.6x slower in bf16 than fp32
+    dtype = torch.float32 if torch.is_grad_enabled() else out_dtype
+    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
 
     def flat(t):  # (rows, h, width, dim) -> (rows * width + 1, h, dim), the last row zeros
         t = t.transpose(1, 2).reshape(rows * width, t.shape[1], dim)
