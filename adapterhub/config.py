@@ -30,11 +30,13 @@ class TrainConfig:
                            "interacted with: at most this many per positive; 0 = none")
     listwise_weight: float = _f(0.5, "loss = w * softmax cross-entropy over each group's candidates + (1 - w) * "
                                      "pointwise BCE (keeps P(yes) calibrated); 0 = BCE only")
-    grad_checkpointing: bool = _f(True, "recompute activations in the backward pass (see checkpoint_every): "
+    grad_checkpointing: bool = _f(True, "recompute activations in the backward pass (see checkpoint_tokens): "
                                         "bounds a step's memory")
-    checkpoint_every: int = _f(3, "with grad_checkpointing, recompute every Nth decoder layer (1 = all: least "
-                                  "memory, ~1.4x slower per step). 3 keeps a batch-8 SmolLM2 step on music or "
-                                  "news under 1.5 GB peak RSS at ~1.1x the time of no checkpointing")
+    checkpoint_tokens: int = _f(224, "with grad_checkpointing, keep at most this many tokens' worth of every "
+                                     "layer's activations: a step of t packed tokens keeps layers * this / t "
+                                     "layers' and recomputes the rest in backward (0 = recompute all: least memory, "
+                                     "~1.4x slower). 224 keeps a batch-8 SmolLM2 step under 1.5 GB peak RSS "
+                                     "on music, news and video")
     max_minutes: float | None = _f(None, "stop training after this many minutes (evaluation time excluded)")
     grad_accum: int = _f(1, "steps whose gradients are summed before one optimizer update")
     max_steps: int | None = _f(None, "optimizer updates; default: --epochs over the train split")
@@ -64,13 +66,15 @@ class TrainConfig:
             problems.append(f"dropout={self.dropout} must be in [0, 1)")
         if self.lr <= 0:
             problems.append(f"lr={self.lr} must be > 0")
-        for name in ("batch_size", "grad_accum", "eval_every", "group_size", "checkpoint_every"):
+        for name in ("batch_size", "grad_accum", "eval_every", "group_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps={self.max_steps} must be >= 1")
         if not self.targets:
             problems.append("targets must name at least one module, e.g. q_proj,v_proj")
+        if self.checkpoint_tokens < 0:
+            problems.append(f"checkpoint_tokens={self.checkpoint_tokens} must be >= 0")
         if self.negatives < 0:
             problems.append(f"negatives={self.negatives} must be >= 0")
         if not 0 <= self.listwise_weight <= 1:

@@ -388,7 +388,7 @@ class Hub:
         route, order = self._route(key)
         if order is not None:
             groups = [groups[i] for i in order]
-        packed = packing.pack(groups, self.device)
+        packed = packing.pack(groups, self.device, one_row=order is None)  # a mixed batch: a row per group
         with self.routing.routed(route):
             logits = self.yes_logit(packing.last_hidden(self.decoder, packed))
         if order is None:

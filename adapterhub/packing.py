@@ -36,10 +36,10 @@ def pad_width(width: int) -> int:
 class Layout:
     """Where each token of the packed rows sits, for packed_attention. Indices are into the rows'
     tokens flattened to (rows * width), plus one zero row at rows * width that pads point to."""
-    prefix: torch.Tensor      # (rows, P): each row's prefix tokens, P = the longest prefix
+    prefix: torch.Tensor      # (groups, P): each group's prefix tokens, P = the longest prefix
     cands: torch.Tensor       # (candidates, S): each candidate's suffix tokens, S = the longest suffix
-    cand_row: torch.Tensor    # (candidates,): the packed row each candidate sits in
-    cand_mask: torch.Tensor   # (candidates or 1, 1, S, P + S) bool: its row's prefix, then itself causally
+    cand_group: torch.Tensor  # (candidates,): the group each candidate belongs to
+    cand_mask: torch.Tensor   # (candidates or 1, 1, S, P + S) bool: its group's prefix, then itself causally
     back: torch.Tensor        # (rows * width,): where each token's output is in [prefix out; cand out; zero]
 
 
@@ -52,41 +52,44 @@ class Packed:
     sizes: list[int]             # candidates per group
 
 
-def pack(groups: list[tuple[list[int], list[list[int]]]], device) -> Packed:
-    """groups: [(prefix ids, [suffix ids, ...]), ...] -> one packed row per group."""
+def pack(groups: list[tuple[list[int], list[list[int]]]], device, one_row: bool = False) -> Packed:
+    """groups: [(prefix ids, [suffix ids, ...]), ...] -> one packed row per group, or (one_row) every
+    group back to back in a single row: no padding between groups of unequal length. Rows matter only
+    to a mixed batch, whose adapters each take a slice of rows."""
     widths = [len(p) + sum(len(s) for s in sufs) for p, sufs in groups]
-    width = pad_width(max(widths))
     n = len(groups)
+    starts = [sum(widths[:g]) for g in range(n)] if one_row else [0] * n
+    n_rows, width = (1, pad_width(sum(widths))) if one_row else (n, pad_width(max(widths)))
     P = max(len(p) for p, _ in groups)
     S = max(len(s) for _, sufs in groups for s in sufs)
     n_cands = sum(len(sufs) for _, sufs in groups)
-    dump = n * width  # the zero row
-    input_ids = torch.zeros(n, width, dtype=torch.long)
-    position_ids = torch.zeros(n, width, dtype=torch.long)
+    dump = n_rows * width  # the zero row
+    input_ids = torch.zeros(n_rows * width, dtype=torch.long)
+    position_ids = torch.zeros(n_rows * width, dtype=torch.long)
     prefix_idx = torch.full((n, P), dump, dtype=torch.long)
     cand_idx = torch.full((n_cands, S), dump, dtype=torch.long)
-    cand_row, prefix_len = [], []
-    back = torch.full((n * width,), n * P + n_cands * S, dtype=torch.long)  # pads read the zero row
-    rows, cols = [], []
+    cand_group, prefix_len = [], []
+    back = torch.full((n_rows * width,), n * P + n_cands * S, dtype=torch.long)  # pads read the zero row
+    last = []
     for g, (prefix, suffixes) in enumerate(groups):
-        p, base = len(prefix), g * width
-        input_ids[g, :p] = torch.tensor(prefix, dtype=torch.long)
-        position_ids[g, :p] = torch.arange(p)
-        prefix_idx[g, :p] = torch.arange(base, base + p)
-        back[base:base + p] = torch.arange(g * P, g * P + p)
-        at = p
+        p = len(prefix)
+        at = (0 if one_row else g * width) + starts[g]  # flat index of the group's first token
+        input_ids[at:at + p] = torch.tensor(prefix, dtype=torch.long)
+        position_ids[at:at + p] = torch.arange(p)
+        prefix_idx[g, :p] = torch.arange(at, at + p)
+        back[at:at + p] = torch.arange(g * P, g * P + p)
+        at += p
         for suf in suffixes:
-            m, c = len(suf), len(cand_row)
-            input_ids[g, at:at + m] = torch.tensor(suf, dtype=torch.long)
-            position_ids[g, at:at + m] = torch.arange(p, p + m)
-            cand_idx[c, :m] = torch.arange(base + at, base + at + m)
-            back[base + at:base + at + m] = torch.arange(n * P + c * S, n * P + c * S + m)
-            cand_row.append(g)
+            m, c = len(suf), len(cand_group)
+            input_ids[at:at + m] = torch.tensor(suf, dtype=torch.long)
+            position_ids[at:at + m] = torch.arange(p, p + m)
+            cand_idx[c, :m] = torch.arange(at, at + m)
+            back[at:at + m] = torch.arange(n * P + c * S, n * P + c * S + m)
+            cand_group.append(g)
             prefix_len.append(p)
-            rows.append(g)
-            cols.append(at + m - 1)
+            last.append(at + m - 1)
             at += m
-    # a candidate's query i sees its row's prefix and its own tokens up to i; its pads come after its
+    # a candidate's query i sees its group's prefix and its own tokens up to i; its pads come after its
     # last token, so no real query sees them, and no query is left with nothing to attend to
     lens = torch.tensor(prefix_len)
     if bool((lens == P).all()):
@@ -94,17 +97,17 @@ def pack(groups: list[tuple[list[int], list[list[int]]]], device) -> Packed:
     own = torch.ones(S, S, dtype=torch.bool).tril()
     seen = torch.arange(P)[None, :] < lens[:, None]  # (c or 1, P)
     cand_mask = torch.cat([seen[:, None, :].expand(-1, S, -1), own.expand(len(lens), -1, -1)], dim=2)[:, None]
-    layout = Layout(prefix_idx.to(device), cand_idx.to(device), torch.tensor(cand_row, device=device),
+    layout = Layout(prefix_idx.to(device), cand_idx.to(device), torch.tensor(cand_group, device=device),
                     cand_mask.to(device), back.to(device))
-    return Packed(input_ids.to(device), position_ids.to(device), layout,
-                  (torch.tensor(rows, device=device), torch.tensor(cols, device=device)),
-                  [len(s) for _, s in groups])
+    last = torch.tensor(last)
+    return Packed(input_ids.view(n_rows, width).to(device), position_ids.view(n_rows, width).to(device), layout,
+                  ((last // width).to(device), (last % width).to(device)), [len(s) for _, s in groups])
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                      packed_layout: Layout | None = None, **kwargs):
     """The decoder's attention over packed rows, computing only the blocks the packing lets through:
-    each row's prefix causally, then each candidate against [its row's prefix; itself]. A dense
+    each group's prefix causally, then each candidate against [its group's prefix; itself]. A dense
     (width x width) mask computed every blocked pair too: 32% of a 20-candidate ranking forward.
     Registered with transformers as ATTENTION; without a layout (a plain prompt) it is sdpa.
     query (rows, heads, width, dim), key/value (rows, kv_heads, width, dim) -> (rows, width, heads, dim)."""
@@ -136,8 +139,8 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, dropout_p=dropout, scale=scaling,
                                             enable_gqa=True)
         outs.append(op.transpose(1, 2).reshape(-1, heads, dim))
-        kc = torch.cat([kp.index_select(0, lay.cand_row), kc], dim=2)
-        vc = torch.cat([vp.index_select(0, lay.cand_row), vc], dim=2)
+        kc = torch.cat([kp.index_select(0, lay.cand_group), kc], dim=2)
+        vc = torch.cat([vp.index_select(0, lay.cand_group), vc], dim=2)
     oc = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=lay.cand_mask, dropout_p=dropout, scale=scaling,
                                         enable_gqa=True)
     outs += [oc.transpose(1, 2).reshape(-1, heads, dim), oc.new_zeros(1, heads, dim)]

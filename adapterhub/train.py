@@ -212,9 +212,9 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
     # hub.use(TRAIN) for the whole loop: a checkpointed backward re-runs the forward, and must see
     # the same routing as the forward did
     with hub.trainable(cfg.r, cfg.alpha, cfg.dropout, cfg.targets, init) as pairs, hub.use(TRAIN), \
-            _checkpointing(hub, cfg):
+            _checkpointing(hub, cfg) as ckpt:
         domain_log = _domain_adapt(hub, datas[0], pairs.params, cfg, rng, rank, world) if cfg.domain_steps else []
-        loop = Loop(hub, parts, groups, pairs.params, cfg, teacher, rng, accelerator)
+        loop = Loop(hub, parts, groups, pairs.params, cfg, teacher, rng, accelerator, ckpt)
         best, history, speed = loop.run(name, total, eval_every, metric, progress and is_main, is_main)
         with torch.no_grad():  # the best validation check's weights
             for p, b in zip(pairs.params, best[1]):
@@ -237,8 +237,9 @@ class Loop:
     """The training loop over packed groups: step() is one optimizer update, check() one validation
     pass, run() both until max_steps, max_minutes or early stopping."""
 
-    def __init__(self, hub, parts: list[Part], groups: list, params: list, cfg: TrainConfig, teacher, rng, accelerator):
-        self.hub, self.parts, self.groups, self.params, self.cfg = hub, parts, groups, params, cfg
+    def __init__(self, hub, parts: list[Part], groups: list, params: list, cfg: TrainConfig, teacher, rng, accelerator,
+                 ckpt: _checkpointing | None = None):
+        self.hub, self.parts, self.groups, self.params, self.cfg, self.ckpt = hub, parts, groups, params, cfg, ckpt
         self.teacher, self.rng, self.accelerator = teacher, rng, accelerator
         self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         self.order: list = []
@@ -251,6 +252,8 @@ class Loop:
             batch, self.order = _next_groups(self.groups, self.order, cfg.batch_size, self.world, self.rank,
                                              self.rng, cfg, self.parts)
             encoded = [self.parts[i].encode(g) for i, g in batch]
+            if self.ckpt is not None:
+                self.ckpt.fit(sum(len(p) + sum(map(len, sufs)) for p, sufs in encoded))
             logits = hub.packed_logits(TRAIN, encoded)
             labels = torch.tensor([float(ex.label) for _, g in batch for ex in g], device=logits.device)
             soft = None
@@ -508,18 +511,32 @@ def _next_groups(groups, order, batch_size, world, rank, rng, cfg, parts):
 
 
 class _checkpointing:
-    """Gradient checkpointing for the body of a `with`, when the config asks for it: every
-    checkpoint_every-th decoder layer recomputes its activations in the backward pass."""
+    """Gradient checkpointing for the body of a `with`, when the config asks for it. fit(tokens)
+    before each step picks how many decoder layers keep their activations: memory then stays about
+    the same whether a step packs one group (a prefix and 8 candidates, ~400 tokens) or several
+    groups with a prefix each (pointwise data, ~1,000 tokens)."""
 
     def __init__(self, hub, cfg: TrainConfig):
-        self.model, self.on, self.every = hub.model, cfg.grad_checkpointing, cfg.checkpoint_every
+        self.model, self.on, self.budget = hub.model, cfg.grad_checkpointing, cfg.checkpoint_tokens
+        self.layers = list(self.model.get_decoder().layers)
 
     def __enter__(self):
         if self.on:  # transformers 5 name; gradient_checkpointing_enable is its deprecated alias
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            for i, layer in enumerate(self.model.get_decoder().layers):  # GradientCheckpointingLayer's switch
-                layer.gradient_checkpointing = i % self.every == 0
+            self.fit(None)
             self.model.get_decoder().train()  # the layers only checkpoint in training mode (no dropout: p = 0)
+        return self
+
+    def fit(self, tokens: int | None) -> int:
+        """Checkpoint all but layers * budget / tokens layers, spread evenly (tokens None: all of them)
+        -> how many keep their activations."""
+        n = len(self.layers)
+        if not self.on:
+            return n
+        keep = 0 if tokens is None else min(n, n * self.budget // max(1, tokens))
+        for i, layer in enumerate(self.layers):  # GradientCheckpointingLayer's own switch
+            layer.gradient_checkpointing = (i * keep) // n == ((i + 1) * keep) // n  # evenly spread
+        return keep
 
     def __exit__(self, *exc):
         if self.on:

@@ -21,7 +21,7 @@ def test_pack_layout():
     lay, dump = p.layout, width  # index `width` is the zero row that pads read
     assert lay.prefix.tolist() == [[0, 1]]
     assert lay.cands.tolist() == [[2, dump], [3, 4]]         # candidate 1 is padded to the longest suffix
-    assert lay.cand_row.tolist() == [0, 0]
+    assert lay.cand_group.tolist() == [0, 0]
     assert lay.cand_mask.int().tolist() == [[[[1, 1, 1, 0],   # candidate token 1: the prefix and itself
                                               [1, 1, 1, 1]]]]  # one prefix length: one mask for all
     # outputs go back in place: prefix (0, 1), candidate 1 (slot 2), candidate 2 (slots 4, 5), pads -> zero row
@@ -34,6 +34,25 @@ def test_pack_masks_each_rows_own_prefix():
     p = packing.pack([([1, 2, 3], [[4]]), ([5], [[6, 7]])], "cpu")
     assert p.layout.cand_mask[:, 0].int().tolist() == [[[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]],
                                                        [[1, 0, 0, 1, 0], [1, 0, 0, 1, 1]]]
+
+
+def test_one_row_puts_groups_back_to_back():
+    groups = [([1, 2, 3], [[4]]), ([5], [[6, 7]])]
+    p = packing.pack(groups, "cpu", one_row=True)
+    assert p.input_ids.shape == (1, packing.WIDTH_STEP)
+    assert p.input_ids[0, :7].tolist() == [1, 2, 3, 4, 5, 6, 7]       # no padding between the groups
+    assert p.position_ids[0, :7].tolist() == [0, 1, 2, 3, 0, 1, 2]    # positions restart at each group
+    assert p.layout.prefix.tolist() == [[0, 1, 2], [4, 32, 32]]       # 32: the zero row (a shorter prefix)
+    assert p.last[0].tolist() == [0, 0] and p.last[1].tolist() == [3, 6]
+    rows = packing.pack(groups, "cpu")                                 # a row per group
+    assert rows.input_ids.shape == (2, packing.WIDTH_STEP) and rows.last[0].tolist() == [0, 1]
+
+
+def test_one_row_and_a_row_per_group_give_the_same_hidden_states(hub):
+    with torch.no_grad(), hub.use(None):
+        one = packing.last_hidden(hub.decoder, packing.pack(GROUPS, hub.device, one_row=True))
+        rows = packing.last_hidden(hub.decoder, packing.pack(GROUPS, hub.device))
+    assert torch.allclose(one, rows, atol=1e-5)
 
 
 def test_packed_attention_is_the_models_attention(hub):
