@@ -397,26 +397,15 @@ def _to_bf16(module, inputs, output):
 def bf16_layer_inputs_(model: nn.Module) -> int:
     """compute='bf16': every RMSNorm inside a decoder layer hands its (fp32-computed) output on in
     bf16, and so do the rotary tables (computed in fp32), so the layer's matmuls and attention need
-    no casts; the residual stream and the final norm stay fp32. The input embeddings are stored in
-    bf16 (57 MB less for SmolLM2) and start the residual stream in fp32."""
+    no casts; the residual stream, the embeddings and the final norm stay fp32 (bf16 embeddings
+    saved 57 MB but moved an adapter's P(yes) 0.024 from the NF4 kernels, over the tested 0.02)."""
     decoder = model.get_decoder()
     hooked = [m for layer in decoder.layers for m in layer.modules() if type(m).__name__.endswith("RMSNorm")]
     if getattr(decoder, "rotary_emb", None) is not None:
         hooked.append(decoder.rotary_emb)
     for m in hooked:
         m.register_forward_hook(_to_bf16)
-    emb = model.get_input_embeddings()  # stored in bf16 (half the bytes), handed on in fp32
-    emb.weight.data = emb.weight.data.to(torch.bfloat16)
-    emb.register_forward_hook(_to_fp32)
-    head = model.get_output_embeddings()
-    if head is not None and head.weight.dtype == torch.bfloat16:  # tied to the embeddings: model(ids).logits
-        head.register_forward_pre_hook(lambda m, args: (args[0].to(torch.bfloat16), *args[1:]))
-        head.register_forward_hook(_to_fp32)
     return len(hooked)
-
-
-def _to_fp32(module, inputs, output):
-    return output.float()
 
 
 def guard_nf4_(model: nn.Module) -> int:

@@ -32,10 +32,10 @@ class TrainConfig:
                                      "pointwise BCE (keeps P(yes) calibrated); 0 = BCE only")
     grad_checkpointing: bool = _f(True, "recompute activations in the backward pass (see checkpoint_tokens): "
                                         "bounds a step's memory")
-    checkpoint_tokens: int = _f(224, "with grad_checkpointing, keep at most this many tokens' worth of every "
+    checkpoint_tokens: int = _f(192, "with grad_checkpointing, keep at most this many tokens' worth of every "
                                      "layer's activations: a step of t packed tokens keeps layers * this / t "
                                      "layers' and recomputes the rest in backward (0 = recompute all: least memory, "
-                                     "~1.4x slower). 224 keeps a batch-8 SmolLM2 step under 1.5 GB peak RSS "
+                                     "~1.4x slower). 192 keeps a batch-8 SmolLM2 step under 1.5 GB peak RSS "
                                      "on music, news and video")
     max_minutes: float | None = _f(None, "stop training after this many minutes (evaluation time excluded)")
     grad_accum: int = _f(1, "steps whose gradients are summed before one optimizer update")

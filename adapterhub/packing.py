@@ -35,12 +35,13 @@ def pad_width(width: int) -> int:
 @dataclass
 class Layout:
     """Where each token of the packed rows sits, for packed_attention. Indices are into the rows'
-    tokens flattened to (rows * width), plus one zero row at rows * width that pads point to."""
+    tokens flattened to (rows * width). Pads point at token 0: a pad key comes after every real query
+    that could see it (causal) or is masked, and a pad query's output is never read."""
     prefix: torch.Tensor      # (groups, P): each group's prefix tokens, P = the longest prefix
     cands: torch.Tensor       # (candidates, S): each candidate's suffix tokens, S = the longest suffix
     cand_group: torch.Tensor  # (candidates,): the group each candidate belongs to
     cand_mask: torch.Tensor   # (candidates or 1, 1, S, P + S) bool: its group's prefix, then itself causally
-    back: torch.Tensor        # (rows * width,): where each token's output is in [prefix out; cand out; zero]
+    back: torch.Tensor        # (rows * width,): where each token's output is in [prefix out; cand out]
 
 
 @dataclass
@@ -63,13 +64,12 @@ def pack(groups: list[tuple[list[int], list[list[int]]]], device, one_row: bool 
     P = max(len(p) for p, _ in groups)
     S = max(len(s) for _, sufs in groups for s in sufs)
     n_cands = sum(len(sufs) for _, sufs in groups)
-    dump = n_rows * width  # the zero row
     input_ids = torch.zeros(n_rows * width, dtype=torch.long)
     position_ids = torch.zeros(n_rows * width, dtype=torch.long)
-    prefix_idx = torch.full((n, P), dump, dtype=torch.long)
-    cand_idx = torch.full((n_cands, S), dump, dtype=torch.long)
+    prefix_idx = torch.zeros((n, P), dtype=torch.long)
+    cand_idx = torch.zeros((n_cands, S), dtype=torch.long)
     cand_group, prefix_len = [], []
-    back = torch.full((n_rows * width,), n * P + n_cands * S, dtype=torch.long)  # pads read the zero row
+    back = torch.zeros(n_rows * width, dtype=torch.long)  # the row's pads read output 0: never used
     last = []
     for g, (prefix, suffixes) in enumerate(groups):
         p = len(prefix)
@@ -123,11 +123,11 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     dtype = torch.float32 if torch.is_grad_enabled() else out_dtype
     query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
 
-    def flat(t):  # (rows, h, width, dim) -> (rows * width + 1, h, dim), the last row zeros
-        t = t.transpose(1, 2).reshape(rows * width, t.shape[1], dim)
-        return torch.cat([t, t.new_zeros(1, t.shape[1], dim)])
+    def flat(t):  # (rows, h, width, dim) -> (rows * width, h, dim)
+        return t.transpose(1, 2).reshape(rows * width, t.shape[1], dim)
 
     q, k, v = flat(query), flat(key), flat(value)
+
     def gather(t, idx):  # -> (batch, h, len, dim). index_select: its backward is index_add_, which on
         # CPU was 10x faster than advanced indexing's index_put_ (22% of a training step)
         return t.index_select(0, idx.view(-1)).view(*idx.shape, t.shape[1], dim).transpose(1, 2)
@@ -143,7 +143,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         vc = torch.cat([vp.index_select(0, lay.cand_group), vc], dim=2)
     oc = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=lay.cand_mask, dropout_p=dropout, scale=scaling,
                                         enable_gqa=True)
-    outs += [oc.transpose(1, 2).reshape(-1, heads, dim), oc.new_zeros(1, heads, dim)]
+    outs.append(oc.transpose(1, 2).reshape(-1, heads, dim))
     return torch.cat(outs).index_select(0, lay.back).view(rows, width, heads, dim).to(out_dtype), None
 
 

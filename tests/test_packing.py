@@ -18,14 +18,14 @@ def test_pack_layout():
     assert p.input_ids.shape == (1, width) and p.input_ids[0, 5:].eq(0).all()
     assert p.input_ids[0, :5].tolist() == [1, 2, 3, 4, 5]
     assert p.position_ids[0, :5].tolist() == [0, 1, 2, 2, 3]  # every candidate restarts after the prefix
-    lay, dump = p.layout, width  # index `width` is the zero row that pads read
+    lay = p.layout
     assert lay.prefix.tolist() == [[0, 1]]
-    assert lay.cands.tolist() == [[2, dump], [3, 4]]         # candidate 1 is padded to the longest suffix
+    assert lay.cands.tolist() == [[2, 0], [3, 4]]            # candidate 1 is padded (to token 0, masked)
     assert lay.cand_group.tolist() == [0, 0]
     assert lay.cand_mask.int().tolist() == [[[[1, 1, 1, 0],   # candidate token 1: the prefix and itself
                                               [1, 1, 1, 1]]]]  # one prefix length: one mask for all
-    # outputs go back in place: prefix (0, 1), candidate 1 (slot 2), candidate 2 (slots 4, 5), pads -> zero row
-    assert lay.back[:5].tolist() == [0, 1, 2, 4, 5] and lay.back[5:].eq(6).all()
+    # outputs go back in place: prefix (0, 1), candidate 1 (slot 2), candidate 2 (slots 4, 5); pads read 0
+    assert lay.back[:5].tolist() == [0, 1, 2, 4, 5] and lay.back[5:].eq(0).all()
     assert p.last[1].tolist() == [2, 4] and p.sizes == [2]
     assert [packing.pad_width(w) for w in (1, 32, 33, 700)] == [32, 32, 64, 704]
 
@@ -42,7 +42,7 @@ def test_one_row_puts_groups_back_to_back():
     assert p.input_ids.shape == (1, packing.WIDTH_STEP)
     assert p.input_ids[0, :7].tolist() == [1, 2, 3, 4, 5, 6, 7]       # no padding between the groups
     assert p.position_ids[0, :7].tolist() == [0, 1, 2, 3, 0, 1, 2]    # positions restart at each group
-    assert p.layout.prefix.tolist() == [[0, 1, 2], [4, 32, 32]]       # 32: the zero row (a shorter prefix)
+    assert p.layout.prefix.tolist() == [[0, 1, 2], [4, 0, 0]]         # a shorter prefix is padded (masked)
     assert p.last[0].tolist() == [0, 0] and p.last[1].tolist() == [3, 6]
     rows = packing.pack(groups, "cpu")                                 # a row per group
     assert rows.input_ids.shape == (2, packing.WIDTH_STEP) and rows.last[0].tolist() == [0, 1]
