@@ -139,17 +139,23 @@ class LoraLinear(nn.Module):
             pair = pairs[self.index]
             if pair is None:  # this adapter does not target this module
                 return y
+            if x.dtype != pair[0].dtype:  # compute='bf16': o_proj's input (attention's output) is fp32
+                return y + F.linear(F.linear(x.to(pair[0].dtype), pair[0]), pair[1]).to(y.dtype)
             return y + F.linear(F.linear(x, pair[0]), pair[1])
         if route.groups is not None:  # a mixed batch, each adapter's rows one contiguous slice
             i = self.index
             ps = [pairs[i] for pairs, _, _ in route.groups]
+            dtype = next((p[0].dtype for p in ps if p is not None), x.dtype)
+            xl = x if x.dtype == dtype else x.to(dtype)
             if route.full and None not in ps and self.routing.gather and all(p[0].shape == ps[0][0].shape for p in ps):
                 A = torch.cat([p[0].expand(stop - start, -1, -1) for p, (_, start, stop) in zip(ps, route.groups)])
                 B = torch.cat([p[1].expand(stop - start, -1, -1) for p, (_, start, stop) in zip(ps, route.groups)])
-                return y.baddbmm_(torch.bmm(x, A.transpose(1, 2)), B.transpose(1, 2))  # A (rows, r, in), B (rows, out, r)
+                if y.dtype != dtype:
+                    return y + torch.bmm(torch.bmm(xl, A.transpose(1, 2)), B.transpose(1, 2)).to(y.dtype)
+                return y.baddbmm_(torch.bmm(xl, A.transpose(1, 2)), B.transpose(1, 2))  # A (rows, r, in), B (rows, out, r)
             for pair, (_, start, stop) in zip(ps, route.groups):
                 if pair is not None:
-                    y[start:stop] += F.linear(F.linear(x[start:stop], pair[0]), pair[1])
+                    y[start:stop] += F.linear(F.linear(xl[start:stop], pair[0]), pair[1]).to(y.dtype)
             return y
         if route.key == TRAIN and self.lora_A is not None:
             h = F.dropout(x, self.train_dropout, self.training) if self.train_dropout else x
