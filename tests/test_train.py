@@ -131,3 +131,19 @@ def test_distillation_follows_the_teacher_not_the_labels(hub):
     test = card["metrics"]["test"]
     # the teacher's (wrong) direction, against its own labels (the base alone scores ~0.85 here)
     assert test["adapter"]["auc"] < min(0.5, test["base"]["auc"] - 0.2), test
+
+
+def test_checkpointing_keeps_layers_in_proportion_to_the_token_budget(hub):
+    """checkpoint_tokens: a step of t tokens keeps layers * budget / t layers' activations, evenly
+    spread; a longer step recomputes more of them; off, every layer keeps its activations."""
+    from adapterhub.train import _checkpointing
+    n = len(hub.decoder.layers)
+    with _checkpointing(hub, TrainConfig(checkpoint_tokens=100)) as ckpt:
+        assert all(layer.gradient_checkpointing for layer in hub.decoder.layers)  # before a step: all
+        assert ckpt.fit(50) == n                                   # a short step keeps every layer
+        assert ckpt.fit(100 * n) == 1 and sum(not l.gradient_checkpointing for l in hub.decoder.layers) == 1
+    assert not any(layer.gradient_checkpointing for layer in hub.decoder.layers)  # off after the with
+    with _checkpointing(hub, TrainConfig(grad_checkpointing=False)) as ckpt:
+        assert ckpt.fit(10 ** 6) == n and not any(layer.gradient_checkpointing for layer in hub.decoder.layers)
+    with pytest.raises(ConfigError, match="checkpoint_tokens"):
+        TrainConfig(checkpoint_tokens=-1)
