@@ -395,24 +395,19 @@ def _to_fp32(module, inputs, output):
     return output.float()
 
 
-def bf16_layer_inputs_(model: nn.Module) -> int:
+def bf16_layer_inputs_(model: nn.Module) -> None:
     """compute='bf16': every RMSNorm inside a decoder layer hands its (fp32-computed) output on in
     bf16, so the layer's matmuls need no input casts; the query, key and value projections hand
     theirs on in fp32, so rotary and attention stay fp32, as do the residual stream and the final
     norm.
     Measured on SmolLM2 with a trained adapter: P(yes) within 0.005 of the NF4 kernels; with q/k/v
     left in bf16 (rotary and attention in bf16) it was 0.043 off."""
-    hooked = 0
     for layer in model.get_decoder().layers:
         for name, m in layer.named_modules():
             if type(m).__name__.endswith("RMSNorm"):
                 m.register_forward_hook(_to_bf16)
             elif name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj"):
                 m.register_forward_hook(_to_fp32)
-            else:
-                continue
-            hooked += 1
-    return hooked
 
 
 def guard_nf4_(model: nn.Module) -> int:

@@ -17,6 +17,7 @@ width x width mask would compute every blocked pair as well.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,7 @@ def pack(groups: list[tuple[list[int], list[list[int]]]], device, one_row: bool 
     to a mixed batch, whose adapters each take a slice of rows."""
     widths = [len(p) + sum(len(s) for s in sufs) for p, sufs in groups]
     n = len(groups)
-    starts = [sum(widths[:g]) for g in range(n)] if one_row else [0] * n
+    starts = list(accumulate([0] + widths[:-1])) if one_row else [0] * n  # each group's first column
     n_rows, width = (1, pad_width(sum(widths))) if one_row else (n, pad_width(max(widths)))
     P = max(len(p) for p, _ in groups)
     S = max(len(s) for _, sufs in groups for s in sufs)
