@@ -23,6 +23,7 @@ from torch import nn
 
 from .errors import BaseModelError, ConfigError, did_you_mean
 from .files import atomic_dir
+from .memory import release_freed_memory
 from .model_ids import DEFAULT_BASE, QUANTS  # noqa: F401  (re-exported: adapterhub.base.QUANTS)
 
 log = logging.getLogger(__name__)
@@ -123,26 +124,15 @@ def load_base(spec: str = DEFAULT_BASE, quant: str = "nf4", device: str | torch.
         model, tok = _load_folder(folder, quant, dev)
         weights_id = _weights_hash(folder)
     quantize_(model, quant, dev)
-    _release_freed_memory()  # the fp32 weights just quantized: before the dequantized copies are made
+    release_freed_memory()  # the fp32 weights just quantized: before the dequantized copies are made
     if compute != "native":
         dequantize_(model, torch.float32 if compute == "fp32" else torch.bfloat16)
     if compute == "bf16":
         bf16_layer_inputs_(model)
     model.eval().requires_grad_(False)
     fp = fingerprint(model, weights_id)
-    _release_freed_memory()
+    release_freed_memory()
     return Base(model, tok, spec, quant, dev, fp, time.perf_counter() - t0, seed, compute)
-
-
-def _release_freed_memory() -> None:
-    """Hand the fp32 copies' freed pages back to the OS (glibc keeps them otherwise)."""
-    import gc
-    gc.collect()  # the replaced 4-bit modules sit in reference cycles
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to do
 
 
 # ---------------------------------------------------------------- spec -> folder

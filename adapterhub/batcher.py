@@ -181,7 +181,7 @@ class Batcher:
         for r in reqs:
             r.done.set()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _forward(self, reqs: list[_Request]) -> list:
         """One mixed batch for all of reqs (one kind) -> each request's own result."""
         keys = [k for r in reqs for k in r.keys]

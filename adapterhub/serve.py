@@ -38,6 +38,7 @@ except ImportError as e:  # pragma: no cover - the message is the point
 from .batcher import WINDOW_MS, Batcher
 from .errors import AdapterHubError, AdapterNotFoundError, IncompatibleAdapterError, RegistryError
 from .hub import Hub
+from .memory import rss_bytes
 from .registry import parse_ref
 
 log = logging.getLogger(__name__)
@@ -169,17 +170,6 @@ async def _send_json(send, status: int, payload: dict) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _rss_bytes() -> Optional[int]:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 class _Direct:
     """No gathering: each request's thread calls the (thread-safe) hub itself."""
 
@@ -277,7 +267,7 @@ def create_app(hub: Hub, window_ms: float = WINDOW_MS, max_rows: Optional[int] =
     @app.get("/health")
     def health():
         return {"status": "ok", "base": hub.base.spec, "device": str(hub.device), "resident": len(hub.resident()),
-                "requests": batcher.requests, "batches": batcher.batches, "rss_bytes": _rss_bytes(), "pid": os.getpid()}
+                "requests": batcher.requests, "batches": batcher.batches, "rss_bytes": rss_bytes() or None, "pid": os.getpid()}
 
     return app
 

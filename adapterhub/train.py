@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from . import facts as facts_mod
+from . import memory
 from .config import TrainConfig
 from .datasets.common import Example
 from .errors import AdapterHubError, ConfigError, DataError, IncompatibleAdapterError
@@ -211,8 +212,10 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
 
     # hub.use(TRAIN) for the whole loop: a checkpointed backward re-runs the forward, and must see
     # the same routing as the forward did
+    memory.release_freed_memory()  # what loading the data and encoding prompts freed (~100 MB on music)
+    headroom = None if cfg.rss_headroom_gb is None else int(cfg.rss_headroom_gb * 1e9)
     with hub.trainable(cfg.r, cfg.alpha, cfg.dropout, cfg.targets, init) as pairs, hub.use(TRAIN), \
-            _checkpointing(hub, cfg) as ckpt:
+            _checkpointing(hub, cfg) as ckpt, memory.rss_cap(hub.decoder.layers, headroom):
         domain_log = _domain_adapt(hub, datas[0], pairs.params, cfg, rng, rank, world) if cfg.domain_steps else []
         loop = Loop(hub, parts, groups, pairs.params, cfg, teacher, rng, accelerator, ckpt)
         best, history, speed = loop.run(name, total, eval_every, metric, progress and is_main, is_main)

@@ -1,6 +1,8 @@
 import json
+import os
 
 import pytest
+import torch
 
 from adapterhub.config import TrainConfig
 from adapterhub.errors import ConfigError, DataError, IncompatibleAdapterError
@@ -147,3 +149,37 @@ def test_checkpointing_keeps_layers_in_proportion_to_the_token_budget(hub):
         assert ckpt.fit(10 ** 6) == n and not any(layer.gradient_checkpointing for layer in hub.decoder.layers)
     with pytest.raises(ConfigError, match="checkpoint_tokens"):
         TrainConfig(checkpoint_tokens=-1)
+
+
+def test_rss_cap_trims_the_heap_only_past_the_headroom(hub, monkeypatch):
+    """rss_headroom_gb: at each decoder layer's forward, the heap is trimmed when RSS is more than
+    the headroom above its size on entry, and not otherwise; the hooks are gone after the with."""
+    from adapterhub import memory
+    rss = [1000]
+    trims = []
+    monkeypatch.setattr(memory, "rss_bytes", lambda: rss[0])
+    monkeypatch.setattr(memory, "trim", lambda: trims.append(rss[0]))
+    monkeypatch.setattr(memory, "_TRIM", object())  # as if glibc, on any machine
+    ids = torch.tensor([hub.encode("a short prompt")])
+    layers = hub.decoder.layers
+    with memory.rss_cap(layers, headroom_bytes=500):
+        rss[0] = 1400                     # within the headroom: no trim
+        hub.decoder(input_ids=ids)
+        assert trims == []
+        rss[0] = 1600                     # past it: one trim per layer that starts a forward
+        hub.decoder(input_ids=ids)
+        assert trims == [1600] * len(layers)
+    hub.decoder(input_ids=ids)            # outside the with: no hooks left
+    assert len(trims) == len(layers)
+    with memory.rss_cap(layers, headroom_bytes=None):  # None: nothing installed
+        hub.decoder(input_ids=ids)
+    assert len(trims) == len(layers)
+    with pytest.raises(ConfigError, match="rss_headroom_gb"):
+        TrainConfig(rss_headroom_gb=-0.1)
+
+
+def test_rss_bytes_and_trim_work_on_this_machine():
+    from adapterhub import memory
+    before = memory.rss_bytes()
+    assert before > 10 * 2 ** 20 or not os.path.exists("/proc/self/statm")  # a Python with torch is > 10 MiB
+    memory.release_freed_memory()  # must not raise, glibc or not
