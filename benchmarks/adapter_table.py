@@ -53,7 +53,7 @@ def rows(reg: Registry, all_versions: bool = False) -> list[str]:
         for v in versions:
             card = reg.card(f"{name}@{v}")
             test = (card.get("metrics") or {}).get("test") or {}
-            if "adapter" not in test:
+            if "adapter" not in test or card.get("scenarios"):  # a joint adapter: per-scenario rows in its card
                 continue
             metric, scenario = card["primary_metric"], card.get("scenario", name)
             rule = RULE.get(scenario) or next((k for k in test if k.endswith("-overlap")), None)
