@@ -4,7 +4,7 @@ glibc's malloc keeps the pages of freed blocks for reuse; with torch's many diff
 tensors its heap fragments, so a process's RSS grows well past the memory it really uses. Measured
 on a 960-token video training step: 1.8 GB peak RSS, 1.1 GB when every block over 64 KiB was its
 own mapping (that cost 2.3x the step time). rss_cap hands free pages back only when the process
-has grown past a budget, at decoder-layer boundaries: a few trims per large step.
+has grown past a budget, at each decoder layer and its parts: a few trims per large step.
 """
 from __future__ import annotations
 
