@@ -135,7 +135,12 @@ def _load_data(args):
         if args.data is not None:
             raise ConfigError("--data names one scenario's folder; joint training reads each scenario's own folder "
                               "under $ADAPTERHUB_DATA or ../shared/data")
-        return [_load_data(argparse.Namespace(**{**vars(args), "scenario": s})) for s in names]
+        scoped = {pair.partition(":")[0] for pair in args.data_option or [] if ":" in pair.partition("=")[0]}
+        if scoped - set(names):
+            raise ConfigError(f"--data-option names {sorted(scoped - set(names))}, not scenarios of this run "
+                              f"({', '.join(names)})")
+        return [_load_data(argparse.Namespace(**{**vars(args), "scenario": s, "data_option": _options_for(args, s)}))
+                for s in names]
     if fmt is None:
         if scenario is None:
             raise ConfigError("which scenario? Give --scenario " + "|".join(BUILT_IN_SCENARIOS) + " (the shared data), "
@@ -155,6 +160,20 @@ def _load_data(args):
         from . import prompts
         prompts.register_templates(data.scenario, **data.extra["templates"])
     return data
+
+
+def _options_for(args, scenario: str) -> list[str]:
+    """A joint run's --data-option entries for one scenario: 'SCENARIO:KEY=VALUE' for that one only,
+    'KEY=VALUE' for every scenario."""
+    out = []
+    for pair in args.data_option or []:
+        where, colon, rest = pair.partition(":")
+        if colon and "=" not in where:
+            if where == scenario:
+                out.append(rest)
+        else:
+            out.append(pair)
+    return out
 
 
 def _data_options(pairs: list[str] | None) -> dict:
@@ -467,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "$ADAPTERHUB_DATA or ../shared/data; required with --format)")
     data.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and training (default 0)")
     data.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="an option of the scenario's "
-                      "loader (repeatable), e.g. full_train=true for news: every impression it reads goes to train")
+                      "loader (repeatable), e.g. full_train=true for news: every impression it reads goes to train; "
+                      "in a joint run, news:full_train=true applies to news only")
 
     p = argparse.ArgumentParser(prog="adapterhub", description="One frozen, quantized base LLM; many LoRA "
                                 "adapters for recommendation scenarios.")

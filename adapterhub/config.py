@@ -30,6 +30,9 @@ class TrainConfig:
                            "interacted with: at most this many per positive; 0 = none")
     listwise_weight: float = _f(0.5, "loss = w * softmax cross-entropy over each group's candidates + (1 - w) * "
                                      "pointwise BCE (keeps P(yes) calibrated); 0 = BCE only")
+    per_scenario: str | None = _f(None, "a joint run's own negatives and listwise_weight for some scenarios, e.g. "
+                                        "'video:negatives=0,listwise_weight=0' (pointwise like/dislike labels); "
+                                        "';' between scenarios")
     grad_checkpointing: bool = _f(True, "recompute activations in the backward pass (see checkpoint_tokens): "
                                         "bounds a step's memory")
     checkpoint_tokens: int = _f(192, "with grad_checkpointing, keep at most this many tokens' worth of every "
@@ -91,6 +94,39 @@ class TrainConfig:
             problems.append(f"distill_weight={self.distill_weight} must be in [0, 1]")
         if problems:
             raise ConfigError("bad training config: " + "; ".join(problems))
+        self.scenario_options()  # a malformed per_scenario fails here, before any data is loaded
+
+    PER_SCENARIO_KEYS = {"negatives": int, "listwise_weight": float}  # the options that act per group
+
+    def scenario_options(self) -> dict[str, dict]:
+        """per_scenario parsed: {scenario: {option: value}}."""
+        out: dict[str, dict] = {}
+        for entry in (self.per_scenario or "").split(";"):
+            if not entry.strip():
+                continue
+            scenario, sep, options = entry.partition(":")
+            if not sep or not scenario.strip():
+                raise ConfigError(f"per_scenario entry {entry.strip()!r}: write SCENARIO:OPTION=VALUE[,OPTION=VALUE], "
+                                  "e.g. 'video:negatives=0,listwise_weight=0'")
+            parsed = out.setdefault(scenario.strip(), {})
+            for item in options.split(","):
+                key, eq, value = (t.strip() for t in item.partition("="))
+                if key not in self.PER_SCENARIO_KEYS or not eq:
+                    raise ConfigError(f"per_scenario {scenario.strip()}: {item.strip()!r} is not OPTION=VALUE with "
+                                      f"OPTION one of {', '.join(self.PER_SCENARIO_KEYS)}.{did_you_mean(key, self.PER_SCENARIO_KEYS)}")
+                try:
+                    parsed[key] = self.PER_SCENARIO_KEYS[key](value)
+                except ValueError:
+                    raise ConfigError(f"per_scenario {scenario.strip()}: {key}={value!r} is not a number") from None
+            try:  # the same range checks as the run's own options
+                dataclasses.replace(self, per_scenario=None, **parsed)
+            except ConfigError as e:
+                raise ConfigError(f"per_scenario {scenario.strip()}: {e}") from None
+        return out
+
+    def for_scenario(self, scenario: str) -> "TrainConfig":
+        """This config with `scenario`'s per_scenario options applied."""
+        return dataclasses.replace(self, **self.scenario_options().get(scenario, {}))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

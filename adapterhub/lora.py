@@ -240,6 +240,12 @@ def adapter_config(r: int, alpha: float, targets, base_spec: str, dropout: float
             "init_lora_weights": True}
 
 
+def scale_of(config: dict) -> float:
+    """The factor on B @ A that an adapter_config.json implies: alpha / r (alpha / sqrt(r) with rsLoRA)."""
+    r = config["r"]
+    return config["lora_alpha"] / (r ** 0.5 if config.get("use_rslora") else r)
+
+
 def check_same_base(card: dict, base, what: str) -> None:
     """An adapter's card names the base fingerprint it was trained on; refuse it over another base."""
     from .errors import IncompatibleAdapterError

@@ -19,7 +19,7 @@ import torch
 import logging
 
 from .errors import AdapterHubError, ConfigError, did_you_mean
-from .lora import adapter_config, check_same_base, group_pairs, peft_key, split_peft_key
+from .lora import adapter_config, check_same_base, group_pairs, peft_key, scale_of, split_peft_key
 
 log = logging.getLogger(__name__)
 METHODS = ("cat", "linear", "svd", "ties", "dare_ties")
@@ -34,8 +34,7 @@ KEPT_WARN = 0.5  # a merge keeping less than this share of a parent's gain over 
 def read_pairs(registry, ref: str) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float, dict, dict]:
     """-> ({module path: (A, B)}, scale alpha/r, adapter_config, card), in fp32."""
     config, tensors, card, _ = registry.load(ref)
-    r = config["r"]
-    scale = config["lora_alpha"] / (r ** 0.5 if config.get("use_rslora") else r)
+    scale = scale_of(config)
     pairs = {p: (ab["A"].float().clone(), ab["B"].float().clone()) for p, ab in group_pairs(tensors).items()}
     return pairs, scale, config, card
 

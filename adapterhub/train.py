@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .datasets.common import Example
 from .errors import AdapterHubError, ConfigError, DataError, IncompatibleAdapterError
 from .files import atomic_write
-from .lora import TRAIN, adapter_config, check_same_base, group_pairs
+from .lora import TRAIN, adapter_config, check_same_base, group_pairs, scale_of
 from .scoring import blend_rows, cap_examples, encode_examples, evaluate_split, primary_metric, score_examples
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ class Part:
     encode: Encoder
     enc_valid: list
     metric: str
+    cfg: TrainConfig  # the run's config with this scenario's per_scenario options
     fused: dict | None = field(default=None)
 
 
@@ -147,27 +148,30 @@ def prepare(hub, data, cfg: TrainConfig, rng: random.Random) -> Part:
     train, valid, test = pick_examples(data, cfg, rng)
     facts = facts_mod.compute(_train_only(data, train)) if cfg.facts else None
     return Part(data, train, valid, test, facts, build_groups(train), NegativeSampler(train),
-                Encoder(hub, data, facts), encode_examples(hub, data, valid, facts), primary_metric(data.task))
+                Encoder(hub, data, facts), encode_examples(hub, data, valid, facts), primary_metric(data.task),
+                cfg.for_scenario(data.scenario))
 
 
 # ---------------------------------------------------------------- 3. loss
 
-def group_loss(logits: torch.Tensor, labels: torch.Tensor, sizes: list[int], listwise_weight: float,
+def group_loss(logits: torch.Tensor, labels: torch.Tensor, sizes: list[int], listwise_weight,
                soft: torch.Tensor | None = None, distill_weight: float = 0.0) -> torch.Tensor:
     """(1 - w) * BCE + w * mean over groups with a positive and a negative of
-    -mean_{positives} log softmax(group logits). logits/labels: (candidates,), groups in order."""
-    bce = F.binary_cross_entropy_with_logits(logits, labels)
+    -mean_{positives} log softmax(group logits). logits/labels: (candidates,), groups in order.
+    listwise_weight: one w, or one per group (a joint run's scenarios may differ): then each
+    candidate's BCE is weighted by its group's 1 - w and each group's softmax term by its w."""
+    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
     if soft is not None:  # distillation: the teacher's P(yes) as soft labels
-        bce = (1 - distill_weight) * bce + distill_weight * F.binary_cross_entropy_with_logits(logits, soft)
-    if not listwise_weight:
-        return bce
+        bce = (1 - distill_weight) * bce + distill_weight * F.binary_cross_entropy_with_logits(logits, soft, reduction="none")
+    w = listwise_weight if isinstance(listwise_weight, (list, tuple)) else [listwise_weight] * len(sizes)
     terms = []
-    for z, y in zip(torch.split(logits, sizes), torch.split(labels, sizes)):
-        if 0 < y.sum() < len(y):
-            terms.append(-(torch.log_softmax(z, 0) * y).sum() / y.sum())
+    for z, y, wg in zip(torch.split(logits, sizes), torch.split(labels, sizes), w):
+        if wg and 0 < y.sum() < len(y):
+            terms.append(wg * -(torch.log_softmax(z, 0) * y).sum() / y.sum())
     if not terms:
-        return bce
-    return (1 - listwise_weight) * bce + listwise_weight * torch.stack(terms).mean()
+        return bce.mean()
+    per_candidate = torch.tensor([1 - wg for wg, n in zip(w, sizes) for _ in range(n)], device=bce.device)
+    return (per_candidate * bce).mean() + torch.stack(terms).mean()
 
 
 # ---------------------------------------------------------------- train_adapter: the steps in order
@@ -198,6 +202,9 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
         raise ConfigError(f"joint training needs distinct scenarios, got {scenarios}")
     if len(datas) > 1 and cfg.domain_steps:
         raise ConfigError("domain_steps is for one scenario; train the joint adapter without it")
+    unknown = sorted(set(cfg.scenario_options()) - set(scenarios))
+    if unknown:
+        raise ConfigError(f"per_scenario names {unknown}, not scenarios of this run ({', '.join(scenarios)})")
     parts = [prepare(hub, d, cfg, rng) for d in datas]
     groups = [(i, g) for i, p in enumerate(parts) for g in p.groups]  # shuffled together: mixed batches
     teacher = hub.load(cfg.teacher).key if cfg.teacher else None
@@ -269,7 +276,8 @@ class Loop:
             if self.teacher is not None:
                 with torch.no_grad():
                     soft = torch.sigmoid(hub.packed_logits(self.teacher, encoded))
-            loss = group_loss(logits, labels, [len(g) for _, g in batch], cfg.listwise_weight, soft, cfg.distill_weight)
+            weights = [self.parts[i].cfg.listwise_weight for i, _ in batch]
+            loss = group_loss(logits, labels, [len(g) for _, g in batch], weights, soft, cfg.distill_weight)
             (self.accelerator.backward(loss / cfg.grad_accum) if self.accelerator is not None
              else (loss / cfg.grad_accum).backward())
             loss_sum = loss_sum + loss.detach()  # stays on the device: no sync per step
@@ -348,8 +356,8 @@ def _publish(hub, name: str, parts: list[Part], cfg: TrainConfig, card: dict, te
              metric: str):
     """Publish the trained pair with its card and facts -> (the resident Adapter, the stored card)."""
     _check_beats_base(card, name, force)
-    if promote is None and len(parts) == 1:  # promote only if valid improves, judged on this run's valid examples
-        promote = _compare_with_current(hub, name, parts[0].data, parts[0].valid, card)
+    if promote is None:  # promote only if valid improves, judged on this run's valid examples
+        promote = _compare_with_current(hub, name, parts, card)
     files = {facts_file(p.data.scenario, len(parts) > 1): facts_mod.dumps(p.facts) for p in parts
              if p.facts is not None} or None
     version = hub.registry.publish(name, tensors, peft_adapter_config(cfg, hub.base.spec), card,
@@ -474,10 +482,11 @@ def _check_beats_base(card: dict, name: str, force: bool) -> None:
                               "published. Train longer or with another --lr, or publish it anyway with --force")
 
 
-def _compare_with_current(hub, name: str, data, valid: list[Example], card: dict) -> bool | None:
+def _compare_with_current(hub, name: str, parts: list[Part], card: dict) -> bool | None:
     """Score the current version of `name` on this run's valid examples (its own facts in its
-    prompts), record both raw figures in card["promotion"], and -> whether the new one is at least
-    as good. None (the registry decides) when there is no current version or it cannot run here."""
+    prompts; a joint run: each scenario's, by the mean of their primary metrics), record both raw
+    figures in card["promotion"], and -> whether the new one is at least as good. None (the
+    registry decides) when there is no current version or it cannot run here."""
     from .evaluation import evaluate
     from .recommend import facts_of
     reg, metric = hub.registry, card["primary_metric"]
@@ -485,20 +494,29 @@ def _compare_with_current(hub, name: str, data, valid: list[Example], card: dict
     if cur is None or "adapter" not in (card.get("metrics") or {}).get("valid", {}):
         return None
     key = f"{name}@{cur}"
+    joint = len(parts) > 1
+    scenarios = [p.data.scenario for p in parts]
+    if joint != bool(reg.card(key).get("scenarios")) or (joint and set(reg.card(key)["scenarios"]) != set(scenarios)):
+        log.warning("%s covers other scenarios than this run: promotion compares the cards", key)
+        return None
     try:
         adapter = hub.load(key)
     except AdapterHubError as e:  # e.g. trained over another base: the card-vs-card rule applies
         log.warning("could not score %s on this valid split (%s): promotion compares the cards", key, e)
         return None
     t0 = time.perf_counter()
-    old = evaluate(data.task, valid, score_examples(hub, adapter.key, encode_examples(hub, data, valid,
-                                                                                     facts_of(reg, key))))[metric]
+    values = []
+    for p in parts:
+        facts = facts_of(reg, key, p.data.scenario if joint else None)
+        values.append(evaluate(p.data.task, p.valid, score_examples(hub, adapter.key, encode_examples(
+            hub, p.data, p.valid, facts)))[p.metric])
+    old = sum(values) / len(values)
     new = card["metrics"]["valid"]["adapter"][metric]
-    card["promotion"] = {"current": key, "split": "valid", "metric": metric, "n": len(valid),
+    card["promotion"] = {"current": key, "split": "valid", "metric": metric, "n": sum(len(p.valid) for p in parts),
                          "current_value": round(old, 4), "new_value": round(new, 4), "promoted": new >= old,
                          "eval_s": round(time.perf_counter() - t0, 1)}
     log.info("valid %s: new %.4f vs current %s %.4f on the same %d examples -> %s", metric, new, key, old,
-             len(valid), "promoted" if new >= old else "not promoted")
+             card["promotion"]["n"], "promoted" if new >= old else "not promoted")
     return new >= old
 
 
@@ -513,7 +531,7 @@ def _next_groups(groups, order, batch_size, world, rank, rng, cfg, parts):
                 order = list(range(len(groups)))
                 rng.shuffle(order)
             i, group = groups[order.pop()]
-            chosen = visit(group, cfg, parts[i].sampler, rng)
+            chosen = visit(group, parts[i].cfg, parts[i].sampler, rng)
             per_rank[r].append((i, chosen))
             count += len(chosen)
     return per_rank[rank], order
@@ -570,7 +588,10 @@ def _init_pairs(hub, ref: str, cfg: TrainConfig) -> dict[str, tuple[torch.Tensor
             f"--init-from {ref}: parent has r={config.get('r')}, targets={config.get('target_modules')}; "
             f"this run has r={cfg.r}, targets={list(cfg.targets)}. Pass --r {config.get('r')} --targets "
             f"{','.join(config.get('target_modules') or [])}")
-    return {p: (ab["A"].clone(), ab["B"].clone()) for p, ab in group_pairs(tensors).items()}
+    # the run's scale may differ from the parent's (a cat merge is stored with alpha = r): B is
+    # rescaled so that training starts from exactly the parent's delta
+    factor = scale_of(config) / (cfg.alpha / cfg.r)
+    return {p: (ab["A"].clone(), ab["B"] * factor) for p, ab in group_pairs(tensors).items()}
 
 
 def _domain_adapt(hub, data, params, cfg: TrainConfig, rng: random.Random, rank: int, world: int) -> list[dict]:
@@ -672,6 +693,8 @@ def _card(hub, name, parts: list[Part], cfg, description, history, best, speed, 
         parents.append({**lineage(hub.registry, cfg.teacher), "role": "teacher", "distill_weight": cfg.distill_weight})
     loss = {"bce": round(1 - cfg.listwise_weight, 4), "listwise_softmax": cfg.listwise_weight,
             "group_size": cfg.group_size, "sampled_negatives": cfg.negatives}
+    if cfg.per_scenario:  # a joint run's scenarios with their own loss options
+        loss["per_scenario"] = cfg.scenario_options()
     scenario = "+".join(evals)
     sources = ", ".join(p.data.source for p in parts)
     card = {

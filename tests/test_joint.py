@@ -75,3 +75,48 @@ def test_batches_mix_scenarios(hub):
 def test_joint_needs_distinct_scenarios(hub):
     with pytest.raises(ConfigError, match="distinct scenarios"):
         hub.train("dup", [toy_data(), toy_data()], TrainConfig(**FAST), progress=False)
+
+
+def test_per_scenario_loss_options(hub):
+    """A joint run gives a scenario its own negatives and listwise weight (video's like/dislike rows
+    are pointwise; sampled negatives there would teach 'unwatched' instead of 'disliked')."""
+    cfg = TrainConfig(**FAST, negatives=3, per_scenario="books:negatives=0,listwise_weight=0")
+    rng = random.Random(0)
+    parts = [prepare(hub, d, cfg, rng) for d in two_scenarios()]
+    assert (parts[0].cfg.negatives, parts[0].cfg.listwise_weight) == (3, 0.5)
+    assert (parts[1].cfg.negatives, parts[1].cfg.listwise_weight) == (0, 0.0)
+    groups = [(i, g) for i, p in enumerate(parts) for g in p.groups]
+    originals = {id(ex) for _, g in groups for ex in g}
+    order, sampled = [], {0: 0, 1: 0}
+    for _ in range(20):
+        batch, order = _next_groups(groups, order, 8, 1, 0, rng, cfg, parts)
+        for i, g in batch:
+            sampled[i] += sum(id(ex) not in originals for ex in g)
+    assert sampled[0] > 0 and sampled[1] == 0, sampled  # only toy's groups get sampled negatives
+    _, card = hub.train("both", two_scenarios(), cfg, progress=False)
+    assert card["train"]["loss"]["per_scenario"] == {"books": {"negatives": 0, "listwise_weight": 0.0}}
+    # a second version is promoted only if its mean valid metric beats the current's, rescored on
+    # the same examples of each scenario
+    _, again = hub.train("both", two_scenarios(), cfg.replace(seed=1), progress=False)
+    promo = again["promotion"]
+    assert promo["current"] == "both@v1" and promo["n"] == sum(
+        p["data"]["used"]["valid"] for p in again["scenarios"].values())
+    assert promo["current_value"] == pytest.approx(card["metrics"]["valid"]["adapter"]["mean_primary"], abs=1e-3)
+    assert (hub.registry.current("both") == "v2") == promo["promoted"]
+    with pytest.raises(ConfigError, match="not scenarios of this run"):
+        hub.train("both", two_scenarios(), cfg.replace(per_scenario="music:negatives=0"), progress=False)
+    with pytest.raises(ConfigError, match="Did you mean 'negatives'"):
+        TrainConfig(per_scenario="books:negativs=0")
+    with pytest.raises(ConfigError, match="per_scenario books: .*listwise_weight=2.0"):
+        TrainConfig(per_scenario="books:listwise_weight=2")
+
+
+def test_joint_data_options_are_scoped_by_scenario(capsys):
+    import argparse
+    from adapterhub.cli import _options_for, main
+    args = argparse.Namespace(data_option=["news:full_train=true", "n=3", "video:valid_from_train=0.15"])
+    assert _options_for(args, "news") == ["full_train=true", "n=3"]
+    assert _options_for(args, "video") == ["n=3", "valid_from_train=0.15"]
+    assert _options_for(args, "music") == ["n=3"]
+    assert main(["train", "j", "--scenario", "video,news", "--data-option", "music:full_train=true"]) == 2
+    assert "not scenarios of this run" in capsys.readouterr().err

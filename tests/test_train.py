@@ -91,6 +91,16 @@ def test_warm_start_from_a_merge_shows_the_lineage(hub, toy):
     _, grandchild = hub.train("grand", toy, TrainConfig(**{**FAST, "max_steps": 3, "r": 8, "init_from": "child"}),
                               progress=False)
     assert grandchild["parents"][0]["parents"][0]["ref"] == merged.key  # two levels up
+    # the cat merge is stored with alpha = r (scale 1); a run at another alpha starts from its exact delta
+    from adapterhub.lora import group_pairs
+    from adapterhub.train import _init_pairs
+    cfg = TrainConfig(**{**FAST, "r": 8, "alpha": 16.0})
+    init = _init_pairs(hub, merged.key, cfg)
+    config, tensors, _, _ = hub.registry.load(merged.key)
+    assert config["lora_alpha"] == 8.0
+    for path, ab in group_pairs(tensors).items():
+        A, B = init[path]
+        assert torch.allclose(cfg.alpha / cfg.r * (B @ A), ab["B"] @ ab["A"], atol=1e-6)
 
 
 def test_promotion_compares_with_the_current_version_on_the_same_valid_examples(hub, toy):

@@ -68,6 +68,11 @@ def test_group_loss_by_hand():
     # a group with one class only has no listwise term
     assert group_loss(z[:2], torch.tensor([0.0, 0.0]), [2], 0.5).item() == pytest.approx(
         torch.nn.functional.binary_cross_entropy_with_logits(z[:2], torch.zeros(2)).item())
+    # one weight per group (a joint run): group 1 pointwise (w=0), group 2 half listwise
+    bce_each = torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
+    expected = (bce_each[0] + bce_each[1] + 0.5 * bce_each[2] + 0.5 * bce_each[3]).item() / 4 + 0.5 * lw2
+    assert group_loss(z, y, [2, 2], [0.0, 0.5]).item() == pytest.approx(expected, rel=1e-6)
+    assert group_loss(z, y, [2, 2], [0.5, 0.5]).item() == pytest.approx(got.item(), rel=1e-6)
 
 
 def test_grouped_training_learns_and_records_speed(hub):
