@@ -182,6 +182,16 @@ def test_merge_quality_skips_without_shipped_adapters(suites, tmp_path, monkeypa
     assert [r["metric"] for r in rows] == ["skipped"] and "shipped adapters in adapters/" in rows[0]["reason"]
 
 
+def test_merge_recipes_take_per_parent_weights(suites):
+    parse = suites("merge").parse_recipe
+    assert parse("cat-sum") == ("cat", "sum", 0.5, {})
+    assert parse("cat-sum[ecommerce=1.5, video=0.8]") == ("cat", "sum", 0.5, {"ecommerce": 1.5, "video": 0.8})
+    for bad, why in (("cat-summ", "unknown recipe"), ("cat-sum[books=1]", "SCENARIO one of"),
+                     ("cat-sum[video=x]", "not SCENARIO=WEIGHT")):
+        with pytest.raises(ValueError, match=why):
+            parse(bad)
+
+
 def test_budget_skips_and_records(suites, tmp_path):
     suites("ranking").main(TINY + ["--out", str(tmp_path), "--budget-s", "0"])
     rows = read_rows(tmp_path, "ranking")
