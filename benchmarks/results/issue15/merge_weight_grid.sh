@@ -11,3 +11,5 @@ for m in "ties" "dare_ties" "cat ecommerce=1.5"; do
   python -m adapterhub merge $args --method $method --name grid --registry /tmp/grid/reg
 done
 date
+# then, run by hand: ties at rank 32 (the sum of the parents' ranks, as cat) instead of the largest parent's 8
+python -m adapterhub merge video=1 news=1 music=1 ecommerce=1 --method ties --rank 32 --name grid --registry /tmp/grid/reg
