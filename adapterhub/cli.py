@@ -135,7 +135,7 @@ def _load_data(args):
         if args.data is not None:
             raise ConfigError("--data names one scenario's folder; joint training reads each scenario's own folder "
                               "under $ADAPTERHUB_DATA or ../shared/data")
-        scoped = {pair.partition(":")[0] for pair in args.data_option or [] if ":" in pair.partition("=")[0]}
+        scoped = {_scope(pair)[0] for pair in args.data_option or []} - {None}
         if scoped - set(names):
             raise ConfigError(f"--data-option names {sorted(scoped - set(names))}, not scenarios of this run "
                               f"({', '.join(names)})")
@@ -165,15 +165,13 @@ def _load_data(args):
 def _options_for(args, scenario: str) -> list[str]:
     """A joint run's --data-option entries for one scenario: 'SCENARIO:KEY=VALUE' for that one only,
     'KEY=VALUE' for every scenario."""
-    out = []
-    for pair in args.data_option or []:
-        where, colon, rest = pair.partition(":")
-        if colon and "=" not in where:
-            if where == scenario:
-                out.append(rest)
-        else:
-            out.append(pair)
-    return out
+    return [rest for where, rest in map(_scope, args.data_option or []) if where in (None, scenario)]
+
+
+def _scope(pair: str) -> tuple[str | None, str]:
+    """'news:full_train=true' -> ('news', 'full_train=true'); 'full_train=true' -> (None, 'full_train=true')."""
+    where, colon, rest = pair.partition(":")
+    return (where, rest) if colon and "=" not in where else (None, pair)
 
 
 def _data_options(pairs: list[str] | None) -> dict:

@@ -24,7 +24,8 @@ import torch
 from .base import DEFAULT_BASE, Base, load_base
 from .errors import AdapterHubError, ConfigError, IncompatibleAdapterError
 from . import compose, packing
-from .lora import BASE, SERVABLE, TRAIN, TRAINING, Route, check_same_base, group_pairs, peft_key, wrap_model
+from .lora import (BASE, SERVABLE, TRAIN, TRAINING, Route, check_same_base, group_pairs, peft_key, scale_of,
+                   wrap_model)
 from .prompts import ANSWERS
 from .registry import Registry, parse_ref
 
@@ -249,7 +250,7 @@ class Hub:
                 raise IncompatibleAdapterError(f"{folder}/adapter_config.json: {flag}=true is not served by adapterhub")
         if config.get("rank_pattern") or config.get("alpha_pattern"):
             raise IncompatibleAdapterError(f"{folder}/adapter_config.json: per-module rank_pattern/alpha_pattern are not served")
-        scale = alpha / (r ** 0.5 if config.get("use_rslora") else r)
+        scale = scale_of(config)
         halves = group_pairs(tensors, where=str(folder))
         for path in halves:
             if path not in self.wrapped:

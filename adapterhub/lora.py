@@ -242,8 +242,8 @@ def adapter_config(r: int, alpha: float, targets, base_spec: str, dropout: float
 
 def scale_of(config: dict) -> float:
     """The factor on B @ A that an adapter_config.json implies: alpha / r (alpha / sqrt(r) with rsLoRA)."""
-    r = config["r"]
-    return config["lora_alpha"] / (r ** 0.5 if config.get("use_rslora") else r)
+    r, alpha = config["r"], config.get("lora_alpha", config.get("alpha"))
+    return alpha / (r ** 0.5 if config.get("use_rslora") else r)
 
 
 def check_same_base(card: dict, base, what: str) -> None:

@@ -170,7 +170,7 @@ def group_loss(logits: torch.Tensor, labels: torch.Tensor, sizes: list[int], lis
             terms.append(wg * -(torch.log_softmax(z, 0) * y).sum() / y.sum())
     if not terms:
         return bce.mean()
-    per_candidate = torch.tensor([1 - wg for wg, n in zip(w, sizes) for _ in range(n)], device=bce.device)
+    per_candidate = torch.repeat_interleave(1 - torch.tensor(w, dtype=bce.dtype), torch.tensor(sizes)).to(bce.device)
     return (per_candidate * bce).mean() + torch.stack(terms).mean()
 
 
@@ -496,7 +496,8 @@ def _compare_with_current(hub, name: str, parts: list[Part], card: dict) -> bool
     key = f"{name}@{cur}"
     joint = len(parts) > 1
     scenarios = [p.data.scenario for p in parts]
-    if joint != bool(reg.card(key).get("scenarios")) or (joint and set(reg.card(key)["scenarios"]) != set(scenarios)):
+    current_scenarios = set(reg.card(key).get("scenarios") or [])  # empty for a one-scenario adapter
+    if current_scenarios != (set(scenarios) if joint else set()):
         log.warning("%s covers other scenarios than this run: promotion compares the cards", key)
         return None
     try:
