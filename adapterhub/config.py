@@ -30,6 +30,10 @@ class TrainConfig:
                            "interacted with: at most this many per positive; 0 = none")
     listwise_weight: float = _f(0.5, "loss = w * softmax cross-entropy over each group's candidates + (1 - w) * "
                                      "pointwise BCE (keeps P(yes) calibrated); 0 = BCE only")
+    rule_prior: float = _f(0.0, "train the adapter as a residual over the no-learning rules: each candidate's "
+                                "logit in the loss gets this multiple of a fixed logistic blend of the rules' "
+                                "features (the fused score's features, fit on the train split) added. 1 = the "
+                                "adapter learns only what the rules miss; 0 = off. Needs facts")
     per_scenario: str | None = _f(None, "a joint run's own negatives and listwise_weight for some scenarios, e.g. "
                                         "'video:negatives=0,listwise_weight=0' (pointwise like/dislike labels); "
                                         "';' between scenarios")
@@ -57,6 +61,9 @@ class TrainConfig:
     n_test: int | None = _f(6000, "test examples for the card's metrics (whole groups); only reported")
     facts: bool = _f(True, "render scenario facts (popularity, like-rate, category/tags; from the train split "
                            "only, stored with the version) in prompts, and fit the fused score on valid")
+    own_label_out: bool = _f(True, "train prompts (and the rule prior) show a train positive's item without "
+                                   "that example's own click in its popularity, as a test user's item would "
+                                   "be shown (adapterhub.facts.OwnLabelOut); off = the facts as stored")
     max_grad_norm: float = _f(1.0, "gradient clipping")
     init_from: str | None = _f(None, "warm start from this adapter (same base and targets)")
     teacher: str | None = _f(None, "distil from this adapter's P(yes)")
@@ -88,6 +95,10 @@ class TrainConfig:
             problems.append(f"negatives={self.negatives} must be >= 0")
         if not 0 <= self.listwise_weight <= 1:
             problems.append(f"listwise_weight={self.listwise_weight} must be in [0, 1]")
+        if not 0 <= self.rule_prior <= 1:
+            problems.append(f"rule_prior={self.rule_prior} must be in [0, 1]")
+        if self.rule_prior and not self.facts:
+            problems.append("rule_prior needs facts on (the rules' features come from them)")
         if self.max_minutes is not None and self.max_minutes <= 0:
             problems.append(f"max_minutes={self.max_minutes} must be > 0")
         if not 0 <= self.distill_weight <= 1:
@@ -96,7 +107,7 @@ class TrainConfig:
             raise ConfigError("bad training config: " + "; ".join(problems))
         self.scenario_options()  # a malformed per_scenario fails here, before any data is loaded
 
-    PER_SCENARIO_KEYS = {"negatives": int, "listwise_weight": float}  # the options that act per group
+    PER_SCENARIO_KEYS = {"negatives": int, "listwise_weight": float, "rule_prior": float}  # the options that act per group
 
     def scenario_options(self) -> dict[str, dict]:
         """per_scenario parsed: {scenario: {option: value}}."""

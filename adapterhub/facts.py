@@ -25,6 +25,7 @@ import bisect
 import json
 import math
 import re
+from collections import Counter
 from pathlib import Path
 
 from . import baselines
@@ -61,7 +62,6 @@ def compute(data: ScenarioData) -> dict:
     """Per-item facts of `data` from its train split (+ data.extra); JSON-serialisable."""
     counts = baselines.popularity(data)
     ranked = sorted(counts.get(i, 0) for i in data.items)   # ascending
-    n = len(ranked)
     rates = data.extra.get("like_rate", {})
     subs = data.extra.get("subcategory", {})
     tags = data.extra.get("tags", {})
@@ -71,10 +71,9 @@ def compute(data: ScenarioData) -> dict:
         pop = counts.get(item_id, 0)
         if pop:
             entry["p"] = pop
-            above = n - bisect.bisect_right(ranked, pop)   # items strictly more popular
-            bucket = next((b for b in BUCKETS if above < b * n / 100), None)
-            if bucket is not None:
-                entry["b"] = bucket
+            b = bucket(ranked, pop)
+            if b is not None:
+                entry["b"] = b
         if item_id in rates:
             entry["r"] = rates[item_id]
         if item.category:
@@ -90,6 +89,45 @@ def compute(data: ScenarioData) -> dict:
         facts["global_like_rate"] = data.extra["global_like_rate"]
     facts["items"] = items
     return facts
+
+
+def bucket(ranked: list[int], pop: int) -> int | None:
+    """The "top b%" bucket of popularity `pop` among all items' popularities (`ranked`, ascending)."""
+    above = len(ranked) - bisect.bisect_right(ranked, pop)   # items strictly more popular
+    return next((b for b in BUCKETS if above < b * len(ranked) / 100), None)
+
+
+class OwnLabelOut:
+    """A train example's candidate as the facts would show it without that example's own label.
+
+    Popularity counts the train users with a positive, so a train positive's click counts towards
+    its own item. Where that click is the only sign that its user knows the item (news: 2,638 of
+    2,640 train positives; video 1%), the item shows as more popular than it would to a test user,
+    whose click is not in the facts: without this, no news train positive was ever "unpopular",
+    while 7% of the test positives are. A negative, or a positive its user also has elsewhere in
+    train (in a history), keeps its entry."""
+
+    def __init__(self, facts: dict, train):
+        self.items = facts["items"]
+        self.ranked = sorted(e.get("p", 0) for e in self.items.values())
+        self.support: Counter = Counter()   # (user, item) -> train examples that show the pair
+        for ex in train:
+            self.support.update((ex.user, i) for i in set(ex.history))
+            if ex.label == 1:
+                self.support[ex.user, ex.candidate] += 1
+
+    def candidate(self, ex) -> dict | None:
+        """ex's candidate's facts entry without ex's own label (None: an item the facts lack)."""
+        entry = self.items.get(ex.candidate)
+        if entry is None or ex.label != 1 or not entry.get("p") or self.support[ex.user, ex.candidate] != 1:
+            return entry
+        out = {k: v for k, v in entry.items() if k not in ("p", "b")}
+        if entry["p"] > 1:
+            out["p"] = entry["p"] - 1
+            b = bucket(self.ranked, out["p"])
+            if b is not None:
+                out["b"] = b
+        return out
 
 
 # ------------------------------------------------------------------ files
@@ -193,11 +231,12 @@ def overlap_counts(facts: dict | None, history, candidate) -> dict[str, int]:
             "genres": sum(1 for h in hist if genres & set(h.get("c", "").split("|")))}
 
 
-def _pieces(facts: dict | None, history, disliked, candidate) -> dict[str, float]:
+def _pieces(facts: dict | None, history, disliked, candidate, candidate_entry=None) -> dict[str, float]:
     """The rules' inputs for one candidate, computed by baselines.py's own arithmetic; an unknown
-    item takes the value the rules give an unseen one (popularity 0, the global like-rate, no match)."""
+    item takes the value the rules give an unseen one (popularity 0, the global like-rate, no match).
+    candidate_entry: the candidate's entry to use instead of the facts' own (OwnLabelOut)."""
     hist = _entries(facts, history)
-    cand = _entries(facts, [candidate])[0]
+    cand = candidate_entry if candidate_entry is not None else _entries(facts, [candidate])[0]
     cat, sub = cand.get("c", ""), cand.get("s", "")
     return {"popularity": float(cand.get("p", 0)),
             "like_share": baselines.like_share(len(history), len(disliked)),
@@ -217,10 +256,10 @@ def rule_scores(facts: dict | None, scenario: str, history, disliked, candidate)
 
 
 def features(facts: dict | None, scenario: str, history_ids, disliked_ids, candidate_id,
-             names=None) -> list[float]:
+             names=None, candidate_entry=None) -> list[float]:
     """The rules' inputs for one candidate, in the order of `names` (default feature_names(scenario);
-    a stored fused model passes the names it was fit with)."""
-    p = _pieces(facts, history_ids, disliked_ids, candidate_id)
+    a stored fused model passes the names it was fit with). candidate_entry: as in _pieces."""
+    p = _pieces(facts, history_ids, disliked_ids, candidate_id, candidate_entry)
     values = {"log1p_popularity": math.log1p(p["popularity"]),
               "like_share_plus_rate": p["like_share"] + p["like_rate"], "like_rate": p["like_rate"],
               "category_overlap": p["category"], "subcategory_overlap": p["subcategory"],

@@ -206,11 +206,13 @@ def render_candidate(scenario: str, candidate_text, facts: dict | None = None, h
     return _candidate_suffix(scenario, text, entry, facts, candidate_text, list(history))
 
 
-def render(scenario: str, example: Example, items: dict[str, Item], facts: dict | None = None) -> tuple[str, str]:
+def render(scenario: str, example: Example, items: dict[str, Item], facts: dict | None = None,
+           candidate_facts: dict | None = None) -> tuple[str, str]:
     """-> (prefix, suffix) for one example; the answer is ANSWERS[0] if example.label else ANSWERS[1].
 
     facts (adapterhub.facts) adds each item's facts and the user-side counts the rules use; the
-    prefix still depends on the history and dislikes only."""
+    prefix still depends on the history and dislikes only. candidate_facts: the candidate's entry
+    to show instead of the facts' own (training: facts.OwnLabelOut)."""
     def text(item_id: str, field: str) -> str:
         if item_id not in items:
             raise DataError(f"item id {item_id!r} is not in the scenario's items", field=field)
@@ -221,6 +223,7 @@ def render(scenario: str, example: Example, items: dict[str, Item], facts: dict 
 
     prefix = _history_prefix(scenario, shown(example.history, "history"), shown(example.disliked, "disliked"),
                              len(example.history), len(example.disliked), facts)
-    suffix = _candidate_suffix(scenario, text(example.candidate, "candidate"), _facts.item(facts, example.candidate),
-                               facts, example.candidate, example.history)
+    entry = candidate_facts if candidate_facts is not None else _facts.item(facts, example.candidate)
+    suffix = _candidate_suffix(scenario, text(example.candidate, "candidate"), entry, facts, example.candidate,
+                               example.history)
     return prefix, suffix

@@ -81,7 +81,7 @@ def test_grouped_training_learns_and_records_speed(hub):
     test = card["metrics"]["test"]
     assert test["adapter"]["ndcg@10"] > max(test["base"]["ndcg@10"], test["random"]["ndcg@10"]) + 0.1, test
     t = card["train"]
-    assert t["loss"] == {"bce": 0.5, "listwise_softmax": 0.5, "group_size": 6, "sampled_negatives": 4}
+    assert t["loss"] == {"bce": 0.5, "listwise_softmax": 0.5, "group_size": 6, "sampled_negatives": 4, "rule_prior": 0.0}
     assert t["candidates_per_s"] > 0 and t["candidates"] >= 30 * 8 and t["steps"] == 30
     assert card["base"]["compute"] == hub.base.compute
 
@@ -117,3 +117,40 @@ def test_a_crash_inside_training_leaves_no_pairs_attached(hub, toy, monkeypatch)
         hub.train("toy", toy, TrainConfig(max_steps=2), progress=False)
     assert all(m.lora_A is None for m in hub.wrapped.values())
     assert hub.routing.active is None and hub.registry.names() == []
+
+
+def test_the_learning_rate_decays_to_zero_by_steps_or_by_minutes_whichever_is_nearer():
+    from adapterhub.train import lr_factor
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)            # warm-up
+    assert lr_factor(50, 100, 10) == pytest.approx(0.5)           # by steps: half the run left
+    assert lr_factor(100, 100, 10) == 0.0
+    # a time budget 80% used at step 50 of 100 leaves 20% of the rate; used up, nothing
+    assert lr_factor(50, 100, 10, spent=0.8) == pytest.approx(0.2)
+    assert lr_factor(50, 100, 10, spent=1.0) == 0.0
+    assert lr_factor(50, 100, 10, spent=0.2) == pytest.approx(0.5)  # the steps are nearer their end
+
+
+def test_a_time_budget_anneals_the_rate_to_zero_by_its_end(hub, toy, monkeypatch):
+    # train.py's clock advances 2 s at every read (a few reads per step): a 1-minute budget is a few
+    # steps, far fewer than the 40 that one epoch of the toy takes
+    import types
+    clock = [0.0]
+
+    def tick():
+        clock[0] += 2.0
+        return clock[0]
+
+    rates = []
+    step = train_mod.Loop.step
+
+    def spy(self, opt, sched):
+        rates.append(opt.param_groups[0]["lr"])
+        return step(self, opt, sched)
+
+    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(perf_counter=tick))
+    monkeypatch.setattr(train_mod.Loop, "step", spy)
+    _, card = hub.train("toy", toy, TrainConfig(max_minutes=1.0, eval_every=100, warmup_steps=1, lr=1e-2),
+                        progress=False)
+    assert 4 <= card["train"]["steps"] <= 15 and card["train"]["steps"] == len(rates)
+    assert rates[0] == pytest.approx(1e-2) and rates == sorted(rates, reverse=True)
+    assert rates[-1] < 0.3e-2          # by the last step the rate has decayed most of the way
