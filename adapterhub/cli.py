@@ -338,8 +338,11 @@ def cmd_merge(args) -> int:
     _check_refs(args, *weights)
     hub = _hub(args)
     adapter = hub.merge(weights, method=args.method, name=args.name, rank=args.rank, density=args.density,
-                        measure=not args.no_measure)
+                        measure=not args.no_measure,
+                        **({} if args.regmean_alpha is None else {"regmean_alpha": args.regmean_alpha}))
     print(f"published {adapter.key}: {adapter.card['description']}")
+    if adapter.card["merge"].get("fallback"):
+        print(f"note: {adapter.card['merge']['fallback']}")
     for scenario, k in (adapter.card["merge"].get("kept") or {}).items():
         if "skipped" in k:
             print(f"  {scenario}: not measured ({k['skipped']})")
@@ -551,13 +554,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("merge", parents=[common, model], help="merge adapters into a new one (cat is exact)")
     s.add_argument("adapters", nargs="+", help="REF=WEIGHT ... (without weights: the default rule, see README Merging)")
-    s.add_argument("--method", default=None, help="cat (exact), linear (PEFT's, cross terms), svd, ties, dare_ties "
+    s.add_argument("--method", default=None, help="cat (exact), linear (PEFT's, cross terms), svd, ties, dare_ties, "
+                                                  "regmean (fit on each parent's train inputs; needs their data) "
                                                   "(default: the measured default recipe)")
     s.add_argument("--no-measure", action="store_true", help="skip scoring the merge on each parent's valid split "
                                                              "(the kept figures in its card)")
     s.add_argument("--name", help="name of the merged adapter (default: the parents' names joined by '-')")
     s.add_argument("--rank", type=int, help="rank of svd/ties/dare_ties merges (default: the largest parent rank)")
     s.add_argument("--density", type=float, default=0.5, help="share of entries ties/dare_ties keep")
+    s.add_argument("--regmean-alpha", type=float, default=None, help="regmean: scale of the input Grams' off-diagonal "
+                                                                     "entries, in [0, 1] (1: the exact least-squares "
+                                                                     "fit; default 0.9)")
     s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("export", parents=[common, model], help="write a standalone merged model or the PEFT folder")

@@ -46,7 +46,7 @@ def test_svd_at_full_rank_is_exact_and_lossy_methods_run(two):
     for method in ("ties", "dare_ties"):
         adapter = two.merge({"news": 0.5, "music": 0.5}, method=method, name=method.replace("_", "-"))
         assert 0 < two.score([(adapter.key, "x")])[0] < 1
-    assert set(METHODS) == {"cat", "linear", "svd", "ties", "dare_ties"}
+    assert set(METHODS) == {"cat", "linear", "svd", "ties", "dare_ties", "regmean"}  # regmean: test_regmean.py
 
 
 def test_bad_merges(two):

@@ -37,6 +37,7 @@ RECIPES = {  # name -> (method, weight rule, density)
     "svd-sum": ("svd", "sum", 0.5),
     "ties-sum": ("ties", "sum", 0.5),
     "dare_ties-sum": ("dare_ties", "sum", 0.5),
+    "regmean-sum": ("regmean", "sum", 0.5),   # weights only weigh the parents' inputs: sum = mean
 }
 # test candidates per scenario: 75 groups (music, e-commerce), ~75 impressions (news), every video
 # row. At 30 groups (600 candidates) music's slice alone moved kept by 0.3 between valid and test.

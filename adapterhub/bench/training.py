@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import Budget, Recorder, add_args, peak_rss_bytes, run_child
+from .common import Budget, Recorder, add_args, peak_rss_bytes, publish_random_adapters, run_child
 
 STEPS, STEPS_QUICK = 8, 3
 BATCH, RANK = 8, 8
@@ -80,14 +80,18 @@ def child_ours(base: str, quant: str, device: str, scenario: str, steps: int, ba
             "peak_bytes": peak_rss_bytes(), "compute": hub.base.compute, "loss": t["log"][-1]["loss"]}
 
 
-def peft_model(base: str, quant: str, device: str, compute: str):
+def peft_model(base: str, quant: str, device: str, compute: str, adapter_dir: str | None = None):
+    """PEFT over the base: a fresh LoRA to train, or (adapter_dir) a published adapter's folder."""
     import peft
     from ..base import load_base
     from ..config import TrainConfig
     b = load_base(base, quant=quant, device=device, compute=compute)
-    # the same LoRA as ours: rank, alpha and dropout as TrainConfig's defaults
-    model = peft.get_peft_model(b.model, peft.LoraConfig(r=RANK, lora_alpha=2 * RANK, lora_dropout=TrainConfig().dropout,
-                                                         target_modules=TARGETS, task_type="CAUSAL_LM"))
+    if adapter_dir is not None:
+        model = peft.PeftModel.from_pretrained(b.model, adapter_dir)
+    else:  # the same LoRA as ours: rank, alpha and dropout as TrainConfig's defaults
+        model = peft.get_peft_model(b.model, peft.LoraConfig(r=RANK, lora_alpha=2 * RANK,
+                                                             lora_dropout=TrainConfig().dropout,
+                                                             target_modules=TARGETS, task_type="CAUSAL_LM"))
     yes, no = (b.tokenizer.encode(a, add_special_tokens=False)[0] for a in (" Yes", " No"))
     return b, model, yes, no
 
@@ -132,7 +136,8 @@ def child_peft(base: str, quant: str, device: str, scenario: str, steps: int, ba
 
 
 def child_score(base: str, quant: str, device: str, scenario: str, repeat: int) -> dict:
-    """Rank one user's 20 candidates: Hub.score_candidates (packed, compute=auto) vs PEFT NF4, one batch."""
+    """Rank one user's 20 candidates under one random r=8 adapter: Hub.score_candidates (packed,
+    compute=auto) vs PEFT NF4 with the same adapter folder loaded, the 20 full prompts in one batch."""
     import torch
     from .. import prompts
     from ..hub import Hub
@@ -144,14 +149,17 @@ def child_score(base: str, quant: str, device: str, scenario: str, repeat: int) 
     suffixes = [prompts.render(data.scenario, c, data.items)[1] for c in cands]
     with tempfile.TemporaryDirectory() as tmp:
         hub = Hub(base=base, registry=Path(tmp) / "a", quant=quant, device=device)
-        b, model, yes, no = peft_model(base, quant, device, "native")
+        # both sides run the same LoRA: until 2026-11-29 ours scored the bare base (no LoRA work at all)
+        name = publish_random_adapters(hub, 1, r=RANK)[0]
+        key = hub.load(name).key
+        b, model, yes, no = peft_model(base, quant, device, "native", str(hub.registry.root / name / "v1"))
         model.eval()
         full = [b.tokenizer.encode(prefix + s) for s in suffixes]
         ours_s, peft_s = [], []
         with torch.no_grad():
             for _ in range(repeat + 1):  # alternate; the first round warms up
                 t = time.perf_counter()
-                a = hub.score_candidates(None, prefix, suffixes, batch_size=20)
+                a = hub.score_candidates(key, prefix, suffixes, batch_size=20)
                 ours_s.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 p = torch.sigmoid(peft_logits(model, full, yes, no, b.device)).tolist()
