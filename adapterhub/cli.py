@@ -341,8 +341,6 @@ def cmd_merge(args) -> int:
                         measure=not args.no_measure,
                         **({} if args.regmean_alpha is None else {"regmean_alpha": args.regmean_alpha}))
     print(f"published {adapter.key}: {adapter.card['description']}")
-    if adapter.card["merge"].get("fallback"):
-        print(f"note: {adapter.card['merge']['fallback']}")
     for scenario, k in (adapter.card["merge"].get("kept") or {}).items():
         if "skipped" in k:
             print(f"  {scenario}: not measured ({k['skipped']})")

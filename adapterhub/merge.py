@@ -143,8 +143,7 @@ def merge(hub, weights, method: str | None = None, name: str | None = None, rank
         except AdapterHubError as e:
             if not default:
                 raise
-            method, fallback = FALLBACK_METHOD, f"the default method, regmean, needs each parent's train data ({e}): " \
-                                                f"merged with {FALLBACK_METHOD} instead"
+            method, fallback = FALLBACK_METHOD, f"merged with {FALLBACK_METHOD}, not the default regmean: {e}"
             log.warning("%s: %s", name, fallback)
     tensors, new_rank = merge_tensors(parents, method, rank, density, seed, grams, regmean_alpha)
     targets = sorted({split_peft_key(k)[0].rsplit(".", 1)[-1] for k in tensors})
