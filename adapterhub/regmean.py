@@ -21,7 +21,7 @@ import torch
 from . import packing
 from .errors import ConfigError
 
-N_EXAMPLES = 256      # train prompts per parent; ~30k tokens, >> the 576-wide inputs' dimension
+N_EXAMPLES = 256      # train prompts per parent: thousands of tokens, more than the inputs' width (576)
 CHUNK_TOKENS = 2048   # tokens per forward while collecting
 
 
@@ -70,7 +70,7 @@ def input_grams(hub, key: str | None, encoded: list[tuple[list[int], list[int]]]
     handles = [hub.wrapped[p].register_forward_pre_hook(hook(p)) for p in paths]
     tokens = 0
     try:
-        with torch.inference_mode(), hub.routing.routed(hub._single(key)):
+        with torch.inference_mode(), hub.use(key):
             for chunk in chunks:
                 real[0] = sum(len(p) + sum(map(len, s)) for p, s in chunk)
                 packing.last_hidden(hub.decoder, packing.pack(chunk, hub.device, one_row=True))
