@@ -199,7 +199,7 @@ def cmd_train(args) -> int:
     from .registry import check_name
     check_name(args.name)
     cfg = TrainConfig.from_dict(_config_overrides(args, TrainConfig))
-    _check_refs(args, cfg.init_from, cfg.teacher)
+    _check_refs(args, cfg.init_from, cfg.teacher, *(o.get("teacher") for o in cfg.scenario_options().values()))
     data = _load_data(args)
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun / accelerate launch

@@ -34,9 +34,14 @@ class TrainConfig:
                                 "logit in the loss gets this multiple of a fixed logistic blend of the rules' "
                                 "features (the fused score's features, fit on the train split) added. 1 = the "
                                 "adapter learns only what the rules miss; 0 = off. Needs facts")
-    per_scenario: str | None = _f(None, "a joint run's own negatives and listwise_weight for some scenarios, e.g. "
-                                        "'video:negatives=0,listwise_weight=0' (pointwise like/dislike labels); "
-                                        "';' between scenarios")
+    per_scenario: str | None = _f(None, "a joint run's own negatives, listwise_weight, rule_prior or teacher for "
+                                        "some scenarios, e.g. 'video:negatives=0,listwise_weight=0' (pointwise "
+                                        "like/dislike labels) or 'video:teacher=video;news:teacher=news' (each "
+                                        "scenario distilled from its own adapter); ';' between scenarios")
+    scenario_mix: str = _f("groups", "a joint run's batches: 'groups' draws every group equally often, so a "
+                                     "scenario in proportion to its groups (video's one-row groups got 1% of "
+                                     "joint4@v3's candidates); 'candidates' gives each scenario an equal share of "
+                                     "the candidates trained on")
     grad_checkpointing: bool = _f(True, "recompute activations in the backward pass (see checkpoint_tokens): "
                                         "bounds a step's memory")
     checkpoint_tokens: int = _f(192, "with grad_checkpointing, keep at most this many tokens' worth of every "
@@ -66,7 +71,7 @@ class TrainConfig:
                                    "be shown (adapterhub.facts.OwnLabelOut); off = the facts as stored")
     max_grad_norm: float = _f(1.0, "gradient clipping")
     init_from: str | None = _f(None, "warm start from this adapter (same base and targets)")
-    teacher: str | None = _f(None, "distil from this adapter's P(yes)")
+    teacher: str | None = _f(None, "distil from this adapter's P(yes) (per scenario in a joint run: per_scenario)")
     distill_weight: float = _f(0.5, "weight of the teacher's soft labels vs the hard labels")
     domain_steps: int = _f(0, "causal-LM steps on item text before task tuning")
 
@@ -101,13 +106,16 @@ class TrainConfig:
             problems.append("rule_prior needs facts on (the rules' features come from them)")
         if self.max_minutes is not None and self.max_minutes <= 0:
             problems.append(f"max_minutes={self.max_minutes} must be > 0")
+        if self.scenario_mix not in ("groups", "candidates"):
+            problems.append(f"scenario_mix={self.scenario_mix!r} must be 'groups' or 'candidates'")
         if not 0 <= self.distill_weight <= 1:
             problems.append(f"distill_weight={self.distill_weight} must be in [0, 1]")
         if problems:
             raise ConfigError("bad training config: " + "; ".join(problems))
         self.scenario_options()  # a malformed per_scenario fails here, before any data is loaded
 
-    PER_SCENARIO_KEYS = {"negatives": int, "listwise_weight": float, "rule_prior": float}  # the options that act per group
+    PER_SCENARIO_KEYS = {"negatives": int, "listwise_weight": float, "rule_prior": float,  # the options that act per group
+                         "teacher": str}
 
     def scenario_options(self) -> dict[str, dict]:
         """per_scenario parsed: {scenario: {option: value}}."""

@@ -251,7 +251,7 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
         raise ConfigError(f"per_scenario names {unknown}, not scenarios of this run ({', '.join(scenarios)})")
     parts = [prepare(hub, d, cfg, rng) for d in datas]
     groups = [(i, g) for i, p in enumerate(parts) for g in p.groups]  # shuffled together: mixed batches
-    teacher = hub.load(cfg.teacher).key if cfg.teacher else None
+    teachers = [hub.load(p.cfg.teacher).key if p.cfg.teacher else None for p in parts]  # per scenario
     init = _init_pairs(hub, cfg.init_from, cfg) if cfg.init_from else {}
     per_step = max(1, round(sum(len(g) for _, g in groups) / len(groups)))  # candidates per group, roughly
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(groups) * per_step / (cfg.batch_size * cfg.grad_accum)))
@@ -268,7 +268,7 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
     with hub.trainable(cfg.r, cfg.alpha, cfg.dropout, cfg.targets, init) as pairs, hub.use(TRAIN), \
             _checkpointing(hub, cfg) as ckpt, memory.rss_cap(_cap_points(hub), headroom):
         domain_log = _domain_adapt(hub, datas[0], pairs.params, cfg, rng, rank, world) if cfg.domain_steps else []
-        loop = Loop(hub, parts, groups, pairs.params, cfg, teacher, rng, accelerator, ckpt)
+        loop = Loop(hub, parts, groups, pairs.params, cfg, teachers, rng, accelerator, ckpt)
         best, history, speed = loop.run(name, total, eval_every, metric, progress and is_main, is_main)
         with torch.no_grad():  # the best validation check's weights
             for p, b in zip(pairs.params, best[1]):
@@ -305,12 +305,12 @@ class Loop:
     """The training loop over packed groups: step() is one optimizer update, check() one validation
     pass, run() both until max_steps, max_minutes or early stopping."""
 
-    def __init__(self, hub, parts: list[Part], groups: list, params: list, cfg: TrainConfig, teacher, rng, accelerator,
-                 ckpt: _checkpointing | None = None):
+    def __init__(self, hub, parts: list[Part], groups: list, params: list, cfg: TrainConfig, teachers: list, rng,
+                 accelerator, ckpt: _checkpointing | None = None):
         self.hub, self.parts, self.groups, self.params, self.cfg, self.ckpt = hub, parts, groups, params, cfg, ckpt
-        self.teacher, self.rng, self.accelerator = teacher, rng, accelerator
+        self.teachers, self.rng, self.accelerator = teachers, rng, accelerator  # a resident key (or None) per part
         self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-        self.order: list = []
+        self.order: dict = {}  # _next_groups' place in the epoch order(s)
 
     def step(self, opt, sched) -> tuple[torch.Tensor | float, int, int]:
         """One optimizer update over batch_size candidates (x grad_accum) -> (summed loss, losses, candidates)."""
@@ -327,10 +327,7 @@ class Loop:
             if any(self.parts[i].prior is not None for i, _ in batch):  # the loss sees adapter + rules
                 prior = [z for i, g in batch for z in self.parts[i].prior_logits(g, train=True)]
                 logits = logits + torch.tensor(prior, dtype=logits.dtype, device=logits.device)
-            soft = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    soft = torch.sigmoid(hub.packed_logits(self.teacher, encoded))
+            soft = self._soft_labels(batch, encoded, labels)
             weights = [self.parts[i].cfg.listwise_weight for i, _ in batch]
             loss = group_loss(logits, labels, [len(g) for _, g in batch], weights, soft, cfg.distill_weight)
             (self.accelerator.backward(loss / cfg.grad_accum) if self.accelerator is not None
@@ -347,6 +344,26 @@ class Loop:
         sched.step()
         opt.zero_grad(set_to_none=True)
         return loss_sum, n_loss, n_candidates
+
+    @torch.no_grad()
+    def _soft_labels(self, batch, encoded, labels: torch.Tensor) -> torch.Tensor | None:
+        """Each group's teacher's P(yes) (its scenario's teacher), or None when no group has one. A
+        group without a teacher gets its own labels, so its distillation term is its plain BCE."""
+        taught = [j for j, (i, _) in enumerate(batch) if self.teachers[i] is not None]
+        if not taught:
+            return None
+        p = torch.sigmoid(self.hub.packed_logits([self.teachers[batch[j][0]] for j in taught],
+                                                 [encoded[j] for j in taught]))
+        soft, starts, at = labels.clone(), [], 0
+        for _, g in batch:
+            starts.append(at)
+            at += len(g)
+        at = 0
+        for j in taught:
+            n = len(batch[j][1])
+            soft[starts[j]:starts[j] + n] = p[at:at + n].to(soft.dtype)
+            at += n
+        return soft
 
     def check(self) -> tuple[float, list[tuple[float, list[float]]]]:
         """Validate every part -> (the mean of their primary metrics, [(metric, scores)] per part)."""
@@ -563,6 +580,7 @@ def _compare_with_current(hub, name: str, parts: list[Part], card: dict) -> bool
         log.warning("%s covers other scenarios than this run: promotion compares the cards", key)
         return None
     try:
+        _facts_here(reg, key, [p.data for p in parts] if joint else parts[0].data)
         adapter = hub.load(key)
     except AdapterHubError as e:  # e.g. trained over another base: the card-vs-card rule applies
         log.warning("could not score %s on this valid split (%s): promotion compares the cards", key, e)
@@ -583,20 +601,38 @@ def _compare_with_current(hub, name: str, parts: list[Part], card: dict) -> bool
     return new >= old
 
 
-def _next_groups(groups, order, batch_size, world, rank, rng, cfg, parts):
+def _facts_here(reg, key: str, data) -> None:
+    """Make sure the current version's facts files are in its folder before it is rescored: facts
+    are data, not committed, and scored without them it would lose for the wrong reason (joint4@v2
+    scored 0.52 instead of 0.62 that way). Rebuilt from this run's data, checked against its card's
+    sha256; a DataError or ConfigError when that data is not what it was trained on."""
+    files = [n for n in reg.card(key).get("files") or {} if n.startswith("facts")]
+    missing = [n for n in files if reg.read_file(key, n, missing_ok=True) is None]
+    if missing:
+        log.info("%s: %s not here; rebuilding from this run's data to rescore it", key, ", ".join(missing))
+        rebuild_facts(reg, key, data)
+
+
+def _next_groups(groups, order: dict, batch_size, world, rank, rng, cfg, parts):
     """Whole groups until a step holds batch_size candidates, for each process; -> (this process's
-    visits as (part index, candidates), the rest of the epoch order)."""
+    visits as (part index, candidates), the rest of the epoch order). order: the shuffled group
+    indices left, under None (one order over all groups), or with scenario_mix='candidates' one
+    per part, taken from the part that has trained on the fewest candidates so far ("seen")."""
     per_rank: list[list[list[Example]]] = [[] for _ in range(world)]
+    by_candidates = cfg.scenario_mix == "candidates" and len(parts) > 1
+    seen = order.setdefault("seen", [0] * len(parts))
     for r in range(world):
         count = 0
         while count < batch_size:
-            if not order:
-                order = list(range(len(groups)))
-                rng.shuffle(order)
-            i, group = groups[order.pop()]
+            key = min(range(len(parts)), key=lambda i: (seen[i], i)) if by_candidates else None
+            if not order.get(key):
+                order[key] = [j for j, (i, _) in enumerate(groups) if key is None or i == key]
+                rng.shuffle(order[key])
+            i, group = groups[order[key].pop()]
             chosen = visit(group, parts[i].cfg, parts[i].sampler, rng)
             per_rank[r].append((i, chosen))
             count += len(chosen)
+            seen[i] += len(chosen)
     return per_rank[rank], order
 
 
@@ -760,8 +796,13 @@ def _card(hub, name, parts: list[Part], cfg, description, history, best, speed, 
     parents = []
     if cfg.init_from:
         parents.append({**lineage(hub.registry, cfg.init_from), "role": "warm start"})
-    if cfg.teacher:
-        parents.append({**lineage(hub.registry, cfg.teacher), "role": "teacher", "distill_weight": cfg.distill_weight})
+    teachers = {p.cfg.teacher: [] for p in parts if p.cfg.teacher}  # a joint run may distil per scenario
+    for p in parts:
+        if p.cfg.teacher:
+            teachers[p.cfg.teacher].append(p.data.scenario)
+    for ref, taught in teachers.items():
+        parents.append({**lineage(hub.registry, ref), "role": "teacher", "distill_weight": cfg.distill_weight,
+                        **({"teaches": taught} if joint else {})})
     loss = {"bce": round(1 - cfg.listwise_weight, 4), "listwise_softmax": cfg.listwise_weight,
             "group_size": cfg.group_size, "sampled_negatives": cfg.negatives, "rule_prior": cfg.rule_prior}
     if cfg.per_scenario:  # a joint run's scenarios with their own loss options

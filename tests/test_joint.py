@@ -3,6 +3,7 @@ prompts and facts, per-scenario metrics in the card, facts files per scenario, s
 import random
 
 import pytest
+import torch
 
 from adapterhub.config import TrainConfig
 from adapterhub.errors import ConfigError
@@ -65,11 +66,34 @@ def test_batches_mix_scenarios(hub):
     rng = random.Random(0)
     parts = [prepare(hub, d, cfg, rng) for d in two_scenarios()]
     groups = [(i, g) for i, p in enumerate(parts) for g in p.groups]
-    order, seen = [], []
+    order, seen = {}, []
     for _ in range(6):
         batch, order = _next_groups(groups, order, 8, 1, 0, rng, cfg, parts)
         seen.append({i for i, _ in batch})
     assert any(s == {0, 1} for s in seen), seen  # some steps hold both scenarios' groups
+
+
+def test_scenario_mix_candidates_gives_each_scenario_an_equal_share(hub):
+    """'groups' (the default) draws scenarios in proportion to their groups; 'candidates' keeps every
+    scenario's count of trained candidates within one group of the others'."""
+    one_row = toy_data(n_users=18, seed=1, scenario="books")  # books: one candidate per group
+    one_row.splits["train"] = one_row.splits["train"][::2]
+    for mix in ("groups", "candidates"):
+        cfg = TrainConfig(**FAST, scenario_mix=mix, per_scenario="books:negatives=0")
+        rng = random.Random(0)
+        parts = [prepare(hub, d, cfg, rng) for d in (toy_data(scenario="toy"), one_row)]
+        groups = [(i, g) for i, p in enumerate(parts) for g in p.groups]
+        order, counts = {}, [0, 0]
+        for _ in range(30):
+            batch, order = _next_groups(groups, order, 8, 1, 0, rng, cfg, parts)
+            for i, g in batch:
+                counts[i] += len(g)
+        if mix == "groups":
+            assert counts[1] * 3 < counts[0], counts  # books' one-row groups get few candidates
+        else:
+            assert abs(counts[0] - counts[1]) <= 8, counts
+    with pytest.raises(ConfigError, match="scenario_mix"):
+        TrainConfig(scenario_mix="equal")
 
 
 def test_joint_needs_distinct_scenarios(hub):
@@ -87,7 +111,7 @@ def test_per_scenario_loss_options(hub):
     assert (parts[1].cfg.negatives, parts[1].cfg.listwise_weight) == (0, 0.0)
     groups = [(i, g) for i, p in enumerate(parts) for g in p.groups]
     originals = {id(ex) for _, g in groups for ex in g}
-    order, sampled = [], {0: 0, 1: 0}
+    order, sampled = {}, {0: 0, 1: 0}
     for _ in range(20):
         batch, order = _next_groups(groups, order, 8, 1, 0, rng, cfg, parts)
         for i, g in batch:
@@ -120,3 +144,47 @@ def test_joint_data_options_are_scoped_by_scenario(capsys):
     assert _options_for(args, "music") == ["n=3"]
     assert main(["train", "j", "--scenario", "video,news", "--data-option", "music:full_train=true"]) == 2
     assert "not scenarios of this run" in capsys.readouterr().err
+
+
+def test_each_scenario_is_distilled_from_its_own_teacher(hub, monkeypatch):
+    """per_scenario teacher=...: a joint run distils each scenario's groups from that scenario's own
+    adapter, and a scenario without a teacher keeps its hard labels; the card names each teacher."""
+    from dataclasses import replace
+    from adapterhub import train as train_mod
+    toy, books = two_scenarios()
+    flipped = replace(books, splits={k: [replace(e, label=1 - e.label) for e in v] for k, v in books.splits.items()})
+    hub.train("t-toy", toy, TrainConfig(**FAST), progress=False)
+    hub.train("t-books", flipped, TrainConfig(**FAST), progress=False)
+    seen = []
+    real = train_mod.Loop._soft_labels
+
+    def spy(self, batch, encoded, labels):
+        soft = real(self, batch, encoded, labels)
+        seen.append((batch, encoded, labels, soft))
+        return soft
+
+    monkeypatch.setattr(train_mod.Loop, "_soft_labels", spy)
+    cfg = TrainConfig(**FAST, distill_weight=1.0, per_scenario="books:teacher=t-books")
+    _, card = hub.train("both", two_scenarios(), cfg, progress=False)
+    assert [p for p in card["parents"] if p["role"] == "teacher"] == [
+        {"ref": "t-books@v1", "scenario": "books", "role": "teacher", "distill_weight": 1.0, "teaches": ["books"]}]
+    key = hub.load("t-books").key
+    checked = 0
+    for batch, encoded, labels, soft in seen:
+        if soft is None:  # a step of toy groups only: nothing to distil
+            assert {i for i, _ in batch} == {0}
+            continue
+        at = 0
+        for (i, g), enc in zip(batch, encoded):
+            got = soft[at:at + len(g)]
+            if i == 0:  # toy: no teacher, its own labels
+                assert torch.equal(got, labels[at:at + len(g)])
+            else:  # books: the flipped teacher's P(yes) on this very prompt
+                with torch.no_grad():
+                    want = torch.sigmoid(hub.packed_logits(key, [enc]))
+                assert torch.allclose(got, want.to(got.dtype), atol=1e-5)
+                checked += 1
+            at += len(g)
+    assert checked > 0
+    with pytest.raises(Exception, match="t-missing"):
+        hub.train("both", two_scenarios(), cfg.replace(per_scenario="books:teacher=t-missing"), progress=False)

@@ -114,6 +114,26 @@ def test_promotion_compares_with_the_current_version_on_the_same_valid_examples(
     assert (hub.registry.current("toy") == "v2") == promo["promoted"]
 
 
+def test_promotion_rebuilds_the_current_versions_missing_facts_before_rescoring_it(hub, toy):
+    """Facts are data, not committed: a clone's current version has none until rebuilt. Rescored
+    without them it would lose for the wrong reason, so promotion rebuilds them from the run's data
+    (checked against the card's sha256), or, from other data, falls back to comparing the cards."""
+    import hashlib
+    from dataclasses import replace
+    hub.train("toy", toy, TrainConfig(**{**FAST, "max_steps": 5}), progress=False)
+    facts = hub.registry.root / "toy" / "v1" / "facts.json"
+    facts.unlink()
+    _, card = hub.train("toy", toy, TrainConfig(**{**FAST, "max_steps": 5, "seed": 1}), progress=False)
+    v1 = hub.registry.card("toy@v1")
+    assert card["promotion"]["current_value"] == pytest.approx(v1["metrics"]["valid"]["adapter"]["auc"], abs=1e-4)
+    assert hashlib.sha256(facts.read_bytes()).hexdigest() == v1["files"]["facts.json"]
+    current = hub.registry.root / "toy" / hub.registry.current("toy") / "facts.json"
+    current.unlink()  # and from data it was not trained on: no rescoring, the cards decide
+    _, card = hub.train("toy", replace(toy, sha256="other"), TrainConfig(**{**FAST, "max_steps": 5, "seed": 2}),
+                        progress=False)
+    assert "promotion" not in card and not current.exists()
+
+
 def test_the_best_checks_valid_scores_are_the_cards_valid_scores(hub, toy):
     # the card reuses the best check's valid scores instead of scoring valid again
     _, card = hub.train("toy", toy, TrainConfig(**{**FAST, "max_steps": 10, "eval_every": 5}), progress=False)
