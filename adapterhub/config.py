@@ -39,7 +39,7 @@ class TrainConfig:
                                         "like/dislike labels) or 'video:teacher=video;news:teacher=news' (each "
                                         "scenario distilled from its own adapter); ';' between scenarios")
     scenario_mix: str = _f("groups", "a joint run's batches: 'groups' draws every group equally often, so a "
-                                     "scenario in proportion to its groups (video's one-row groups got 1% of "
+                                     "scenario in proportion to its groups (video's one-row groups got 4% of "
                                      "joint4@v3's candidates); 'candidates' gives each scenario an equal share of "
                                      "the candidates trained on")
     grad_checkpointing: bool = _f(True, "recompute activations in the backward pass (see checkpoint_tokens): "
