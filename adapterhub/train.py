@@ -408,9 +408,11 @@ class Loop:
                     entry.update({f"val_{p.data.scenario}_{p.metric}": round(v, 4) for p, (v, _) in zip(self.parts, checks)})
                 history.append(entry)
                 loss_sum, loss_n = 0.0, 0
-                if is_main:
-                    log.info("step %d/%d | loss %.3f | val_%s %.4f | %.0f ms/step", step, total, entry["loss"],
-                             metric, val, entry["ms_per_step"])
+                if is_main:  # a joint run also names each scenario's value, so a log shows the trade-offs
+                    each = ", ".join(f"{p.data.scenario} {v:.4f}" for p, (v, _) in zip(self.parts, checks))
+                    each = f" ({each})" if len(self.parts) > 1 else ""
+                    log.info("step %d/%d | loss %.3f | val_%s %.4f%s | %.0f ms/step", step, total, entry["loss"],
+                             metric, val, each, entry["ms_per_step"])
                 bar.set_postfix(loss=entry["loss"], **{f"val_{metric}": round(val, 3)})
                 if val > best[0]:
                     best, bad_checks = (val, [p.detach().clone() for p in self.params], step, [s for _, s in checks]), 0

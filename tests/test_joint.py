@@ -18,8 +18,13 @@ def two_scenarios():
     return [toy_data(scenario="toy"), toy_data(n_users=18, seed=1, scenario="books")]
 
 
-def test_joint_card_has_each_scenario_and_the_mean(hub):
-    adapter, card = hub.train("both", two_scenarios(), TrainConfig(**FAST), progress=False)
+def test_joint_card_has_each_scenario_and_the_mean(hub, caplog):
+    with caplog.at_level("INFO", logger="adapterhub"):
+        adapter, card = hub.train("both", two_scenarios(), TrainConfig(**FAST), progress=False)
+    # each check's log line names every scenario's value beside the mean, as the card's log has them
+    last = card["train"]["log"][-1]
+    assert f"val_mean_primary {last['val_mean_primary']:.4f} (toy {last['val_toy_auc']:.4f}, books " \
+           f"{last['val_books_auc']:.4f})" in caplog.text
     assert card["scenario"] == "toy+books" and set(card["scenarios"]) == {"toy", "books"}
     for scenario, part in card["scenarios"].items():
         assert {"adapter", "adapter (fused)", "base"} <= set(part["metrics"]["test"]), scenario
