@@ -135,18 +135,23 @@ def child_peft(base: str, quant: str, device: str, scenario: str, steps: int, ba
             "tokens_per_candidate": sum(map(len, enc)) / len(enc)}
 
 
+def ranking_case(data, n: int = 20) -> tuple[str, list[str]]:
+    """The first test user's prompt prefix and n candidate suffixes: that user's test candidates,
+    topped up with candidates drawn as training draws them."""
+    from .. import prompts
+    ex = data.splits["test"][0]
+    group = [e for e in data.splits["test"] if (e.group or e.user) == (ex.group or ex.user)][:n]
+    cands = group + candidates(data, n - len(group)) if len(group) < n else group
+    prefix, _ = prompts.render(data.scenario, ex, data.items)
+    return prefix, [prompts.render(data.scenario, c, data.items)[1] for c in cands]
+
+
 def child_score(base: str, quant: str, device: str, scenario: str, repeat: int) -> dict:
     """Rank one user's 20 candidates under one random r=8 adapter: Hub.score_candidates (packed,
     compute=auto) vs PEFT NF4 with the same adapter folder loaded, the 20 full prompts in one batch."""
     import torch
-    from .. import prompts
     from ..hub import Hub
-    data = load_data(scenario)
-    ex = data.splits["test"][0]
-    group = [e for e in data.splits["test"] if (e.group or e.user) == (ex.group or ex.user)][:20]
-    cands = group + candidates(data, 20 - len(group)) if len(group) < 20 else group
-    prefix, _ = prompts.render(data.scenario, ex, data.items)
-    suffixes = [prompts.render(data.scenario, c, data.items)[1] for c in cands]
+    prefix, suffixes = ranking_case(load_data(scenario))
     with tempfile.TemporaryDirectory() as tmp:
         hub = Hub(base=base, registry=Path(tmp) / "a", quant=quant, device=device)
         # both sides run the same LoRA: until 2026-11-29 ours scored the bare base (no LoRA work at all)

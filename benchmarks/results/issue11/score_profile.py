@@ -6,19 +6,13 @@ Output of the three modes on this 2-core CPU: score_profile.txt."""
 import sys, time, tempfile, statistics
 from pathlib import Path
 import torch
-from adapterhub.bench.training import load_data, candidates
+from adapterhub.bench.training import load_data, ranking_case
 from adapterhub.bench.common import publish_random_adapters
-from adapterhub import prompts
 from adapterhub.hub import Hub
 
 scen = sys.argv[1] if len(sys.argv) > 1 else "music"
 mode = sys.argv[2] if len(sys.argv) > 2 else "plain"
-data = load_data(scen)
-ex = data.splits["test"][0]
-group = [e for e in data.splits["test"] if (e.group or e.user) == (ex.group or ex.user)][:20]
-cands = group + candidates(data, 20 - len(group)) if len(group) < 20 else group
-prefix, _ = prompts.render(data.scenario, ex, data.items)
-suffixes = [prompts.render(data.scenario, c, data.items)[1] for c in cands]
+prefix, suffixes = ranking_case(load_data(scen))  # the same case as the bench's `score` rows
 tmp = tempfile.mkdtemp()
 hub = Hub(base="smollm2-135m", registry=Path(tmp) / "a")
 name = publish_random_adapters(hub, 1, r=8)[0]
