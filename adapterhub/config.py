@@ -42,6 +42,10 @@ class TrainConfig:
                                      "scenario in proportion to its groups (video's one-row groups got 4% of "
                                      "joint4@v3's candidates); 'candidates' gives each scenario an equal share of "
                                      "the candidates trained on")
+    select: str = _f("mean", "a joint run's choice of check and of version (promotion): 'mean' of the scenarios' "
+                             "primary valid metrics, or 'worst_kept': the smallest share of its own adapter's "
+                             "gain over the base that any scenario keeps on valid (needs teacher= for every "
+                             "scenario in per_scenario; the teachers and the base are scored once first)")
     grad_checkpointing: bool = _f(True, "recompute activations in the backward pass (see checkpoint_tokens): "
                                         "bounds a step's memory")
     checkpoint_tokens: int = _f(192, "with grad_checkpointing, keep at most this many tokens' worth of every "
@@ -108,6 +112,8 @@ class TrainConfig:
             problems.append(f"max_minutes={self.max_minutes} must be > 0")
         if self.scenario_mix not in ("groups", "candidates"):
             problems.append(f"scenario_mix={self.scenario_mix!r} must be 'groups' or 'candidates'")
+        if self.select not in ("mean", "worst_kept"):
+            problems.append(f"select={self.select!r} must be 'mean' or 'worst_kept'")
         if not 0 <= self.distill_weight <= 1:
             problems.append(f"distill_weight={self.distill_weight} must be in [0, 1]")
         if problems:

@@ -260,6 +260,7 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
         log.info("eval_every=%d > max_steps=%d: validating every %d steps instead", eval_every, total, total)
         eval_every = total
     metric = parts[0].metric if len(parts) == 1 else "mean_primary"
+    refs = _kept_references(hub, parts, teachers) if cfg.select == "worst_kept" else None
 
     # hub.use(TRAIN) for the whole loop: a checkpointed backward re-runs the forward, and must see
     # the same routing as the forward did
@@ -268,8 +269,9 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
     with hub.trainable(cfg.r, cfg.alpha, cfg.dropout, cfg.targets, init) as pairs, hub.use(TRAIN), \
             _checkpointing(hub, cfg) as ckpt, memory.rss_cap(_cap_points(hub), headroom):
         domain_log = _domain_adapt(hub, datas[0], pairs.params, cfg, rng, rank, world) if cfg.domain_steps else []
-        loop = Loop(hub, parts, groups, pairs.params, cfg, teachers, rng, accelerator, ckpt)
-        best, history, speed = loop.run(name, total, eval_every, metric, progress and is_main, is_main)
+        loop = Loop(hub, parts, groups, pairs.params, cfg, teachers, rng, accelerator, ckpt, refs)
+        best, history, speed = loop.run(name, total, eval_every, "worst_kept" if refs else metric, progress and is_main,
+                                        is_main)
         with torch.no_grad():  # the best validation check's weights
             for p, b in zip(pairs.params, best[1]):
                 p.copy_(b)
@@ -279,6 +281,9 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
                 p.fused = _fit_fused(p.data, p.valid, scores, p.facts) if p.facts is not None else None
             card = _card(hub, name, parts, cfg, description, history, best, speed, world)
             card["train"]["domain_log"] = domain_log
+            if refs is not None:
+                card["train"]["kept_reference"] = {p.data.scenario: {"base": round(b, 4), "teacher": round(t, 4)}
+                                                   for p, (b, t) in zip(parts, refs)}
         tensors = pairs.tensors()
     if not (publish and is_main):
         return None, card
@@ -306,8 +311,9 @@ class Loop:
     pass, run() both until max_steps, max_minutes or early stopping."""
 
     def __init__(self, hub, parts: list[Part], groups: list, params: list, cfg: TrainConfig, teachers: list, rng,
-                 accelerator, ckpt: _checkpointing | None = None):
+                 accelerator, ckpt: _checkpointing | None = None, refs: list | None = None):
         self.hub, self.parts, self.groups, self.params, self.cfg, self.ckpt = hub, parts, groups, params, cfg, ckpt
+        self.refs = refs  # select='worst_kept': (base, teacher) valid metric per part
         self.teachers, self.rng, self.accelerator = teachers, rng, accelerator  # a resident key (or None) per part
         self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         self.order: dict = {}  # _next_groups' place in the epoch order(s)
@@ -366,9 +372,11 @@ class Loop:
         return soft
 
     def check(self) -> tuple[float, list[tuple[float, list[float]]]]:
-        """Validate every part -> (the mean of their primary metrics, [(metric, scores)] per part)."""
+        """Validate every part -> (the mean of their primary metrics, or with refs the worst kept
+        share, [(metric, scores)] per part)."""
         checks = [_evaluate(self.hub, p) for p in self.parts]
-        return sum(v for v, _ in checks) / len(checks), checks
+        values = [v for v, _ in checks]
+        return (sum(values) / len(values) if self.refs is None else worst_kept(values, self.refs)), checks
 
     def run(self, name: str, total: int, eval_every: int, metric: str, bar_on: bool, is_main: bool):
         """-> (best, history, speed). best = (valid metric, weights, step, valid scores per part)."""
@@ -406,6 +414,8 @@ class Loop:
                          "ms_per_step": round(1000 * step_s / step, 1)}
                 if len(self.parts) > 1:
                     entry.update({f"val_{p.data.scenario}_{p.metric}": round(v, 4) for p, (v, _) in zip(self.parts, checks)})
+                if self.refs is not None:
+                    entry["val_mean_primary"] = round(sum(v for v, _ in checks) / len(checks), 4)
                 history.append(entry)
                 loss_sum, loss_n = 0.0, 0
                 if is_main:  # a joint run also names each scenario's value, so a log shows the trade-offs
@@ -595,6 +605,13 @@ def _compare_with_current(hub, name: str, parts: list[Part], card: dict) -> bool
             hub, p.data, p.valid, facts)))[p.metric])
     old = sum(values) / len(values)
     new = card["metrics"]["valid"]["adapter"][metric]
+    refs = card["train"].get("kept_reference")
+    if joint and refs:  # select=worst_kept: both versions judged by the worst scenario's kept share
+        metric = "worst_kept"
+        refs = [(refs[s]["base"], refs[s]["teacher"]) for s in scenarios]
+        old = worst_kept(values, refs)
+        new = worst_kept([card["scenarios"][p.data.scenario]["metrics"]["valid"]["adapter"][p.metric] for p in parts],
+                         refs)
     card["promotion"] = {"current": key, "split": "valid", "metric": metric, "n": sum(len(p.valid) for p in parts),
                          "current_value": round(old, 4), "new_value": round(new, 4), "promoted": new >= old,
                          "eval_s": round(time.perf_counter() - t0, 1)}
@@ -672,18 +689,46 @@ class _checkpointing:
             self.model.eval()
 
 
-def _evaluate(hub, p: Part) -> tuple[float, list[float]]:
+def _evaluate(hub, p: Part, key=TRAIN) -> tuple[float, list[float]]:
     """-> (the valid metric, P(yes) per valid example): the scores are kept for the best check, so
     the fused fit and the card reuse them instead of scoring valid again. With a rule prior, the
     metric is of what the loss trained (the adapter's logit + the prior); the scores stay the
     adapter's own."""
     from .evaluation import evaluate
-    scores = score_examples(hub, TRAIN, p.enc_valid)
+    scores = score_examples(hub, key, p.enc_valid)
     judged = scores
     if p.prior is not None:
         from .fused import sigmoid
         judged = [sigmoid(yes_no_logit(s) + z) for s, z in zip(scores, p.prior_logits(p.valid, train=False))]
     return evaluate(p.data.task, p.valid, judged)[p.metric], scores
+
+
+def worst_kept(values: list[float], refs: list[tuple[float, float]]) -> float:
+    """The smallest share of its own adapter's gain over the base that any scenario keeps:
+    min over scenarios of (value - base) / (teacher - base)."""
+    return min((v - b) / (t - b) for v, (b, t) in zip(values, refs))
+
+
+def _kept_references(hub, parts: list[Part], teachers: list) -> list[tuple[float, float]]:
+    """select='worst_kept': each scenario's (base, teacher) valid metric, scored once before training."""
+    if len(parts) < 2:
+        raise ConfigError("select=worst_kept is for a joint run (several scenarios); one scenario's run picks "
+                          "its check by its own metric")
+    missing = [p.data.scenario for p, t in zip(parts, teachers) if t is None]
+    if missing:
+        raise ConfigError(f"select=worst_kept measures each scenario against its own adapter: give {', '.join(missing)} "
+                          "a teacher in per_scenario (e.g. 'news:teacher=news'), or use select=mean")
+    refs = []
+    for p, t in zip(parts, teachers):
+        base, teacher = (_evaluate(hub, p, key)[0] for key in (None, t))
+        if teacher <= base:
+            raise ConfigError(f"select=worst_kept: {p.data.scenario}'s teacher does not beat the base on valid "
+                              f"({p.metric} {teacher:.4f} vs {base:.4f}), so its kept share means nothing; "
+                              "use select=mean")
+        log.info("%s valid %s: base %.4f, teacher %.4f (the worst_kept references)", p.data.scenario, p.metric,
+                 base, teacher)
+        refs.append((base, teacher))
+    return refs
 
 
 def _init_pairs(hub, ref: str, cfg: TrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -193,3 +193,40 @@ def test_each_scenario_is_distilled_from_its_own_teacher(hub, monkeypatch):
     assert checked > 0
     with pytest.raises(Exception, match="t-missing"):
         hub.train("both", two_scenarios(), cfg.replace(per_scenario="books:teacher=t-missing"), progress=False)
+
+
+def test_select_worst_kept_picks_and_promotes_by_the_worst_scenario(hub):
+    """select='worst_kept': the check and the version are chosen by the smallest share of its own
+    adapter's gain over the base that any scenario keeps on valid, not by the mean."""
+    from adapterhub.train import worst_kept
+    toy, books = two_scenarios()
+    hub.train("t-toy", toy, TrainConfig(**FAST), progress=False)
+    hub.train("t-books", books, TrainConfig(**FAST), progress=False)
+    cfg = TrainConfig(**FAST, select="worst_kept", per_scenario="toy:teacher=t-toy;books:teacher=t-books")
+    # each scenario is measured against its own adapter, and only a joint run has a worst scenario
+    with pytest.raises(ConfigError, match="give books a teacher"):
+        hub.train("j", two_scenarios(), cfg.replace(per_scenario="toy:teacher=t-toy"), progress=False)
+    with pytest.raises(ConfigError, match="joint run"):
+        hub.train("j", toy, TrainConfig(**FAST, select="worst_kept", teacher="t-toy"), progress=False)
+    with pytest.raises(ConfigError, match="select='best'"):
+        cfg.replace(select="best")
+
+    _, card = hub.train("j", two_scenarios(), cfg, progress=False)
+    ref = card["train"]["kept_reference"]
+    assert set(ref) == {"toy", "books"} and all(r["teacher"] > r["base"] for r in ref.values())
+    refs = [(ref[s]["base"], ref[s]["teacher"]) for s in ("toy", "books")]
+    log = card["train"]["log"]
+    for e in log:
+        want = min((e[f"val_{s}_auc"] - b) / (t - b) for s, (b, t) in zip(("toy", "books"), refs))
+        assert e["val_worst_kept"] == pytest.approx(want, abs=0.01) and "val_mean_primary" in e
+    best = next(e for e in log if e["step"] == card["train"]["best_step"])
+    assert best["val_worst_kept"] == max(e["val_worst_kept"] for e in log)
+
+    # the next version is promoted by the same rule, both versions scored on the same valid examples
+    _, card2 = hub.train("j", two_scenarios(), cfg.replace(seed=1), progress=False)
+    promo = card2["promotion"]
+    assert promo["metric"] == "worst_kept" and promo["current"] == "j@v1"
+    new = [card2["scenarios"][s]["metrics"]["valid"]["adapter"]["auc"] for s in ("toy", "books")]
+    assert promo["new_value"] == pytest.approx(worst_kept(new, refs), abs=1e-4)
+    assert promo["promoted"] == (promo["new_value"] >= promo["current_value"])
+    assert hub.registry.current("j") == ("v2" if promo["promoted"] else "v1")
