@@ -843,10 +843,10 @@ def _card(hub, name, parts: list[Part], cfg, description, history, best, speed, 
     parents = []
     if cfg.init_from:
         parents.append({**lineage(hub.registry, cfg.init_from), "role": "warm start"})
-    teachers = {p.cfg.teacher: [] for p in parts if p.cfg.teacher}  # a joint run may distil per scenario
+    teachers: dict[str, list[str]] = {}  # teacher -> the scenarios it teaches (a joint run may distil per scenario)
     for p in parts:
         if p.cfg.teacher:
-            teachers[p.cfg.teacher].append(p.data.scenario)
+            teachers.setdefault(p.cfg.teacher, []).append(p.data.scenario)
     for ref, taught in teachers.items():
         parents.append({**lineage(hub.registry, ref), "role": "teacher", "distill_weight": cfg.distill_weight,
                         **({"teaches": taught} if joint else {})})
