@@ -8,7 +8,9 @@ prefix+suffix once per candidate, a packed row is
 where each candidate attends to the prefix and itself only, and position ids restart at
 len(prefix) for every candidate. Every candidate's last hidden state is then exactly what it would
 be in its own prompt (tested), the prefix runs once, and the whole group is one differentiable
-forward: the same trick serves scoring and training.
+forward: the same trick serves scoring and training. The tokens every candidate's suffix starts
+with (a template's '\nWill the user like "') join the prefix first (share_leading): a third of
+music's and news' suffix tokens.
 
 The attention (packed_attention, registered with transformers) computes only the blocks that are
 let through: the prefix causally, then each candidate's tokens against [its prefix; itself]. A dense
@@ -54,10 +56,28 @@ class Packed:
     sizes: list[int]             # candidates per group
 
 
-def pack(groups: list[tuple[list[int], list[list[int]]]], device, one_row: bool = False) -> Packed:
+def share_leading(prefix: list[int], suffixes: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """Move the tokens every suffix of a group starts with into its prefix, where they run once. A
+    prompt template's lead ('\nWill the user listen to the artist "': 9 of music's 27 suffix tokens)
+    is the same for every candidate. Positions and what each token attends to do not change, so
+    neither does any candidate's output; each suffix keeps at least its last token (its logit's)."""
+    if len(suffixes) < 2:
+        return prefix, suffixes
+    first, most = suffixes[0], min(map(len, suffixes)) - 1
+    k = 0
+    while k < most and all(s[k] == first[k] for s in suffixes):
+        k += 1
+    return (list(prefix) + list(first[:k]), [s[k:] for s in suffixes]) if k else (prefix, suffixes)
+
+
+def pack(groups: list[tuple[list[int], list[list[int]]]], device, one_row: bool = False,
+         share: bool = True) -> Packed:
     """groups: [(prefix ids, [suffix ids, ...]), ...] -> one packed row per group, or (one_row) every
     group back to back in a single row: no padding between groups of unequal length. Rows matter only
-    to a mixed batch, whose adapters each take a slice of rows."""
+    to a mixed batch, whose adapters each take a slice of rows. share: a group's common suffix lead
+    joins its prefix (share_leading); off, every token given is one token of the rows."""
+    if share:
+        groups = [share_leading(p, sufs) for p, sufs in groups]
     widths = [len(p) + sum(len(s) for s in sufs) for p, sufs in groups]
     n = len(groups)
     starts = list(accumulate([0] + widths[:-1])) if one_row else [0] * n  # each group's first column

@@ -9,7 +9,8 @@ from adapterhub.lora import TRAIN
 from conftest import plain_logit
 
 GROUPS = [([1, 5, 9, 14, 3, 7], [[20, 21], [22], [23, 24, 25]]), ([1, 8, 8], [[30, 31, 32, 33]]),
-          ([1, 40, 41, 42, 43, 44, 45, 46, 47], [[50], [51, 52]])]
+          ([1, 40, 41, 42, 43, 44, 45, 46, 47], [[50], [51, 52]]),
+          ([1, 60, 61], [[70, 71, 72], [70, 71, 73, 74], [70, 71, 75]])]  # a common lead: 70, 71 run once
 
 
 def test_pack_layout():
@@ -28,6 +29,19 @@ def test_pack_layout():
     assert lay.back[:5].tolist() == [0, 1, 2, 4, 5] and lay.back[5:].eq(0).all()
     assert p.last[1].tolist() == [2, 4] and p.sizes == [2]
     assert [packing.pad_width(w) for w in (1, 32, 33, 700)] == [32, 32, 64, 704]
+
+
+def test_a_groups_common_suffix_lead_runs_once_in_its_prefix():
+    p = packing.pack([([1, 2], [[7, 8, 3], [7, 8, 4, 5]])], "cpu")
+    assert p.input_ids[0, :7].tolist() == [1, 2, 7, 8, 3, 4, 5]          # 7, 8 once, not once per candidate
+    assert p.position_ids[0, :7].tolist() == [0, 1, 2, 3, 4, 4, 5]       # the positions the full prompts have
+    assert p.layout.prefix.tolist() == [[0, 1, 2, 3]] and p.last[1].tolist() == [4, 6]
+    # every suffix keeps its last token (its logit's); a lone candidate has nothing to share
+    assert packing.share_leading([1], [[7, 8], [7, 8]]) == ([1, 7], [[8], [8]])
+    assert packing.share_leading([1], [[7, 8]]) == ([1], [[7, 8]])
+    assert packing.share_leading([1], [[7, 8], [9, 8]]) == ([1], [[7, 8], [9, 8]])
+    off = packing.pack([([1, 2], [[7, 8, 3], [7, 8, 4, 5]])], "cpu", share=False)
+    assert off.input_ids[0, :9].tolist() == [1, 2, 7, 8, 3, 7, 8, 4, 5]
 
 
 def test_pack_masks_each_rows_own_prefix():
@@ -68,7 +82,7 @@ def test_packed_logits_equal_full_prompts(hub):
 
 
 def test_packed_gradients_equal_full_prompt_gradients(hub):
-    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
     full = [p + s for p, sufs in GROUPS for s in sufs]
     grads = []
     for run in ("packed", "full"):
