@@ -42,7 +42,7 @@ class Layout:
     that could see it (causal) or is masked, and a pad query's output is never read."""
     prefix: torch.Tensor      # (groups, P): each group's prefix tokens, P = the longest prefix
     cands: torch.Tensor       # (candidates, S): each candidate's suffix tokens, S = the longest suffix
-    cand_group: torch.Tensor  # (candidates,): the group each candidate belongs to
+    cand_keys: torch.Tensor   # (candidates, P + S): its keys: its group's prefix tokens, then its own
     cand_mask: torch.Tensor   # (candidates or 1, 1, S, P + S) bool: its group's prefix, then itself causally
     back: torch.Tensor        # (rows * width,): where each token's output is in [prefix out; cand out]
 
@@ -118,7 +118,8 @@ def pack(groups: list[tuple[list[int], list[list[int]]]], device, one_row: bool 
     own = torch.ones(S, S, dtype=torch.bool).tril()
     seen = torch.arange(P)[None, :] < lens[:, None]  # (c or 1, P)
     cand_mask = torch.cat([seen[:, None, :].expand(-1, S, -1), own.expand(len(lens), -1, -1)], dim=2)[:, None]
-    layout = Layout(prefix_idx.to(device), cand_idx.to(device), torch.tensor(cand_group, device=device),
+    cand_keys = torch.cat([prefix_idx[torch.tensor(cand_group, dtype=torch.long)], cand_idx], dim=1)
+    layout = Layout(prefix_idx.to(device), cand_idx.to(device), cand_keys.to(device),
                     cand_mask.to(device), back.to(device))
     last = torch.tensor(last)
     return Packed(input_ids.view(n_rows, width).to(device), position_ids.view(n_rows, width).to(device), layout,
@@ -153,15 +154,15 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         # CPU was 10x faster than advanced indexing's index_put_ (22% of a training step)
         return t.index_select(0, idx.view(-1)).view(*idx.shape, t.shape[1], dim).transpose(1, 2)
 
-    qc, kc, vc = gather(q, lay.cands), gather(k, lay.cands), gather(v, lay.cands)
+    # each candidate's keys and values in one gather (its prefix's, then its own): no per-candidate copy of
+    # the prefix's keys and no cat (3.5% of a music or news ranking, in-process A/B)
+    qc, kc, vc = gather(q, lay.cands), gather(k, lay.cand_keys), gather(v, lay.cand_keys)
     outs = []
     if lay.prefix.shape[1]:
         qp, kp, vp = gather(q, lay.prefix), gather(k, lay.prefix), gather(v, lay.prefix)
         op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, dropout_p=dropout, scale=scaling,
                                             enable_gqa=True)
         outs.append(op.transpose(1, 2).reshape(-1, heads, dim))
-        kc = torch.cat([kp.index_select(0, lay.cand_group), kc], dim=2)
-        vc = torch.cat([vp.index_select(0, lay.cand_group), vc], dim=2)
     oc = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=lay.cand_mask, dropout_p=dropout, scale=scaling,
                                         enable_gqa=True)
     outs.append(oc.transpose(1, 2).reshape(-1, heads, dim))

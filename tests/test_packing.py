@@ -22,7 +22,7 @@ def test_pack_layout():
     lay = p.layout
     assert lay.prefix.tolist() == [[0, 1]]
     assert lay.cands.tolist() == [[2, 0], [3, 4]]            # candidate 1 is padded (to token 0, masked)
-    assert lay.cand_group.tolist() == [0, 0]
+    assert lay.cand_keys.tolist() == [[0, 1, 2, 0], [0, 1, 3, 4]]  # its prefix, then itself (pad: 0, masked)
     assert lay.cand_mask.int().tolist() == [[[[1, 1, 1, 0],   # candidate token 1: the prefix and itself
                                               [1, 1, 1, 1]]]]  # one prefix length: one mask for all
     # outputs go back in place: prefix (0, 1), candidate 1 (slot 2), candidate 2 (slots 4, 5); pads read 0

@@ -1,0 +1,45 @@
+"""Issue 11: does sharing a group's suffix lead (packing.share_leading) change compute='bf16''s error? P(yes) under one
+random r=8 adapter, bf16 compute with and without sharing, each against fp32 compute over the same NF4
+values (exact arithmetic, what the NF4 kernels compute on CPU), the first N test users/impressions, at
+most 20 candidates each.
+
+    ADAPTERHUB_DATA=../shared/data python benchmarks/results/issue11/bf16_error.py news 10
+
+Output (2026-11-30, music, news, video): bf16_error.txt"""
+import sys, tempfile
+from pathlib import Path
+import torch
+from adapterhub.bench.training import load_data, candidates
+from adapterhub.bench.common import publish_random_adapters
+from adapterhub.hub import Hub
+from adapterhub import packing, prompts
+scen = sys.argv[1]; n_users = int(sys.argv[2])
+data = load_data(scen)
+test = data.splits["test"]
+users = []
+for ex in test:
+    g = ex.group or ex.user
+    if g not in [u for u, _ in users]:
+        users.append((g, ex))
+    if len(users) == n_users: break
+cases = []
+for g, ex in users:
+    group = [e for e in test if (e.group or e.user) == g][:20]
+    prefix, _ = prompts.render(data.scenario, ex, data.items)
+    cases.append((prefix, [prompts.render(data.scenario, c, data.items)[1] for c in group]))
+reg = Path(tempfile.mkdtemp()) / "a"
+hubs = {c: Hub(base="smollm2-135m", registry=reg, compute=c) for c in ("fp32", "bf16")}
+name = publish_random_adapters(hubs["fp32"], 1, r=8)[0]
+keys = {c: h.load(name).key for c, h in hubs.items()}
+orig = packing.share_leading
+err = {"share": [], "noshare": []}
+for prefix, sufs in cases:
+    ref = hubs["fp32"].score_candidates(keys["fp32"], prefix, sufs, batch_size=20)
+    for mode in ("share", "noshare"):
+        packing.share_leading = orig if mode == "share" else (lambda p, s: (p, s))
+        got = hubs["bf16"].score_candidates(keys["bf16"], prefix, sufs, batch_size=20)
+        err[mode] += [abs(a - b) for a, b in zip(got, ref)]
+    packing.share_leading = orig
+for m, e in err.items():
+    e = sorted(e)
+    print(scen, m, f"n {len(e)} mean {sum(e)/len(e):.4f} p95 {e[int(0.95*len(e))]:.4f} max {e[-1]:.4f}")
