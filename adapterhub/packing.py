@@ -18,6 +18,7 @@ width x width mask would compute every blocked pair as well.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from itertools import accumulate
@@ -46,6 +47,8 @@ class Layout:
     cand_keys: torch.Tensor   # (candidates, P + S): its keys: its group's prefix tokens, then its own
     cand_mask: torch.Tensor   # (candidates or 1, 1, S, P + S) bool: its group's prefix, then itself causally
     back: torch.Tensor        # (rows * width,): where each token's output is in [prefix out; cand out]
+    read: torch.Tensor | None = None  # (rows, K): each row's read tokens (candidates' last), a shorter row
+    #                                   padded with one of its unread tokens; set by last_hidden
 
 
 @dataclass
@@ -204,6 +207,22 @@ def packed_self_attention(attn, original, hidden_states, position_embeddings=Non
     return attn.o_proj(out.view(rows, width, -1)), None
 
 
+def packed_last_layer(layer, original, hidden_states, *args, packed_layout: Layout | None = None, **kwargs):
+    """The last decoder layer's forward at inference, when only some tokens' outputs are read
+    (layout.read): attention over every token, as their keys are all needed, then the MLP only on
+    the read tokens (20 of a music ranking's 480). The other tokens keep their attention-only state:
+    nothing may read them. 2% of a music ranking. Otherwise (training, no `read`): `original`."""
+    read = None if packed_layout is None else packed_layout.read
+    if read is None or torch.is_grad_enabled():
+        return original(hidden_states, *args, packed_layout=packed_layout, **kwargs)
+    kwargs.pop("attention_mask", None)
+    h, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), packed_layout=packed_layout, **kwargs)
+    h = (hidden_states + h).view(-1, hidden_states.shape[-1])
+    r = h.index_select(0, read.view(-1)).view(*read.shape, -1)  # (rows, K, hidden): rows kept for mixed batches
+    r = r + layer.mlp(layer.post_attention_layernorm(r))
+    return h.index_copy_(0, read.view(-1), r.view(-1, r.shape[-1])).view_as(hidden_states)
+
+
 ATTENTION = "adapterhub_packed"
 
 
@@ -221,10 +240,31 @@ def use_packed_attention(model) -> None:
         attn = getattr(layer, "self_attn", None)
         if type(attn).__name__ == "LlamaAttention":
             attn.forward = functools.partial(packed_self_attention, attn, attn.forward)
+    last = model.get_decoder().layers[-1]
+    if type(last).__name__ == "LlamaDecoderLayer":
+        last.forward = functools.partial(packed_last_layer, last, last.forward)
 
 
-def last_hidden(decoder, packed: Packed) -> torch.Tensor:
-    """Final hidden state at each candidate's last token -> (candidates, hidden), groups in order."""
+def last_hidden(decoder, packed: Packed, prune: bool = True) -> torch.Tensor:
+    """Final hidden state at each candidate's last token -> (candidates, hidden), groups in order.
+    prune: at inference, the last layer's MLP runs on those tokens only (packed_last_layer); off, on
+    every token (RegMean's statistics count them all)."""
+    layout = packed.layout
+    if prune and not torch.is_grad_enabled():
+        n_rows, width = packed.input_ids.shape
+        per_row = [[] for _ in range(n_rows)]
+        for r, c in zip(*(t.tolist() for t in packed.last)):
+            per_row[r].append(r * width + c)
+        k = max(map(len, per_row))
+        read = [t + [_unread(t, r * width, width)] * (k - len(t)) if len(t) < k else t for r, t in enumerate(per_row)]
+        layout = dataclasses.replace(layout, read=torch.tensor(read, device=packed.input_ids.device))
     h = decoder(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False,
-                packed_layout=packed.layout).last_hidden_state  # (rows, width, hidden)
+                packed_layout=layout).last_hidden_state  # (rows, width, hidden)
     return h[packed.last]
+
+
+def _unread(read: list[int], start: int, width: int) -> int:
+    """A token of the row [start, start + width) whose output is not read: a shorter row's padding in
+    Layout.read (a repeated index would make index_copy_ pick one of two writes)."""
+    taken = set(read)
+    return next(i for i in range(start, start + width) if i not in taken)

@@ -73,8 +73,9 @@ def input_grams(hub, key: str | None, encoded: list[tuple[list[int], list[int]]]
         with torch.inference_mode(), hub.use(key):
             for chunk in chunks:
                 real[0] = sum(len(p) + sum(map(len, s)) for p, s in chunk)
-                # share=False: every prompt's tokens count in the Grams (and in real[0]), as they always did
-                packing.last_hidden(hub.decoder, packing.pack(chunk, hub.device, one_row=True, share=False))
+                # share=False, prune=False: every prompt's tokens count in every layer's Grams (and in real[0])
+                packed = packing.pack(chunk, hub.device, one_row=True, share=False)
+                packing.last_hidden(hub.decoder, packed, prune=False)
                 tokens += real[0]
     finally:
         for h in handles:

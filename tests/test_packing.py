@@ -104,3 +104,47 @@ def test_ranking_uses_packing_and_matches_full_prompts(hub):
     packed = hub.score_candidates(None, prefix, suffixes, batch_size=2)  # 3 packed rows
     full = hub.score_candidates(None, prefix, suffixes, reuse_prefix=False)
     assert packed == pytest.approx(full, abs=1e-6)
+
+
+def test_rotate_is_transformers_rotary():
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, 7, 8), torch.randn(2, 2, 7, 8)  # (rows, heads, width, dim)
+    cos, sin = torch.randn(2, 7, 8), torch.randn(2, 7, 8)    # not [c, c]: rotate must not assume it
+    want_q, want_k = apply_rotary_pos_emb(q, k, cos, sin)
+
+    def flat(t):
+        return t.transpose(1, 2).reshape(14, t.shape[1], 8)
+    c, s = cos.reshape(14, 1, 8), sin.reshape(14, 1, 8)
+    assert torch.allclose(packing.rotate(flat(q), c, s), flat(want_q), atol=1e-6)
+    assert torch.allclose(packing.rotate(flat(k), c, s), flat(want_k), atol=1e-6)
+
+
+def test_the_last_layer_runs_its_mlp_on_read_tokens_only(hub):
+    """At inference the last layer's MLP sees each row's read tokens (a shorter row padded with an
+    unread one), and every candidate's output is what the full layer gives, also in a mixed batch of
+    adapters that target the MLP (each adapter's rows stay one slice)."""
+    from conftest import publish_random
+    mlp = ("gate_proj", "up_proj", "down_proj")
+    for i, name in enumerate(("m1", "m2")):
+        publish_random(hub, name, seed=i, targets=mlp + ("q_proj",))
+    keys = [hub.load(n).key for n in ("m1", "m2", "m1", "m2")]
+    seen = []
+    hook = hub.decoder.layers[-1].mlp.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    try:
+        with torch.no_grad():
+            mixed = hub.packed_logits(keys, GROUPS)  # a row per group: 3, 1, 2 and 3 candidates
+            full = torch.cat([plain_logit(hub, k, p + s) for k, (p, sufs) in zip(keys, GROUPS) for s in sufs])
+            one = hub.packed_logits(keys[0], GROUPS)
+            one_full = torch.cat([plain_logit(hub, keys[0], p + s) for p, sufs in GROUPS for s in sufs])
+    finally:
+        hook.remove()
+    assert seen[0] == (4, 3, hub.model.config.hidden_size) and seen[10][:2] == (1, 9)  # (rows, read, hidden)
+    assert torch.allclose(mixed, full, atol=1e-5) and torch.allclose(one, one_full, atol=1e-5)
+    packed = packing.pack(GROUPS, "cpu")
+    with torch.no_grad(), hub.use(None):  # prune=False: the MLP sees every token (RegMean's statistics)
+        seen.clear()
+        hook = hub.decoder.layers[-1].mlp.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+        packing.last_hidden(hub.decoder, packed, prune=False)
+        hook.remove()
+    assert seen == [(4, packed.input_ids.shape[1], hub.model.config.hidden_size)]
