@@ -12,9 +12,13 @@ forward: the same trick serves scoring and training. The tokens every candidate'
 with (a template's '\nWill the user like "') join the prefix first (share_leading): a third of
 music's and news' suffix tokens.
 
-The attention (packed_attention, registered with transformers) computes only the blocks that are
-let through: the prefix causally, then each candidate's tokens against [its prefix; itself]. A dense
-width x width mask would compute every blocked pair as well.
+The attention (attend; registered with transformers as packed_attention) computes only the blocks
+that are let through: the prefix causally, then each candidate's tokens against [its prefix;
+itself]. A dense width x width mask would compute every blocked pair as well. On Llama-family
+models two forwards are replaced per instance (use_packed_attention), each falling back to
+transformers' own without a packed layout: the attention (packed_self_attention: rotary and attend
+in the projections' own layout) and, at inference, the last layer (packed_last_layer: its MLP only
+on the tokens whose output is read).
 """
 from __future__ import annotations
 
