@@ -1,14 +1,14 @@
 """Score video@v7 (raw P(yes)) on the card's valid (1000) and test (536) examples; save per-example rows."""
 import json, sys
-sys.path.insert(0, "/work/main")
+
 from adapterhub import datasets, facts as facts_mod, baselines
 from adapterhub.hub import Hub
 from adapterhub.scoring import cap_examples, encode_examples, score_examples
-hub = Hub(base="smollm2-135m", registry="/work/main/adapters")
+hub = Hub(base="smollm2-135m", registry="adapters")
 ad = hub.load("video@v7")
 card = ad.card
-data = datasets.load("video", "/work/shared/data/video", options=card["data"]["load"]["options"])
-fx = facts_mod.load("/work/main/adapters/video/v7/facts.json")
+data = datasets.load("video", (sys.argv[1] if len(sys.argv) > 1 else "../shared/data/video"), options=card["data"]["load"]["options"])
+fx = facts_mod.load("adapters/video/v7/facts.json")
 out = {}
 for split, n in (("valid", 1000), ("test", None)):
     ex = cap_examples(data.splits[split], n, 0)
@@ -20,4 +20,4 @@ for split, n in (("valid", 1000), ("test", None)):
         rows.append({"user": e.user, "label": int(e.label), "p": pi, **pc})
     out[split] = rows
     print(split, len(rows), flush=True)
-json.dump(out, open("/tmp/s29/v12/rows.json", "w"))
+json.dump(out, open("/tmp/video_v7_rows.json", "w"))

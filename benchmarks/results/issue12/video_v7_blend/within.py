@@ -1,7 +1,7 @@
 import json, math, sys, collections
-sys.path.insert(0, "/work/main")
+
 from adapterhub.metrics import auc
-rows = json.load(open("/tmp/s29/v12/rows.json"))
+rows = json.load(open("/tmp/video_v7_rows.json"))
 for split in ("valid", "test"):
     by = collections.defaultdict(list)
     for r in rows[split]: by[r["user"]].append(r)
