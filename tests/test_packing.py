@@ -139,7 +139,8 @@ def test_the_last_layer_runs_its_mlp_on_read_tokens_only(hub):
             one_full = torch.cat([plain_logit(hub, keys[0], p + s) for p, sufs in GROUPS for s in sufs])
     finally:
         hook.remove()
-    assert seen[0] == (4, 3, hub.model.config.hidden_size) and seen[10][:2] == (1, 9)  # (rows, read, hidden)
+    # (rows, read, hidden): the mixed batch, then (after its 9 full prompts) one adapter in one row
+    assert seen[0] == (4, 3, hub.model.config.hidden_size) and seen[1 + 9][:2] == (1, 9)
     assert torch.allclose(mixed, full, atol=1e-5) and torch.allclose(one, one_full, atol=1e-5)
     packed = packing.pack(GROUPS, "cpu")
     with torch.no_grad(), hub.use(None):  # prune=False: the MLP sees every token (RegMean's statistics)
