@@ -185,7 +185,7 @@ def attend(q, k, v, lay: Layout, scaling=None, dropout: float = 0.0) -> torch.Te
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding as transformers' Llama applies it, x * cos + rotate_half(x) * sin, where
-    rotate_half(x) = [-x2, x1]: in three kernels instead of seven, with no cat (3x faster on a
+    rotate_half(x) = [-x2, x1]: in three kernels instead of seven, with no cat (2.6x faster on a
     480-token ranking). x (tokens, heads, dim); cos, sin (tokens, 1, dim)."""
     h = x.shape[-1] // 2
     out = x * cos
