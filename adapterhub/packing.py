@@ -215,8 +215,8 @@ def packed_last_layer(layer, original, hidden_states, packed_layout: Layout | No
     """The last decoder layer's forward at inference, when only some tokens' outputs are read
     (layout.read): attention over every token, as their keys are all needed, then the MLP only on
     the read tokens (20 of a music ranking's 480). The other tokens keep their attention-only state:
-    nothing may read them. 1-3% of a music ranking (in-process A/B, near its noise). Otherwise (training, no `read`):
-    `original`."""
+    nothing may read them. 1-3% of a music ranking (in-process A/B, near its noise). Otherwise
+    (training, no `read`): `original`."""
     read = None if packed_layout is None else packed_layout.read
     if read is None or torch.is_grad_enabled():
         return original(hidden_states, packed_layout=packed_layout, **kwargs)
