@@ -52,7 +52,7 @@ class Layout:
     cand_mask: torch.Tensor   # (candidates or 1, 1, S, P + S) bool: its group's prefix, then itself causally
     back: torch.Tensor        # (rows * width,): where each token's output is in [prefix out; cand out]
     read: torch.Tensor | None = None  # (rows, K): each row's read tokens (candidates' last), a shorter row
-    #                                   padded with one of its unread tokens; set by last_hidden
+    #                                   padded with one of its unread tokens; None: every token is read
 
 
 @dataclass
@@ -127,8 +127,13 @@ def pack(groups: list[tuple[list[int], list[list[int]]]], device, one_row: bool 
     seen = torch.arange(P)[None, :] < lens[:, None]  # (c or 1, P)
     cand_mask = torch.cat([seen[:, None, :].expand(-1, S, -1), own.expand(len(lens), -1, -1)], dim=2)[:, None]
     cand_keys = torch.cat([prefix_idx[torch.tensor(cand_group, dtype=torch.long)], cand_idx], dim=1)
+    per_row = [[] for _ in range(n_rows)]  # each row's read tokens, for packed_last_layer
+    for i in last:
+        per_row[i // width].append(i)
+    k = max(map(len, per_row))
+    read = [t + [_unread(t, r * width, width)] * (k - len(t)) if len(t) < k else t for r, t in enumerate(per_row)]
     layout = Layout(prefix_idx.to(device), cand_idx.to(device), cand_keys.to(device),
-                    cand_mask.to(device), back.to(device))
+                    cand_mask.to(device), back.to(device), torch.tensor(read, device=device))
     last = torch.tensor(last)
     return Packed(input_ids.view(n_rows, width).to(device), position_ids.view(n_rows, width).to(device), layout,
                   ((last // width).to(device), (last % width).to(device)), [len(s) for _, s in groups])
@@ -253,15 +258,7 @@ def last_hidden(decoder, packed: Packed, prune: bool = True) -> torch.Tensor:
     """Final hidden state at each candidate's last token -> (candidates, hidden), groups in order.
     prune: at inference, the last layer's MLP runs on those tokens only (packed_last_layer); off, on
     every token (RegMean's statistics count them all)."""
-    layout = packed.layout
-    if prune and not torch.is_grad_enabled():
-        n_rows, width = packed.input_ids.shape
-        per_row = [[] for _ in range(n_rows)]
-        for r, c in zip(*(t.tolist() for t in packed.last)):
-            per_row[r].append(r * width + c)
-        k = max(map(len, per_row))
-        read = [t + [_unread(t, r * width, width)] * (k - len(t)) if len(t) < k else t for r, t in enumerate(per_row)]
-        layout = dataclasses.replace(layout, read=torch.tensor(read, device=packed.input_ids.device))
+    layout = packed.layout if prune else dataclasses.replace(packed.layout, read=None)
     h = decoder(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False,
                 packed_layout=layout).last_hidden_state  # (rows, width, hidden)
     return h[packed.last]
