@@ -189,6 +189,45 @@ def test_video_valid_from_train_moves_whole_users_and_keeps_test(video_dir):
         load("video", video_dir, options={"valid_from_train": 1.5})
 
 
+def test_video_more_users_builds_tallrec_rows_from_u_data(video_dir):
+    """more_users=true: u.data users that TALLRec's files lack become TALLRec-style rows, split by
+    md5(user) % 10 (1 test, 2 valid, else train); their valid/test ratings leave the like-rates."""
+    from adapterhub.datasets.common import md5_int
+    udata = video_dir / "movielens-100k" / "u.data"
+    rng = random.Random(5)
+    extra = []
+    for u in range(100, 160):   # 60 users TALLRec's files lack, 14 ratings each, shuffled in the file
+        extra += [(u, i, rng.randint(1, 5), 880000000 + rng.randrange(10**6)) for i in rng.sample(range(1, 41), 14)]
+    rng.shuffle(extra)
+    udata.write_text(udata.read_text() + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in extra))
+    base = load("video", video_dir, seed=0)
+    more = load("video", video_dir, seed=0, options={"more_users": True})
+    part = {str(u): {1: "test", 2: "valid"}.get(md5_int(str(u)) % 10, "train") for u in range(100, 160)}
+    assert {"test", "valid", "train"} <= set(part.values())
+    for split in ("train", "valid", "test"):
+        added = more.splits[split][len(base.splits[split]):]
+        assert more.splits[split][:len(base.splits[split])] == base.splits[split]   # TALLRec's rows first, unchanged
+        assert {ex.user for ex in added} == {u for u, s in part.items() if s == split}
+        assert len(added) == 4 * len({ex.user for ex in added})                       # 14 ratings: positions 10..13
+    # one user's rows by hand: sorted by time, the previous 10 as history, label rating > 3
+    user = next(u for u, s in part.items() if s == "test")
+    seq = sorted((t, i, r) for u, i, r, t in extra if str(u) == user)
+    rows = [ex for ex in more.splits["test"] if ex.user == user]
+    for p, ex in zip(range(10, 14), rows):
+        window = seq[p - 10:p]
+        assert ex.candidate == str(seq[p][1]) and ex.label == int(seq[p][2] > 3)
+        assert ex.history == tuple(str(i) for _, i, r in window if r > 3)
+        assert ex.disliked == tuple(str(i) for _, i, r in window if r <= 3)
+    # like-rates: the train users' ratings count, the new valid/test users' do not
+    kept = [(str(u), str(i), r) for u, i, r, t in extra if part[str(u)] == "train"]
+    kept += [(ln.split("\t")[0], ln.split("\t")[1], int(ln.split("\t")[2]))
+             for ln in udata.read_text().split("\n")[:450] if ln and int(ln.split("\t")[0]) < 11]
+    item = kept[0][1]
+    rates = [r > 3 for u, i, r in kept if i == item]
+    assert more.extra["like_rate"][item] == pytest.approx(sum(rates) / len(rates))
+    assert more.sha256 != base.sha256 and more.load_args["options"] == {"more_users": True}
+
+
 def test_ecommerce_groups_and_no_leak(ecommerce_dir):
     data = load("amazon", ecommerce_dir, seed=0, **SMALL)
     assert_valid_shapes(data)
@@ -434,7 +473,7 @@ def test_loader_options_reach_the_loader_and_unknown_ones_are_named(tmp_path):
     from adapterhub.datasets import load
     with pytest.raises(DataError, match="no data option.*full_trian.*it has: full_train, sampled_eval"):
         load("news", tmp_path, options={"full_trian": True})
-    with pytest.raises(DataError, match="no data option.*full_train.*it has: valid_from_train"):
+    with pytest.raises(DataError, match="no data option.*full_train.*it has: valid_from_train, more_users"):
         load("video", tmp_path, options={"full_train": True})
     with pytest.raises(DataError, match="no data option.*full_train.*it has: none"):
         load("music", tmp_path, options={"full_train": True})

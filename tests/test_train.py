@@ -111,7 +111,7 @@ def test_promotion_compares_with_the_current_version_on_the_same_valid_examples(
     # v1 rescored on v2's valid examples gives what v1's own card says (same split, same seed)
     assert promo["current_value"] == pytest.approx(hub.registry.card("toy@v1")["metrics"]["valid"]["adapter"]["auc"], abs=1e-4)
     assert promo["promoted"] == (promo["new_value"] >= promo["current_value"])
-    assert (hub.registry.current("toy") == "v2") == promo["promoted"]
+    assert (hub.registry.current("toy") == "v2") == promo["promoted"] and promo["current_facts"] == "its own"
 
 
 def test_promotion_rebuilds_the_current_versions_missing_facts_before_rescoring_it(hub, toy):
@@ -132,6 +132,25 @@ def test_promotion_rebuilds_the_current_versions_missing_facts_before_rescoring_
     _, card = hub.train("toy", replace(toy, sha256="other"), TrainConfig(**{**FAST, "max_steps": 5, "seed": 2}),
                         progress=False)
     assert "promotion" not in card and not current.exists()
+
+
+def test_promotion_rescores_a_current_version_whose_facts_come_from_other_data_with_this_runs_facts(
+        hub, toy, monkeypatch):
+    """A current version's facts built from other data may count this run's valid users' own
+    labels (video@v7's like-rates held the ratings of more_users' valid users): it is rescored with
+    this run's facts, made from this run's train split only, and the card says so."""
+    from dataclasses import replace
+    from adapterhub import facts as facts_mod, train as train_mod
+    hub.train("toy", toy, TrainConfig(**{**FAST, "max_steps": 5}), progress=False)
+    seen = []   # the facts each encode_examples call renders; the last call is the promotion's rescoring
+    real = train_mod.encode_examples
+    monkeypatch.setattr(train_mod, "encode_examples", lambda h, d, ex, facts: seen.append(facts) or real(h, d, ex, facts))
+    other = replace(toy, splits={**toy.splits, "train": toy.splits["train"][::2]}, sha256="half")  # -> other popularity
+    _, card = hub.train("toy", other, TrainConfig(**{**FAST, "max_steps": 5, "seed": 1}), progress=False)
+    own = (hub.registry.root / "toy" / "v1" / "facts.json").read_bytes()
+    theirs = (hub.registry.root / "toy" / "v2" / "facts.json").read_bytes()
+    assert own != theirs and facts_mod.dumps(seen[-1]) == theirs
+    assert card["promotion"]["current_facts"] == "this run's" and card["promotion"]["n"] == len(other.splits["valid"])
 
 
 def test_the_best_checks_valid_scores_are_the_cards_valid_scores(hub, toy):
