@@ -71,7 +71,8 @@ class TrainConfig:
     facts: bool = _f(True, "render scenario facts (popularity, like-rate, category/tags; from the train split "
                            "only, stored with the version) in prompts, and fit the fused score on valid")
     own_label_out: bool = _f(True, "train prompts (and the rule prior) show a train positive's item without "
-                                   "that example's own click in its popularity, as a test user's item would "
+                                   "that example's own click in its popularity, and a video movie without "
+                                   "the row's own rating in its like-rate, as a test user's item would "
                                    "be shown (adapterhub.facts.OwnLabelOut); off = the facts as stored")
     max_grad_norm: float = _f(1.0, "gradient clipping")
     init_from: str | None = _f(None, "warm start from this adapter (same base and targets)")

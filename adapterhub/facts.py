@@ -105,10 +105,17 @@ class OwnLabelOut:
     2,640 train positives; video 1%), the item shows as more popular than it would to a test user,
     whose click is not in the facts: without this, no news train positive was ever "unpopular",
     while 7% of the test positives are. A negative, or a positive its user also has elsewhere in
-    train (in a history), keeps its entry."""
+    train (in a history), keeps its popularity.
 
-    def __init__(self, facts: dict, train):
+    like_counts ({item: [liked, rated]}, video's data.extra["like_count"]): the like-rate counts
+    every train user's rating, the row's own among them, so it is shown without it, as a test
+    user's movie is. Left in, it made the like-rate look more telling on train rows than on test
+    (video, more_users: train AUC 0.734 with the own rating, 0.709 without; test 0.721), most of
+    all for movies with few ratings."""
+
+    def __init__(self, facts: dict, train, like_counts: dict | None = None):
         self.items = facts["items"]
+        self.like_counts = like_counts or {}
         self.ranked = sorted(e.get("p", 0) for e in self.items.values())
         self.support: Counter = Counter()   # (user, item) -> train examples that show the pair
         for ex in train:
@@ -119,14 +126,21 @@ class OwnLabelOut:
     def candidate(self, ex) -> dict | None:
         """ex's candidate's facts entry without ex's own label (None: an item the facts lack)."""
         entry = self.items.get(ex.candidate)
-        if entry is None or ex.label != 1 or not entry.get("p") or self.support[ex.user, ex.candidate] != 1:
-            return entry
-        out = {k: v for k, v in entry.items() if k not in ("p", "b")}
-        if entry["p"] > 1:
-            out["p"] = entry["p"] - 1
-            b = bucket(self.ranked, out["p"])
-            if b is not None:
-                out["b"] = b
+        if entry is None:
+            return None
+        out = entry
+        if ex.label == 1 and entry.get("p") and self.support[ex.user, ex.candidate] == 1:
+            out = {k: v for k, v in entry.items() if k not in ("p", "b")}
+            if entry["p"] > 1:
+                out["p"] = entry["p"] - 1
+                b = bucket(self.ranked, out["p"])
+                if b is not None:
+                    out["b"] = b
+        if ex.candidate in self.like_counts and "r" in entry:
+            liked, rated = self.like_counts[ex.candidate]
+            out = {k: v for k, v in out.items() if k != "r"}   # one rating, its own: a new item's like-rate
+            if rated > 1:
+                out["r"] = (liked - ex.label) / (rated - 1)
         return out
 
 

@@ -165,7 +165,8 @@ def prepare(hub, data, cfg: TrainConfig, rng: random.Random) -> Part:
     train, valid, test = pick_examples(data, cfg, rng)
     facts = facts_mod.compute(_train_only(data, train)) if cfg.facts else None
     own = cfg.for_scenario(data.scenario)
-    own_out = facts_mod.OwnLabelOut(facts, train) if facts is not None and cfg.own_label_out else None
+    own_out = (facts_mod.OwnLabelOut(facts, train, data.extra.get("like_count"))
+               if facts is not None and cfg.own_label_out else None)
     part = Part(data, train, valid, test, facts, build_groups(train), NegativeSampler(train),
                 Encoder(hub, data, facts, own_out), encode_examples(hub, data, valid, facts), primary_metric(data.task),
                 own, own_out=own_out)
@@ -178,9 +179,7 @@ def prepare(hub, data, cfg: TrainConfig, rng: random.Random) -> Part:
 
 def prior_features(facts: dict, scenario: str, ex: Example, own_out: facts_mod.OwnLabelOut | None) -> list[float]:
     """The fused score's rule features of one candidate; of a train candidate, pass own_out so that
-    its own label is left out of its popularity, as in its prompt (facts.OwnLabelOut). (Video's
-    like-rates come from u.data with the train users' own ratings in it: one rating among an
-    item's dozens, left in.)"""
+    its own label is left out of its popularity and like-rate, as in its prompt (facts.OwnLabelOut)."""
     entry = own_out.candidate(ex) if own_out is not None else None
     return facts_mod.features(facts, scenario, ex.history, ex.disliked, ex.candidate, candidate_entry=entry)
 

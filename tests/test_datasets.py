@@ -171,6 +171,7 @@ def test_video_splits_by_user_and_like_rate_excludes_heldout(video_dir):
     item = kept[0][1]
     rates = [int(r) > 3 for u, i, r, t in kept if i == item]
     assert data.extra["like_rate"][item] == pytest.approx(sum(rates) / len(rates))
+    assert data.extra["like_count"][item] == [sum(rates), len(rates)]   # facts.OwnLabelOut's counts
 
 
 def test_video_valid_from_train_moves_whole_users_and_keeps_test(video_dir):

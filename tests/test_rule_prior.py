@@ -61,6 +61,36 @@ def test_own_label_out_takes_a_train_positives_own_click_out_of_its_popularity()
     assert train_mod.prior_features(facts, "toy", train[0], None)[i] == pytest.approx(math.log1p(3))
 
 
+def test_own_label_out_takes_a_train_rows_own_rating_out_of_the_like_rate(hub):
+    """Video's like-rates count every train user's rating, the row's own among them: a train row
+    shows its movie's like-rate without it (a test user's rating is never in it)."""
+    import random
+    from adapterhub import prompts
+    from adapterhub.datasets.common import Example, Item, ScenarioData
+    items = {i: Item(i, f"Film {i} (1995)", "Drama") for i in ("m1", "m2", "m3")}
+    train = [Example("u1", ("m3",), "m1", 1), Example("u2", ("m3",), "m1", 0), Example("u3", ("m1",), "m2", 1),
+             Example("u1", ("m1",), "m3", 0)]
+    counts = {"m1": [3, 4], "m2": [1, 1], "m3": [0, 2]}   # [liked, rated] over the train users' ratings
+    data = ScenarioData("video", "toy", items, {"train": train, "valid": train[:2], "test": train[:2]}, "t", "pointwise",
+                        {"like_rate": {i: lk / n for i, (lk, n) in counts.items()}, "global_like_rate": 0.55,
+                         "like_count": counts})
+    facts = facts_mod.compute(data)
+    own = facts_mod.OwnLabelOut(facts, train, counts)
+    assert own.candidate(train[0])["r"] == pytest.approx(2 / 3)      # liked: 3 of 4 -> 2 of the other 3
+    assert own.candidate(train[1])["r"] == pytest.approx(1.0)        # disliked: 3 of 4 -> 3 of 3
+    assert "r" not in own.candidate(train[2]) and "liked by" not in prompts.render(
+        "video", train[2], items, facts, candidate_facts=own.candidate(train[2]))[1]   # its own rating was the only one
+    assert facts["items"]["m1"]["r"] == 0.75 and facts_mod.OwnLabelOut(facts, train).candidate(train[0])["r"] == 0.75
+    i = facts_mod.feature_names("video").index("like_share_plus_rate")
+    assert train_mod.prior_features(facts, "video", train[1], own)[i] == pytest.approx(1 + 1.0)   # like-share 1 (m3 liked)
+    assert train_mod.prior_features(facts, "video", train[2], own)[i] == pytest.approx(1 + 0.55)   # the global rate
+    # training wires the loader's counts in (own_label_out is on by default), and the prompt shows it
+    part = train_mod.prepare(hub, data, TrainConfig(**FAST), random.Random(0))
+    assert part.own_out.candidate(train[0])["r"] == pytest.approx(2 / 3)
+    assert "liked by 67% of viewers" in prompts.render("video", train[0], items, facts,
+                                                       candidate_facts=part.own_out.candidate(train[0]))[1]
+
+
 def test_the_loss_sees_the_adapter_logit_plus_the_prior(hub, toy, monkeypatch):
     seen = {}
     packed, loss = hub.packed_logits, train_mod.group_loss

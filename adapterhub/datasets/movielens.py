@@ -94,8 +94,9 @@ def rows_from_ratings(ratings: dict[str, list], users, items: dict[str, Item], p
     return out
 
 
-def like_rates(ratings: dict[str, list], excluded_users: set[str]) -> tuple[dict[str, float], float]:
-    """Per-movie share of ratings > 3 in u.data, without the valid/test users' ratings."""
+def like_rates(ratings: dict[str, list], excluded_users: set[str]) -> tuple[dict[str, float], float, dict]:
+    """Per-movie share of ratings > 3 in u.data, without the valid/test users' ratings -> (rates,
+    the overall rate, {movie: [liked, rated]}: what facts.OwnLabelOut takes a train row's own rating from)."""
     liked: dict[str, int] = {}
     total: dict[str, int] = {}
     for user, seq in ratings.items():
@@ -106,7 +107,7 @@ def like_rates(ratings: dict[str, list], excluded_users: set[str]) -> tuple[dict
             liked[movie] = liked.get(movie, 0) + (rating > 3)
     rates = {i: liked[i] / total[i] for i in total}
     overall = sum(liked.values()) / max(1, sum(total.values()))
-    return rates, overall
+    return rates, overall, {i: [liked[i], total[i]] for i in total}
 
 
 def load(path, *, seed: int = 0, n_candidates: int = 20, max_examples=None,
@@ -137,7 +138,7 @@ def load(path, *, seed: int = 0, n_candidates: int = 20, max_examples=None,
             splits[name] += rows_from_ratings(ratings, [u for u in new if part[u] == name], items, ml / "u.data")
         judged |= {u for u in new if part[u] != "train"}
     # like-rates leave out every user whose rows are judged (valid, test): no label leaks into facts
-    rates, overall = like_rates(ratings, judged)
+    rates, overall, counts = like_rates(ratings, judged)
     files = [ml / "u.item", ml / "u.data", tr / "train.csv", tr / "valid.csv"]
     params = {"seed": seed, "max_examples": max_examples}
     if valid_from_train:
@@ -145,4 +146,4 @@ def load(path, *, seed: int = 0, n_candidates: int = 20, max_examples=None,
     if more_users:
         params["more_users"] = True
     return finish("video", SOURCE, items, splits, "pointwise", files, params,
-                  {"like_rate": rates, "global_like_rate": overall})
+                  {"like_rate": rates, "global_like_rate": overall, "like_count": counts})
