@@ -138,7 +138,7 @@ class OwnLabelOut:
                     out["b"] = b
         if ex.candidate in self.like_counts and "r" in entry:
             liked, rated = self.like_counts[ex.candidate]
-            out = {k: v for k, v in out.items() if k != "r"}   # one rating, its own: a new item's like-rate
+            out = {k: v for k, v in out.items() if k != "r"}   # its own rating was the only one: no like-rate
             if rated > 1:
                 out["r"] = (liked - ex.label) / (rated - 1)
         return out
