@@ -132,7 +132,8 @@ def load(path, *, seed: int = 0, n_candidates: int = 20, max_examples=None,
     judged = held_users | moved
     ratings = read_ratings(ml / "u.data")
     if more_users:
-        new = [u for u in ratings if u not in held_users and u not in {ex.user for ex in train}]
+        tallrec_users = held_users | {ex.user for ex in train}   # built once, not per user
+        new = [u for u in ratings if u not in tallrec_users]
         part = {u: {1: "test", 2: "valid"}.get(md5_int(u) % 10, "train") for u in new}
         for name in ("train", "valid", "test"):
             splits[name] += rows_from_ratings(ratings, [u for u in new if part[u] == name], items, ml / "u.data")
