@@ -62,9 +62,10 @@ class Adapter:
     def score(self, prompts: list[str]) -> list[float]:
         return self.hub.score([(self.key, p) for p in prompts])
 
-    def recommend(self, history: list[str], candidates: list[str], k: int = 10,
-                  disliked: list[str] = (), raw: bool = False) -> list[tuple[str, float]]:
-        return self.hub.recommend(self.key, history, candidates, k=k, disliked=disliked, raw=raw)
+    def recommend(self, history: list, candidates: list, k: int = 10, disliked: list = (), raw: bool = False,
+                  scenario: str | None = None, catalog=None) -> list[tuple[str, float]]:
+        return self.hub.recommend(self.key, history, candidates, k=k, disliked=disliked, scenario=scenario, raw=raw,
+                                  catalog=catalog)
 
 
 @dataclass
@@ -93,8 +94,10 @@ def _inverse(order: list[int]) -> list[int]:
 class Hub:
     def __init__(self, base: str | Base = DEFAULT_BASE, registry: str | Registry = "adapters",
                  quant: str = "nf4", device: str = "auto", max_resident: int = 64, batch_size: int = 16,
-                 compute: str = "auto"):
-        """compute: how a quantized base runs (base.COMPUTES): 'auto' dequantizes NF4/int8 once to bf16
+                 compute: str = "auto", catalog=None):
+        """catalog: item facts (popularity, category, like-rate) from your own catalog, used by every
+        recommend call that does not pass its own (adapterhub.catalog); None: each version's own facts.
+        compute: how a quantized base runs (base.COMPUTES): 'auto' dequantizes NF4/int8 once to bf16
         on CPUs with bf16 matmul (fp32 on others) and keeps the bitsandbytes kernels on CUDA;
         'native' forces the kernels, 'bf16'/'fp32' force a dequantized copy. Ignored for a Base object."""
         if max_resident < 1:
@@ -106,6 +109,7 @@ class Hub:
         self.device = self.base.device
         self.max_resident = max_resident
         self.batch_size = batch_size
+        self.catalog = catalog
         # Hubs built over one Base share its wrappers: the base is never copied. Weights placed in the
         # shared wrappers are keyed by registry folder + version, so two hubs whose registries both
         # hold 'news@v1' never overwrite each other's weights.
@@ -401,18 +405,20 @@ class Hub:
         back = [starts[p] + j for p in _inverse(order) for j in range(len(groups[p][1]))]
         return logits[torch.tensor(back, device=logits.device)]
 
-    def recommend(self, ref: str, history: list[str], candidates: list[str], k: int = 10,
-                  disliked: list[str] = (), scenario: str | None = None, raw: bool = False) -> list[tuple[str, float]]:
+    def recommend(self, ref: str, history: list, candidates: list, k: int = 10, disliked: list = (),
+                  scenario: str | None = None, raw: bool = False, catalog=None) -> list[tuple[str, float]]:
         """Rank candidates for a user whose history (oldest first) is given; items by title or, for a
         version trained with facts, by dataset id. Ranks by the version's fused score (its Yes-No
         logit blended with the rules' features, adapterhub.recommend) when it has one; raw=True
-        ranks by the adapter's P(yes) alone."""
+        ranks by the adapter's P(yes) alone. catalog: item facts from your own catalog (adapterhub.catalog)
+        instead of the hub's or the version's own."""
         from . import recommend
         if not candidates:
             return []
         key = self._key(ref)
         adapter = self._resident.get(key) or self.load(key)
-        return recommend.rank(self, key, adapter.card, history, candidates, k, disliked, scenario, raw)
+        return recommend.rank(self, key, adapter.card, history, candidates, k, disliked, scenario, raw,
+                              catalog=self.catalog if catalog is None else catalog)
 
     # ------------------------------------------------------------ training, merging, export
     @contextlib.contextmanager
@@ -449,3 +455,9 @@ class Hub:
         """A standalone model folder (merged) or the PEFT folder vLLM/LoRAX load. See adapterhub.export."""
         from .export import export
         return export(self, ref, out_dir, merge_into_base, dtype, overwrite)
+
+    def score_file(self, src, dst, adapter: str | None = None, **kwargs) -> dict:
+        """Rank every row of a JSONL/CSV/Parquet file of (user, history, candidates) into `dst`,
+        streaming and resumable. See adapterhub.batch.score_file."""
+        from .batch import score_file
+        return score_file(self, src, dst, adapter=adapter, **kwargs)

@@ -52,7 +52,7 @@ def render(scenario: str, facts: dict | None, history, candidates, disliked=()) 
 
 
 def rank(hub, key: str, card: dict, history, candidates, k: int = 10, disliked=(), scenario: str | None = None,
-         raw: bool = False) -> list[tuple[str, float]]:
+         raw: bool = False, catalog=None) -> list[tuple[str, float]]:
     """Top-k (candidate, score): the fused probability, or P(yes) when raw or when the version has
     no fused blend."""
     joint = card.get("scenarios") or {}  # a jointly trained adapter: each scenario's facts and blend
