@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from dataclasses import dataclass, field
 
 from . import facts as facts_mod
 from .errors import ConfigError
@@ -51,23 +52,63 @@ def render(scenario: str, facts: dict | None, history, candidates, disliked=()) 
             [prompts.render_candidate(scenario, c, facts=facts, history=history) for c in candidates])
 
 
+@dataclass
+class Plan:
+    """One user's ranking, ready to score: what the model reads and what the fused blend needs."""
+    key: str                     # the resident adapter key
+    scenario: str
+    candidates: list             # as the caller gave them
+    prefix: str                  # the history, rendered once for every candidate
+    suffixes: list[str]          # one per candidate
+    facts: dict | None           # the item facts in use (a catalog's or the version's own), or None
+    fused: dict | None           # the fused blend of this scenario, or None
+    history: list = field(default_factory=list)
+    disliked: list = field(default_factory=list)
+
+
+def plan(hub, key: str, card: dict, history, candidates, disliked=(), scenario: str | None = None,
+         catalog=None) -> Plan:
+    """Render one user's ranking (no model run): the prompts, the facts and the blend it will use.
+    Raises ConfigError for a scenario the adapter was not trained on."""
+    joint = card.get("scenarios") or {}  # a jointly trained adapter: each scenario's facts and blend
+    own = card.get("scenario", key.split("@")[0])
+    if joint and scenario not in joint:
+        raise ConfigError(f"{key} was trained on several scenarios: pass scenario= one of {', '.join(joint)}"
+                          + (f" (got {scenario!r})" if scenario is not None else ""))
+    if not joint and scenario is not None and scenario != own:
+        raise ConfigError(f"{key} was trained for scenario {own!r}, not {scenario!r}: leave scenario out or pass "
+                          f"scenario={own!r}")
+    scenario = scenario or own
+    facts = facts_of(hub.registry, key, scenario if joint else None) if catalog is None else catalog_facts(catalog)
+    history, disliked = list(history), list(disliked)
+    prefix, suffixes = render(scenario, facts, history, candidates, disliked)
+    fused = (joint.get(scenario) or card).get("fused")
+    return Plan(key, scenario, list(candidates), prefix, suffixes, facts, fused, history, disliked)
+
+
+def finish(p: Plan, probs: list[float], raw: bool = False) -> list[tuple[object, float, float]]:
+    """-> [(candidate, fused score, raw P(yes))] in candidate order. The fused score is the raw
+    P(yes) when raw is set, or when there are no facts or no blend."""
+    if p.facts is None or not p.fused or raw:
+        return [(c, pr, pr) for c, pr in zip(p.candidates, probs)]
+    ids = lambda refs: [facts_mod.lookup(p.facts, r) or str(r) for r in refs]  # noqa: E731
+    hist, dis = ids(p.history), ids(p.disliked)
+    names = p.fused["features"][1:]  # the features it was fit with (the first is the LLM's logit)
+    X = [[yes_no_logit(pr)] + facts_mod.features(p.facts, p.scenario, hist, dis, facts_mod.lookup(p.facts, c) or str(c),
+                                                 names) for pr, c in zip(probs, p.candidates)]
+    return [(c, sigmoid(z), pr) for c, z, pr in zip(p.candidates, apply(p.fused, X), probs)]
+
+
+def catalog_facts(catalog) -> dict:
+    """A caller's catalog as a facts dict (adapterhub.catalog)."""
+    from .catalog import as_facts
+    return as_facts(catalog)
+
+
 def rank(hub, key: str, card: dict, history, candidates, k: int = 10, disliked=(), scenario: str | None = None,
          raw: bool = False, catalog=None) -> list[tuple[str, float]]:
     """Top-k (candidate, score): the fused probability, or P(yes) when raw or when the version has
     no fused blend."""
-    joint = card.get("scenarios") or {}  # a jointly trained adapter: each scenario's facts and blend
-    if joint and scenario not in joint:
-        raise ConfigError(f"{key} was trained on several scenarios ({', '.join(joint)}): pass scenario= one of them")
-    scenario = scenario or card.get("scenario", key.split("@")[0])
-    facts = facts_of(hub.registry, key, scenario if joint else None)
-    prefix, suffixes = render(scenario, facts, history, candidates, disliked)
-    probs = hub.score_candidates(key, prefix, suffixes)
-    fused = (joint.get(scenario) or card).get("fused")
-    if facts is not None and fused and not raw:
-        ids = lambda refs: [facts_mod.lookup(facts, r) or str(r) for r in refs]  # noqa: E731
-        hist, dis = ids(history), ids(disliked)
-        names = fused["features"][1:]  # the features it was fit with (the first is the LLM's logit)
-        X = [[yes_no_logit(p)] + facts_mod.features(facts, scenario, hist, dis, facts_mod.lookup(facts, c) or str(c),
-                                                    names) for p, c in zip(probs, candidates)]
-        probs = [sigmoid(z) for z in apply(fused, X)]
-    return sorted(zip(candidates, probs), key=lambda cs: -cs[1])[:k]
+    p = plan(hub, key, card, history, candidates, disliked, scenario, catalog)
+    probs = hub.score_candidates(key, p.prefix, p.suffixes)
+    return [(c, f) for c, f, _ in sorted(finish(p, probs, raw), key=lambda r: -r[1])[:k]]
