@@ -1,0 +1,52 @@
+"""The train command: train a scenario adapter (or one adapter on several scenarios) and publish it."""
+from __future__ import annotations
+
+import os
+
+from .common import add_config_options, check_refs, config_overrides, make_hub, load_data, print_metrics
+
+
+def cmd_train(args) -> int:
+    from ..config import TrainConfig
+    from ..registry import check_name
+    check_name(args.name)
+    cfg = TrainConfig.from_dict(config_overrides(args, TrainConfig))
+    check_refs(args, cfg.init_from, cfg.teacher, *(o.get("teacher") for o in cfg.scenario_options().values()))
+    data = load_data(args)
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun / accelerate launch
+        from accelerate import Accelerator
+        accelerator = Accelerator(cpu=args.device == "cpu")
+        if args.device == "auto":
+            args.device = str(accelerator.device)
+    hub = make_hub(args)
+    promote = True if args.force else None
+    adapter, card = hub.train(args.name, data, cfg, promote=promote, description=args.description or "",
+                              progress=None, accelerator=accelerator, force=args.force)
+    if adapter is None:  # a non-main process of a multi-process run: the main one publishes
+        return 0
+    print(f"published {adapter.key} ({'current' if hub.registry.current(adapter.name) == adapter.version else 'not promoted'})")
+    for scenario, part in (card.get("scenarios") or {card.get("scenario"): card}).items():
+        if card.get("scenarios"):
+            print(f"\n== {scenario}")
+        print_metrics(part["metrics"], part["primary_metric"])
+    print()
+    for v in card.get("verdict", []):  # one line per baseline: wins or loses, by how much
+        where = f"{v['scenario']} " if "scenario" in v else ""
+        print(f"{v['model']} {'wins against' if v['wins'] else 'LOSES to'} {v['vs']} on {where}{v['split']} "
+              f"{v['metric']}: {v['model_value']:.4f} vs {v['vs_value']:.4f} ({v['diff']:+.4f})")
+    return 0
+
+
+
+def add_commands(sub, parents: dict) -> None:
+    from ..config import TrainConfig
+    common, model, data = parents["common"], parents["model"], parents["data"]
+    s = sub.add_parser("train", parents=[common, model, data], help="train and publish a scenario adapter")
+    s.add_argument("name", help="adapter name, e.g. news (a-z, 0-9, '_', '-')")
+    s.add_argument("--description", help="one line for the card (default: '<scenario> recommendation adapter (<source>)')")
+    s.add_argument("--force", action="store_true", help="publish even if the adapter loses to the bare base on valid, "
+                   "and make the new version current even if its metric is worse")
+    add_config_options(s.add_argument_group("training options (TrainConfig fields)"), TrainConfig)
+    s.set_defaults(func=cmd_train)
+
