@@ -16,7 +16,7 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAPTERHUB_CACHE", str(tmp_path / "cache"))
     # Toy adapters trained for a few steps often score below the random tiny base, and the issue-12
     # gate would then refuse to publish them; the gate has its own tests (test_facts_serving.py).
-    monkeypatch.setattr("adapterhub.train._check_beats_base", lambda card, name, force: None)
+    monkeypatch.setattr("adapterhub.train.publish.check_beats_base", lambda card, name, force: None)
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
 

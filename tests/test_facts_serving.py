@@ -7,7 +7,7 @@ import pytest
 from adapterhub import recommend
 from adapterhub.config import TrainConfig
 from adapterhub.errors import AdapterHubError, RegistryError
-from adapterhub.train import _check_beats_base
+from adapterhub.train.publish import check_beats_base as _check_beats_base
 
 FAST = dict(max_steps=20, eval_every=10, lr=1e-2, batch_size=8, patience=10)
 
@@ -54,8 +54,8 @@ def test_recommend_ranks_by_fused_score_and_accepts_titles_or_ids(trained):
 
 
 def test_training_that_loses_to_the_base_is_not_published_without_force(hub, toy, monkeypatch):
-    from adapterhub import train as train_mod
-    monkeypatch.setattr(train_mod, "_check_beats_base", _check_beats_base)  # the real gate (conftest stubs it)
+    from adapterhub.train import evaluate as train_mod, publish
+    monkeypatch.setattr(publish, "check_beats_base", _check_beats_base)  # the real gate (conftest stubs it)
     monkeypatch.setattr(train_mod, "evaluate_split", lambda *a, **k: {"adapter": {"auc": 0.4}, "base": {"auc": 0.6}})
     with pytest.raises(AdapterHubError, match="loses to the bare base"):
         hub.train("toy", toy, TrainConfig(max_steps=2, eval_every=2), progress=False)

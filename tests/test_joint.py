@@ -7,7 +7,7 @@ import torch
 
 from adapterhub.config import TrainConfig
 from adapterhub.errors import ConfigError
-from adapterhub.train import _next_groups, prepare
+from adapterhub.train import next_groups as _next_groups, prepare
 
 from conftest import toy_data
 

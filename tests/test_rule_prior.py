@@ -6,6 +6,7 @@ import torch
 
 from adapterhub import facts as facts_mod
 from adapterhub import train as train_mod
+from adapterhub.train import loop as train_loop
 from adapterhub.config import TrainConfig
 from adapterhub.errors import ConfigError
 from adapterhub.evaluation import evaluate
@@ -105,16 +106,16 @@ def test_the_loss_sees_the_adapter_logit_plus_the_prior(hub, toy, monkeypatch):
         return loss(logits, labels, *args, **kwargs)
 
     monkeypatch.setattr(hub, "packed_logits", spy_packed)
-    monkeypatch.setattr(train_mod, "group_loss", spy_loss)
+    monkeypatch.setattr(train_loop, "group_loss", spy_loss)
     seen_groups = []
-    next_groups = train_mod._next_groups
+    next_groups = train_loop.next_groups
 
     def spy_next(*args, **kwargs):
         batch, order = next_groups(*args, **kwargs)
         seen_groups.append(batch)
         return batch, order
 
-    monkeypatch.setattr(train_mod, "_next_groups", spy_next)
+    monkeypatch.setattr(train_loop, "next_groups", spy_next)
     parts = []
     prepare = train_mod.prepare
     monkeypatch.setattr(train_mod, "prepare", lambda *a, **k: parts.append(prepare(*a, **k)) or parts[-1])

@@ -93,7 +93,7 @@ def test_warm_start_from_a_merge_shows_the_lineage(hub, toy):
     assert grandchild["parents"][0]["parents"][0]["ref"] == merged.key  # two levels up
     # the cat merge is stored with alpha = r (scale 1); a run at another alpha starts from its exact delta
     from adapterhub.lora import group_pairs
-    from adapterhub.train import _init_pairs
+    from adapterhub.train import init_pairs as _init_pairs
     cfg = TrainConfig(**{**FAST, "r": 8, "alpha": 16.0})
     init = _init_pairs(hub, merged.key, cfg)
     config, tensors, _, _ = hub.registry.load(merged.key)
@@ -140,7 +140,8 @@ def test_promotion_rescores_a_current_version_whose_facts_come_from_other_data_w
     labels (video@v7's like-rates held the ratings of more_users' valid users): it is rescored with
     this run's facts, made from this run's train split only, and the card says so."""
     from dataclasses import replace
-    from adapterhub import facts as facts_mod, train as train_mod
+    from adapterhub import facts as facts_mod
+    from adapterhub.train import examples as train_mod
     hub.train("toy", toy, TrainConfig(**{**FAST, "max_steps": 5}), progress=False)
     seen = []   # the facts each encode_examples call renders; the last call is the promotion's rescoring
     real = train_mod.encode_examples
@@ -187,7 +188,7 @@ def test_distillation_follows_the_teacher_not_the_labels(hub):
 def test_checkpointing_keeps_layers_in_proportion_to_the_token_budget(hub):
     """checkpoint_tokens: a step of t tokens keeps layers * budget / t layers' activations, evenly
     spread; a longer step recomputes more of them; off, every layer keeps its activations."""
-    from adapterhub.train import _checkpointing
+    from adapterhub.train import Checkpointing as _checkpointing
     n = len(hub.decoder.layers)
     with _checkpointing(hub, TrainConfig(checkpoint_tokens=100)) as ckpt:
         assert all(layer.gradient_checkpointing for layer in hub.decoder.layers)  # before a step: all

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from adapterhub import train as train_mod
+from adapterhub.train import loop as train_mod
 from adapterhub.config import TrainConfig
 from adapterhub.datasets.common import Example, Item, ScenarioData
 from adapterhub.train import NegativeSampler, build_groups, group_loss, visit
