@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError, did_you_mean
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+NEGATIVE_PROTOCOLS = ("sampled", "catalog", "popular")   # adapterhub.protocols ('new' selects groups, not negatives)
 
 
 def _f(default, help: str):
@@ -79,6 +80,12 @@ class TrainConfig:
     teacher: str | None = _f(None, "distil from this adapter's P(yes) (per scenario in a joint run: per_scenario)")
     distill_weight: float = _f(0.5, "weight of the teacher's soft labels vs the hard labels")
     domain_steps: int = _f(0, "causal-LM steps on item text before task tuning")
+    negative_mix: str = _f("sampled", "where a step's negatives come from, as PROTOCOL=SHARE,...: each negative a "
+                           "step sees stays the loader's (sampled) or, with catalog's and popular's shares, is swapped "
+                           "for one drawn under that candidate protocol: catalog = uniform over the whole item file, "
+                           "popular = by train popularity (docs/DATA.md). e.g. sampled=0.5,catalog=0.25,popular=0.25")
+    valid_protocols: str = _f("sampled", "candidate protocols the valid groups are drawn under (comma list of sampled, "
+                              "catalog, popular); the check is chosen and the fused score fit on their groups pooled")
 
     def __post_init__(self):
         problems = []
@@ -117,6 +124,11 @@ class TrainConfig:
             problems.append(f"select={self.select!r} must be 'mean' or 'worst_kept'")
         if not 0 <= self.distill_weight <= 1:
             problems.append(f"distill_weight={self.distill_weight} must be in [0, 1]")
+        try:
+            self.negative_shares()
+            self.valid_protocol_list()
+        except ConfigError as e:
+            problems.append(str(e))
         if problems:
             raise ConfigError("bad training config: " + "; ".join(problems))
         self.scenario_options()  # a malformed per_scenario fails here, before any data is loaded
@@ -149,6 +161,34 @@ class TrainConfig:
             except ConfigError as e:
                 raise ConfigError(f"per_scenario {scenario.strip()}: {e}") from None
         return out
+
+    def negative_shares(self) -> dict[str, float]:
+        """negative_mix parsed and normalised: {protocol: share}, the shares summing to 1."""
+        shares: dict[str, float] = {}
+        for item in self.negative_mix.split(","):
+            name, eq, value = (t.strip() for t in item.partition("="))
+            if name not in NEGATIVE_PROTOCOLS:
+                raise ConfigError(f"negative_mix {self.negative_mix!r}: {name!r} is not one of "
+                                  f"{', '.join(NEGATIVE_PROTOCOLS)}.{did_you_mean(name, NEGATIVE_PROTOCOLS)}")
+            try:
+                shares[name] = float(value) if eq else 1.0
+            except ValueError:
+                raise ConfigError(f"negative_mix {self.negative_mix!r}: {name}={value!r} is not a number") from None
+            if shares[name] < 0:
+                raise ConfigError(f"negative_mix {self.negative_mix!r}: {name}'s share must be >= 0")
+        total = sum(shares.values())
+        if total <= 0:
+            raise ConfigError(f"negative_mix {self.negative_mix!r}: the shares sum to 0")
+        return {k: v / total for k, v in shares.items() if v > 0}
+
+    def valid_protocol_list(self) -> list[str]:
+        """valid_protocols parsed: the protocols' names, in order."""
+        names = [t.strip() for t in self.valid_protocols.split(",") if t.strip()]
+        bad = [n for n in names if n not in NEGATIVE_PROTOCOLS]
+        if bad or not names:
+            raise ConfigError(f"valid_protocols {self.valid_protocols!r}: name one or more of "
+                              f"{', '.join(NEGATIVE_PROTOCOLS)}")
+        return names
 
     def for_scenario(self, scenario: str) -> "TrainConfig":
         """This config with `scenario`'s per_scenario options applied."""

@@ -12,25 +12,70 @@ from pathlib import Path
 
 from .datasets.common import Example, Item, ScenarioData
 
+# Each example user's history and candidates, as item dicts of a small built-in catalog
+# (adapterhub.catalog.FIELDS), so the shipped adapters see facts, as they were trained to. The
+# titles are well-known public items; the categories are ours and the popularity and like-rate
+# figures are illustrative, not measured.
+def _items(rows, keys):
+    """(text, value per key, ...) rows -> item dicts whose id is their text."""
+    return [{"id": r[0], "text": r[0], **dict(zip(keys, r[1:]))} for r in rows]
+
+
+_V = ("category", "popularity", "like_rate")
+_N = ("category", "subcategory", "popularity")
+_M = ("category", "tags", "popularity")
+_E = ("category", "popularity")
 USERS = {
-    "video": (["Star Wars (1977)", "Empire Strikes Back, The (1980)", "Raiders of the Lost Ark (1981)",
-               "Terminator, The (1984)", "Aliens (1986)"],
-              ["Return of the Jedi (1983)", "Sense and Sensibility (1995)", "Die Hard (1988)",
-               "Sleepless in Seattle (1993)", "Alien (1979)", "Emma (1996)"]),
-    "news": (["NFL Week 8 takeaways: what we learned", "Astros fire assistant GM after clubhouse comments",
-              "NBA season preview: the biggest questions"],
-             ["Patriots stay unbeaten with win over Browns", "10 easy weeknight dinners", "Stocks edge higher as earnings roll in",
-              "LeBron James leads Lakers past Mavericks", "How to keep houseplants alive in winter"]),
-    "music": (["Metallica (tags: thrash metal, metal, hard rock)", "Iron Maiden (tags: heavy metal, metal, nwobhm)",
-               "Megadeth (tags: thrash metal, metal, speed metal)"],
-              ["Slayer (tags: thrash metal, metal, speed metal)", "Enya (tags: new age, celtic, ambient)",
-               "Judas Priest (tags: heavy metal, metal, hard rock)", "Britney Spears (tags: pop, dance, female vocalists)",
-               "Norah Jones (tags: jazz, female vocalists, chillout)"]),
-    "ecommerce": (["3D Printer PLA Filament 1.75mm Black 1kg", "Digital Caliper 0-6 inch Stainless Steel",
-                   "3D Printer Nozzle Cleaning Kit"],
-                  ["PETG 3D Printer Filament 1.75mm 1kg Spool", "Nitrile Disposable Gloves, 100 Count",
-                   "Super Glue, 12-Pack", "Glass Print Bed for 3D Printer", "Lab Safety Goggles"]),
+    "video": (_items([("Star Wars (1977)", "Action|Adventure|Sci-Fi", 580, 0.91),
+                      ("Empire Strikes Back, The (1980)", "Action|Adventure|Sci-Fi", 360, 0.88),
+                      ("Raiders of the Lost Ark (1981)", "Action|Adventure", 420, 0.9),
+                      ("Terminator, The (1984)", "Action|Sci-Fi|Thriller", 300, 0.82),
+                      ("Aliens (1986)", "Action|Sci-Fi|Thriller", 280, 0.85)], keys=_V),
+              _items([("Return of the Jedi (1983)", "Action|Adventure|Sci-Fi", 500, 0.84),
+                      ("Sense and Sensibility (1995)", "Drama|Romance", 260, 0.8),
+                      ("Die Hard (1988)", "Action|Thriller", 240, 0.79),
+                      ("Sleepless in Seattle (1993)", "Comedy|Romance", 210, 0.62),
+                      ("Alien (1979)", "Horror|Sci-Fi|Thriller", 290, 0.86),
+                      ("Emma (1996)", "Comedy|Drama|Romance", 120, 0.66)], keys=_V)),
+    "news": (_items([("NFL Week 8 takeaways: what we learned", "sports", "football_nfl", 40),
+                     ("Astros fire assistant GM after clubhouse comments", "sports", "baseball_mlb", 25),
+                     ("NBA season preview: the biggest questions", "sports", "basketball_nba", 18)], keys=_N),
+             _items([("Patriots stay unbeaten with win over Browns", "sports", "football_nfl", 60),
+                     ("10 easy weeknight dinners", "foodanddrink", "recipes", 30),
+                     ("Stocks edge higher as earnings roll in", "finance", "markets", 12),
+                     ("LeBron James leads Lakers past Mavericks", "sports", "basketball_nba", 45),
+                     ("How to keep houseplants alive in winter", "lifestyle", "lifestylehomeandgarden", 8)],
+                    keys=_N)),
+    "music": (_items([("Metallica (tags: thrash metal, metal, hard rock)", "thrash metal",
+                       ["thrash metal", "metal", "hard rock"], 90),
+                      ("Iron Maiden (tags: heavy metal, metal, nwobhm)", "heavy metal", ["heavy metal", "metal", "nwobhm"], 70),
+                      ("Megadeth (tags: thrash metal, metal, speed metal)", "thrash metal",
+                       ["thrash metal", "metal", "speed metal"], 40)], keys=_M),
+              _items([("Slayer (tags: thrash metal, metal, speed metal)", "thrash metal",
+                       ["thrash metal", "metal", "speed metal"], 35),
+                      ("Enya (tags: new age, celtic, ambient)", "new age", ["new age", "celtic", "ambient"], 20),
+                      ("Judas Priest (tags: heavy metal, metal, hard rock)", "heavy metal",
+                       ["heavy metal", "metal", "hard rock"], 30),
+                      ("Britney Spears (tags: pop, dance, female vocalists)", "pop", ["pop", "dance", "female vocalists"], 150),
+                      ("Norah Jones (tags: jazz, female vocalists, chillout)", "jazz",
+                       ["jazz", "female vocalists", "chillout"], 45)], keys=_M)),
+    "ecommerce": (_items([("3D Printer PLA Filament 1.75mm Black 1kg", "Filaments", 30),
+                          ("Digital Caliper 0-6 inch Stainless Steel", "Measuring Tools", 12),
+                          ("3D Printer Nozzle Cleaning Kit", "3D Printer Parts", 6)], keys=_E),
+                  _items([("PETG 3D Printer Filament 1.75mm 1kg Spool", "Filaments", 25),
+                          ("Nitrile Disposable Gloves, 100 Count", "Gloves", 40),
+                          ("Super Glue, 12-Pack", "Adhesives", 15),
+                          ("Glass Print Bed for 3D Printer", "3D Printer Parts", 4),
+                          ("Lab Safety Goggles", "Eye Protection", 9)], keys=_E)),
 }
+
+
+def demo_catalog(scenario: str) -> dict:
+    """The built-in catalog of a scenario's example user: their items' facts."""
+    from .catalog import from_items
+    history, candidates = USERS[scenario]
+    return from_items(history + candidates, scenario)
+
 
 TOPICS = {"science": ["Space Shuttle Stories", "The Physics Hour", "Chemistry in the Kitchen", "Deep Sea Biology",
                       "Quantum Weekly", "Astronomy Tonight"],
@@ -62,30 +107,6 @@ def shipped_registry(path: str) -> Path:
     return Path(__file__).resolve().parent.parent / "adapters"
 
 
-def ensure_facts(registry, key: str, card: dict) -> str:
-    """The shipped adapters' facts are data, so a clone lacks them (README, Shipped adapters):
-    rebuild them from the data folder when it is here. -> a line to print ('' when nothing to do)."""
-    import inspect
-    from .datasets import SOURCES, default_data_dir, load
-    from .train import rebuild_facts
-    if "facts.json" not in (card.get("files") or {}) or (registry.resolve(key) / "facts.json").exists():
-        return ""
-    scenario = card.get("scenario")
-    if default_data_dir() is None or scenario not in SOURCES:
-        return "  (its facts are not here and there is no data folder: ranked without them)"
-    if card["data"].get("load"):  # the card says how its data was loaded
-        tries = [card["data"]["load"]]
-    else:  # older cards (the v2s): try the loader's on/off options (news@v2 has full_train)
-        flags = [p for p, v in inspect.signature(SOURCES[scenario][0].load).parameters.items() if v.default is False]
-        tries = [{"options": o} for o in [{}] + [{f: True} for f in flags]]
-    for args in tries:
-        data = load(scenario, seed=args.get("seed", 0), n_candidates=args.get("n_candidates", 20),
-                    max_examples=args.get("max_examples"), options=args.get("options") or None)
-        if data.sha256 == card["data"]["sha256"]:
-            return f"  (rebuilt its facts from the data folder: {rebuild_facts(registry, key, data)})"
-    return "  (its facts are not here and the data folder holds other data: ranked without them)"
-
-
 def run_demo(args) -> int:
     from .config import TrainConfig
     from .hub import Hub
@@ -101,20 +122,19 @@ def run_demo(args) -> int:
         print(f"no shipped adapters in {registry.root}/ (expected: {', '.join(USERS)})")
     for card in shipped:
         name = card["name"]
-        note = ensure_facts(registry, f"{name}@{card['current']}", card=registry.card(name))
         t = time.perf_counter()
         adapter = hub.load(name)
         load_ms = 1000 * (time.perf_counter() - t)
         history, candidates = USERS[name]
         t = time.perf_counter()
-        ranked = adapter.recommend(history, candidates, k=len(candidates))
+        # the built-in catalog gives every item its facts, as the adapter saw them in training
+        ranked = adapter.recommend(history, candidates, k=len(candidates), catalog=demo_catalog(name))
         print(f"\n[{adapter.key}] scenario {adapter.scenario}; loaded in {load_ms:.0f} ms, "
-              f"ranked {len(candidates)} candidates in {time.perf_counter() - t:.1f} s")
-        if note:
-            print(note)
-        print("  history: " + "; ".join(history))
+              f"ranked {len(candidates)} candidates in {time.perf_counter() - t:.1f} s "
+              "(item facts from the demo's built-in catalog; its popularity figures are illustrative)")
+        print("  history: " + "; ".join(h["text"] for h in history))
         for rank, (item, score) in enumerate(ranked, 1):
-            print(f"  {rank}. {score:.3f}  {item}")
+            print(f"  {rank}. {score:.3f}  {item['text']}")
 
     print("\n[train -> publish -> load] a small adapter on the built-in 'podcasts' example")
     data = example_data()

@@ -17,8 +17,10 @@ def _groups(examples, scores) -> dict[str, list[tuple[int, float]]]:
 def evaluate(task: str, examples: list[Example], scores, ks=(1, 5, 10)) -> dict[str, float]:
     """Metrics for one split.
 
-    pointwise:  auc, logloss, n. logloss only when every score is in [0, 1] (a probability);
-                heuristic scores outside that range are not squashed, logloss is just omitted.
+    pointwise:  auc (pooled), user_auc (the mean over users of the AUC within each user; users
+                with one class only are skipped), logloss, n. logloss only when every score is in
+                [0, 1] (a probability); heuristic scores outside that range are not squashed,
+                logloss is just omitted.
     ranking:    hr@k, ndcg@k, mrr (each positive ranked against its group's negatives), auc pooled
                 over all examples, n_groups, n_candidates (mean group size). Groups are
                 `example.group` (or the user when empty); groups without a positive are skipped.
@@ -31,6 +33,14 @@ def evaluate(task: str, examples: list[Example], scores, ks=(1, 5, 10)) -> dict[
     labels = [ex.label for ex in examples]
     if task == "pointwise":
         out = {"auc": auc(labels, scores)}
+        users = [ex.user for ex in examples]
+        counts: dict[str, list[int]] = {}   # user -> [positives, examples]
+        for y, u in zip(labels, users):
+            c = counts.setdefault(u, [0, 0])
+            c[0] += y
+            c[1] += 1
+        if any(0 < pos < n for pos, n in counts.values()):
+            out["user_auc"] = group_auc(labels, scores, users)
         if all(0.0 <= s <= 1.0 for s in scores):
             out["logloss"] = logloss(labels, scores)
         out["n"] = len(examples)

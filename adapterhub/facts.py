@@ -34,7 +34,11 @@ from .errors import DataError
 from .files import atomic_write
 
 FACTS_FILE = "facts.json"
-FORMAT = 1
+# 1: the items the loader read; an item without train interactions showed as "unpopular".
+# 2: every item of the source's catalog too, and an item without train interactions shows as a
+#    new item (prompts.NEW_ITEM), with its feature is_new; a version keeps the format it was
+#    trained with (its card's facts.format, 1 when absent), so old versions see what they saw.
+FORMAT = 2
 BUCKETS = (1, 5, 10, 25, 50)   # "top b% popular"; items below the top half get no bucket
 
 # Features of one (user, candidate) for the fused score: log1p popularity (most-popular) and the
@@ -42,12 +46,14 @@ BUCKETS = (1, 5, 10, 25, 50)   # "top b% popular"; items below the top half get 
 # like_rate, news' subcategory_overlap) were dropped: fit on a few hundred valid rows, they
 # reweighted the rule in ways that did not hold on test (video@v2: fused 0.760 < rule 0.785).
 # A card's fused model names its own features, so older versions keep working.
+# is_new (no train interaction) joined them in facts format 2: under a catalog's candidates most
+# negatives are new, and a blend on log1p popularity alone cannot tell "new" from "rare".
 FEATURE_NAMES: dict[str, tuple[str, ...]] = {
-    "video": ("log1p_popularity", "like_share_plus_rate"),
-    "news": ("log1p_popularity", "category_overlap"),
-    "ecommerce": ("log1p_popularity", "brand_overlap"),
-    "music": ("log1p_popularity", "tag_overlap"),
-    "generic": ("log1p_popularity", "category_overlap"),
+    "video": ("log1p_popularity", "like_share_plus_rate", "is_new"),
+    "news": ("log1p_popularity", "category_overlap", "is_new"),
+    "ecommerce": ("log1p_popularity", "brand_overlap", "is_new"),
+    "music": ("log1p_popularity", "tag_overlap", "is_new"),
+    "generic": ("log1p_popularity", "category_overlap", "is_new"),
 }
 RULES = {"video": "like-share+rate", "news": "category-overlap", "ecommerce": "brand-overlap",
          "music": "tag-overlap", "generic": "category-overlap"}   # the baselines.BASELINES names
@@ -58,15 +64,22 @@ def feature_names(scenario: str) -> tuple[str, ...]:
     return FEATURE_NAMES.get(scenario, FEATURE_NAMES["generic"])
 
 
-def compute(data: ScenarioData) -> dict:
-    """Per-item facts of `data` from its train split (+ data.extra); JSON-serialisable."""
+def is_new_format(facts: dict | None) -> bool:
+    """Whether these facts show an item without train interactions as new (format >= 2)."""
+    return bool(facts) and facts.get("format", 1) >= 2
+
+
+def compute(data: ScenarioData, fmt: int = FORMAT) -> dict:
+    """Per-item facts of `data` from its train split (+ data.extra); JSON-serialisable. fmt: the
+    facts format (FORMAT; a version trained with an older one rebuilds its facts in that one)."""
     counts = baselines.popularity(data)
-    ranked = sorted(counts.get(i, 0) for i in data.items)   # ascending
+    source = {**data.catalog, **data.items} if fmt >= 2 and data.catalog else data.items
+    ranked = sorted(counts.get(i, 0) for i in data.items)   # ascending (buckets: over the items read)
     rates = data.extra.get("like_rate", {})
     subs = data.extra.get("subcategory", {})
     tags = data.extra.get("tags", {})
     items = {}
-    for item_id, item in data.items.items():
+    for item_id, item in source.items():
         entry: dict = {"t": item.text}
         pop = counts.get(item_id, 0)
         if pop:
@@ -83,7 +96,7 @@ def compute(data: ScenarioData) -> dict:
         if tags.get(item_id):
             entry["g"] = list(tags[item_id])
         items[item_id] = entry
-    facts = {"format": FORMAT, "scenario": data.scenario, "source": data.source,
+    facts = {"format": fmt, "scenario": data.scenario, "source": data.source,
              "n_users": len({ex.user for ex in data.splits["train"]})}
     if "global_like_rate" in data.extra:
         facts["global_like_rate"] = data.extra["global_like_rate"]
@@ -274,7 +287,7 @@ def features(facts: dict | None, scenario: str, history_ids, disliked_ids, candi
     """The rules' inputs for one candidate, in the order of `names` (default feature_names(scenario);
     a stored fused model passes the names it was fit with). candidate_entry: as in _pieces."""
     p = _pieces(facts, history_ids, disliked_ids, candidate_id, candidate_entry)
-    values = {"log1p_popularity": math.log1p(p["popularity"]),
+    values = {"log1p_popularity": math.log1p(p["popularity"]), "is_new": float(p["popularity"] == 0),
               "like_share_plus_rate": p["like_share"] + p["like_rate"], "like_rate": p["like_rate"],
               "category_overlap": p["category"], "subcategory_overlap": p["subcategory"],
               "brand_overlap": p["category"], "tag_overlap": p["tags"]}

@@ -119,15 +119,16 @@ OVERLAP = {
 SUBCATEGORY = ", same subcategory as {k}"
 
 
-def _popularity(entry: dict) -> str:
+def _popularity(entry: dict, new: bool) -> str:
     if "b" in entry:
         return f"top {entry['b']}% popular"
-    return "less popular" if entry.get("p") else "unpopular"
+    return "less popular" if entry.get("p") else NEW_ITEM if new else "unpopular"
 
 
-def item_facts(scenario: str, entry: dict | None, history: bool = False) -> str:
+def item_facts(scenario: str, entry: dict | None, history: bool = False, new: bool = False) -> str:
     """The facts of one item as the prompt shows them after its text: ' (Action, Crime; ...)', or
-    '' when there are none to show. history: the shorter set shown for history items."""
+    '' when there are none to show. history: the shorter set shown for history items. new (facts
+    format >= 2): an item without train interactions is a new item, not an unpopular one."""
     if entry is None:
         return f" ({NEW_ITEM})"
     parts = []
@@ -139,7 +140,7 @@ def item_facts(scenario: str, entry: dict | None, history: bool = False) -> str:
         elif key == "r" and "r" in entry:
             parts.append(f"liked by {round(100 * entry['r'])}% of viewers")
         elif key == "b":
-            parts.append(_popularity(entry))
+            parts.append(_popularity(entry, new))
     return f" ({'; '.join(parts)})" if parts else ""
 
 
@@ -155,7 +156,8 @@ def _resolve(facts: dict, refs) -> list[tuple[str, dict | None]]:
 def _history_prefix(scenario: str, shown, shown_disliked, n_liked: int, n_disliked: int,
                     facts: dict | None) -> str:
     """shown / shown_disliked: [(text, entry)] of the last MAX_HISTORY items of each list."""
-    fmt = (lambda t, e: quote(t)) if facts is None else (lambda t, e: quote(t) + item_facts(scenario, e, True))
+    new = _facts.is_new_format(facts)
+    fmt = (lambda t, e: quote(t)) if facts is None else (lambda t, e: quote(t) + item_facts(scenario, e, True, new))
     sentence = templates(scenario)[0]
     prefix = sentence.format(items=", ".join(fmt(t, e) for t, e in shown)) if shown else EMPTY_HISTORY
     if shown_disliked:
@@ -170,7 +172,7 @@ def _candidate_suffix(scenario: str, text: str, entry: dict | None, facts: dict 
     question = templates(scenario)[1]
     if facts is None:
         return "\n" + question.format(item=quote(text)) + " Answer:"
-    out = "\n" + question.format(item=quote(text) + item_facts(scenario, entry))
+    out = "\n" + question.format(item=quote(text) + item_facts(scenario, entry, new=_facts.is_new_format(facts)))
     key, sentence = OVERLAP.get(scenario, OVERLAP["generic"])
     attribute = {"genres": "c", "category": "c", "tags": "g"}[key]
     if history and entry is not None and entry.get(attribute):

@@ -17,6 +17,7 @@ from . import facts as facts_mod
 from .errors import ConfigError
 from . import prompts
 from .fused import apply, sigmoid
+from .catalog import entry, item_id, with_items
 from .scoring import yes_no_logit
 
 log = logging.getLogger(__name__)
@@ -57,19 +58,21 @@ class Plan:
     """One user's ranking, ready to score: what the model reads and what the fused blend needs."""
     key: str                     # the resident adapter key
     scenario: str
-    candidates: list             # as the caller gave them
+    candidates: list             # as the caller gave them (texts, ids or item dicts)
     prefix: str                  # the history, rendered once for every candidate
     suffixes: list[str]          # one per candidate
     facts: dict | None           # the item facts in use (a catalog's or the version's own), or None
     fused: dict | None           # the fused blend of this scenario, or None
-    history: list = field(default_factory=list)
+    history: list = field(default_factory=list)    # item ids or texts (a dict item: its id)
     disliked: list = field(default_factory=list)
+    refs: list = field(default_factory=list)       # the candidates as ids or texts
 
 
 def plan(hub, key: str, card: dict, history, candidates, disliked=(), scenario: str | None = None,
          catalog=None) -> Plan:
     """Render one user's ranking (no model run): the prompts, the facts and the blend it will use.
-    Raises ConfigError for a scenario the adapter was not trained on."""
+    Items are texts, dataset ids, or dicts (adapterhub.catalog.FIELDS) whose facts this call uses.
+    Raises ConfigError for a scenario the adapter was not trained on, DataError for a bad item."""
     joint = card.get("scenarios") or {}  # a jointly trained adapter: each scenario's facts and blend
     own = card.get("scenario", key.split("@")[0])
     if joint and scenario not in joint:
@@ -79,11 +82,29 @@ def plan(hub, key: str, card: dict, history, candidates, disliked=(), scenario: 
         raise ConfigError(f"{key} was trained for scenario {own!r}, not {scenario!r}: leave scenario out or pass "
                           f"scenario={own!r}")
     scenario = scenario or own
-    facts = facts_of(hub.registry, key, scenario if joint else None) if catalog is None else catalog_facts(catalog)
-    history, disliked = list(history), list(disliked)
-    prefix, suffixes = render(scenario, facts, history, candidates, disliked)
-    fused = (joint.get(scenario) or card).get("fused")
-    return Plan(key, scenario, list(candidates), prefix, suffixes, facts, fused, history, disliked)
+    part = joint.get(scenario) or card
+    history, disliked, candidates = list(history), list(disliked), list(candidates)
+    facts = None
+    if part.get("facts"):   # trained with facts: render them (a catalog's, else its own snapshot)
+        facts = facts_of(hub.registry, key, scenario if joint else None) if catalog is None else catalog_facts(catalog)
+        facts, _ = with_items(facts, history + disliked + candidates, scenario)
+        if facts is not None and facts.get("format", 1) != part["facts"].get("format", 1):
+            facts = {**facts, "format": part["facts"].get("format", 1)}   # show items as it was trained to see them
+    ref = _ref_of if facts is not None else _text_of
+    history, disliked, refs = ([ref(r, n) for n, r in enumerate(items)] for items in (history, disliked, candidates))
+    prefix, suffixes = render(scenario, facts, history, refs, disliked)
+    return Plan(key, scenario, candidates, prefix, suffixes, facts, part.get("fused"), history, disliked, refs)
+
+
+def _ref_of(item, n: int):
+    return item_id(item, n) if isinstance(item, dict) else item
+
+
+def _text_of(item, n: int):
+    """Without facts an item is its text (a dict item: its 'text')."""
+    if isinstance(item, dict):
+        return entry(item, n)["t"]
+    return item
 
 
 def finish(p: Plan, probs: list[float], raw: bool = False) -> list[tuple[object, float, float]]:
@@ -95,7 +116,7 @@ def finish(p: Plan, probs: list[float], raw: bool = False) -> list[tuple[object,
     hist, dis = ids(p.history), ids(p.disliked)
     names = p.fused["features"][1:]  # the features it was fit with (the first is the LLM's logit)
     X = [[yes_no_logit(pr)] + facts_mod.features(p.facts, p.scenario, hist, dis, facts_mod.lookup(p.facts, c) or str(c),
-                                                 names) for pr, c in zip(probs, p.candidates)]
+                                                 names) for pr, c in zip(probs, p.refs)]
     return [(c, sigmoid(z), pr) for c, z, pr in zip(p.candidates, apply(p.fused, X), probs)]
 
 

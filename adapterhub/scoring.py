@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import torch
 
@@ -74,14 +75,14 @@ def score_examples(hub, key: str | None, encoded, batch_size: int | None = None,
 def evaluate_split(hub, data, examples, adapter_key: str | None, *, with_base: bool = True,
                    with_baselines: bool = True, seed: int = 0, progress: bool = False, encoded=None,
                    facts: dict | None = None, fused_model: dict | None = None, ci: bool = True,
-                   adapter_scores: list[float] | None = None) -> dict:
+                   adapter_scores: list[float] | None = None, without_facts: bool = False) -> dict:
     """-> {method: metrics} for 'adapter', 'adapter (fused)' (with fused_model), 'base' and each
     baseline, all on the same examples; with ci, each row's primary metric gets a bootstrap 95%
     interval ("<metric>_ci95") over whole groups. Prompts carry `facts` when given (the base then
     sees the same facts-bearing prompts as the adapter). adapter_scores: the adapter's P(yes) on
-    these examples when already computed (training's best validation check)."""
+    these examples when already computed (training's best validation check). without_facts: also
+    'adapter (no facts)' (and its fused score): the adapter scored on prompts without facts."""
     from .baselines import for_scenario
-    from .evaluation import evaluate
     if not examples:
         raise DataError(f"no examples to evaluate for scenario '{data.scenario}'")
     if adapter_scores is not None and len(adapter_scores) != len(examples):
@@ -98,14 +99,45 @@ def evaluate_split(hub, data, examples, adapter_key: str | None, *, with_base: b
     if with_baselines:
         for name, fn in for_scenario(data).items():
             scores[name] = fn(data, examples, seed=seed)
-    rows = {name: evaluate(data.task, examples, s) for name, s in scores.items()}
+    if without_facts and adapter_key is not None and facts is not None:
+        # what the adapter gives when no catalog is at hand: prompts without facts; the fused blend
+        # then sees every rule feature at its neutral value
+        bare = score_examples(hub, adapter_key, encode_examples(hub, data, examples, None), progress=progress,
+                              desc="adapter, no facts")
+        scores["adapter (no facts)"] = bare
+        if fused_model is not None:
+            scores["adapter (fused, no facts)"] = fused_scores(fused_model, None, data.scenario, examples, bare)
+    return metrics_with_ci(data.task, examples, scores, seed, ci)
+
+
+def metrics_with_ci(task: str, examples, scores: dict[str, list[float]], seed: int = 0, ci: bool = True) -> dict:
+    """{method: metrics} of each method's scores; with ci, the primary metric (and a pointwise
+    split's per-user AUC) get a bootstrap 95% interval ("<metric>_ci95") over whole groups (users)."""
+    from .evaluation import evaluate
+    rows = {name: evaluate(task, examples, s) for name, s in scores.items()}
     if ci:
         from .fused import bootstrap_ci
-        metric = primary_metric(data.task)
+        metric = primary_metric(task)
+        by_user = [replace(ex, group=ex.user) for ex in examples]   # user_auc resamples users
         for name, s in scores.items():
-            lo, hi = bootstrap_ci(lambda ex, sc: evaluate(data.task, ex, sc)[metric], examples, s, n=300, seed=seed)
+            lo, hi = bootstrap_ci(lambda ex, sc: evaluate(task, ex, sc)[metric], examples, s, n=300, seed=seed)
             rows[name][f"{metric}_ci95"] = [round(lo, 4), round(hi, 4)]
+            if "user_auc" in rows[name]:
+                lo, hi = bootstrap_ci(lambda ex, sc: evaluate(task, ex, sc)["user_auc"], by_user, s, n=300, seed=seed)
+                rows[name]["user_auc_ci95"] = [round(lo, 4), round(hi, 4)]
     return rows
+
+
+def evaluate_protocol(hub, data, examples, adapter_key: str | None, protocol: str, **kwargs) -> dict | None:
+    """evaluate_split on `examples` with their negatives redrawn under a candidate protocol
+    (adapterhub.protocols), items drawn from the source's whole catalog -> {method: metrics}, or
+    None when the protocol keeps no group ('new' on a split whose positives all have train
+    interactions). The rows' "n_groups" say how many groups it kept."""
+    from .protocols import regroup, with_catalog
+    redrawn = regroup(data, examples, protocol, kwargs.get("seed", 0))
+    if not redrawn:
+        return None
+    return evaluate_split(hub, with_catalog(data), redrawn, adapter_key, **kwargs)
 
 
 def fused_scores(model: dict, facts: dict, scenario: str, examples, probs) -> list[float]:
@@ -129,3 +161,29 @@ def yes_no_logit(p: float) -> float:
 
 def primary_metric(task: str) -> str:
     return {"pointwise": "auc", "ranking": "ndcg@10", "impression": "auc"}.get(task, "auc")
+
+
+def evaluate_version(hub, ref: str, data, split: str = "test", protocols=("sampled",), n: int | None = None,
+                     seed: int = 0, progress: bool = False, without_facts: bool = True, catalog=None) -> dict:
+    """Score a published version as a client calls it: its own facts (or `catalog`'s) in the prompts
+    and its fused blend, on the examples its card was measured on (when `data` is the data it was
+    trained on; else a seeded sample of n), under each candidate protocol.
+    -> {"ref", "split", "n_examples", "protocols": {protocol: {method: metrics} or None}}."""
+    from .recommend import catalog_facts, facts_of
+    from .train import card_splits
+    adapter = hub.load(ref)
+    card = adapter.card
+    if card.get("scenarios"):
+        raise DataError(f"{adapter.key} was trained on several scenarios: evaluate each scenario's own version")
+    facts = facts_of(hub.registry, adapter.key) if catalog is None else catalog_facts(catalog)
+    if (card.get("data") or {}).get("sha256") == data.sha256:
+        examples = dict(zip(("train", "valid", "test"), card_splits(card, data)))[split]
+        examples = cap_examples(examples, n, seed) if n is not None else examples
+    else:
+        examples = cap_examples(data.splits[split], n or 512, seed)
+    out = {}
+    for protocol in protocols:
+        out[protocol] = evaluate_protocol(hub, data, examples, adapter.key, protocol, seed=seed, progress=progress,
+                                          facts=facts, fused_model=card.get("fused") if facts is not None else None,
+                                          without_facts=without_facts)
+    return {"ref": adapter.key, "split": split, "n_examples": len(examples), "protocols": out}

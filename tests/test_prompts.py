@@ -127,8 +127,11 @@ def test_unknown_items_render_as_new():
     old_facts = {"items": {"i0": facts["items"]["i0"]}}
     assert render("news", ex, data.items, facts=old_facts)[1] == (
         '\nWill the user click the news article "Se7en (1995)" (new item)? Answer:')
-    # an item without train interactions is "unpopular"; empty history: no counts sentence
+    # an item without train interactions is a new item (facts format 2; format 1 said "unpopular");
+    # empty history: no counts sentence
     assert render_candidate("news", "z", facts=facts) == (
+        '\nWill the user click the news article "Brand new thing" (new item)? Answer:')
+    assert render_candidate("news", "z", facts={**facts, "format": 1}) == (
         '\nWill the user click the news article "Brand new thing" (unpopular)? Answer:')
     assert render_history("video", [], ["i2"], facts=F.compute(scenario_data("video"))).endswith(
         "\nThe user liked 0% of the movies they rated.")

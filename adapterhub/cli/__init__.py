@@ -1,7 +1,7 @@
 """adapterhub command line: parse -> check -> call the public API -> print. Errors become exit code 2 here.
 
 One module per command family, each with add_commands(sub, parents): registry (list, show, promote,
-rm), scoring (score, eval, recommend, prompt, facts), training (train), merging (merge, export),
+rm), scoring (score, eval, recommend, prompt, facts), catalog (catalog build), training (train), merging (merge, export),
 serving (serve), running (bench, demo). common.py holds what they share. Nothing here imports torch
 at start-up: a command imports what it needs when it runs.
 """
@@ -18,7 +18,7 @@ from ..errors import AdapterHubError
 from .common import (DEFAULT_REGISTRY, REGISTRY_ENV, config_overrides as _config_overrides,  # noqa: F401 (tests)
                      data_options as _data_options, options_for as _options_for, parents)
 
-FAMILIES = ("registry", "scoring", "training", "merging", "serving", "running")
+FAMILIES = ("registry", "scoring", "catalog", "training", "merging", "serving", "running")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,8 +37,46 @@ def cmd_list(args) -> int:
     return 0
 
 
+def protocol_table(card: dict, split: str = "test") -> str:
+    """The card's primary metric per method (rows) and candidate protocol (columns), with intervals;
+    a pointwise card shows its pooled and per-user AUC instead."""
+    metric = card.get("primary_metric")
+    tables = {"sampled": ((card.get("metrics") or {}).get(split) or {})}
+    for name, rows in ((card.get("protocols") or {}).get(split) or {}).items():
+        tables[name] = rows or {}
+    pointwise = (card.get("data") or {}).get("task") == "pointwise"
+    columns = [("sampled", m) for m in (metric, "user_auc")] if pointwise else [(p, metric) for p in tables]
+    methods = list(dict.fromkeys(m for rows in tables.values() for m, r in rows.items() if isinstance(r, dict)))
+    if not methods or not metric:
+        return f"no {split} metrics in this card"
+
+    def cell(protocol, m, method):
+        row = tables.get(protocol, {}).get(method) or {}
+        if m not in row:
+            return "-"
+        ci = row.get(f"{m}_ci95")
+        return f"{row[m]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    head = [f"{p} {m}" for p, m in columns]
+    sizes = []
+    for p, _ in columns:
+        any_row = next((r for r in tables.get(p, {}).values() if isinstance(r, dict)), {})
+        sizes.append(f"{any_row.get('n_groups', any_row.get('n', '?'))}")
+    rows = [["method", *head], ["size", *sizes]] + [[method] + [cell(p, m, method) for p, m in columns]
+                                                     for method in methods]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    unit = "examples" if pointwise else "groups"
+    lines = [f"{card.get('name', '?')}@{card.get('version', '?')} {split} {metric} by candidate protocol "
+             f"(size: {unit}; docs/DATA.md states each protocol's rule)"]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
 def cmd_show(args) -> int:
     card = open_registry(args).card(args.ref)
+    if args.table:
+        print(protocol_table(card))
+        return 0
     if not args.full:
         card = {k: v for k, v in card.items() if k != "train"} | {"train": {k: v for k, v in card.get("train", {}).items() if k != "log"}}
     print(json.dumps(card, indent=2, sort_keys=True))
@@ -67,6 +105,8 @@ def add_commands(sub, parents: dict) -> None:
     s = sub.add_parser("show", parents=[parents["common"]], help="print an adapter's card")
     s.add_argument("ref", help="adapter: name (its current version) or name@vN")
     s.add_argument("--full", action="store_true", help="include the training log")
+    s.add_argument("--table", action="store_true", help="print the test metrics as a table (methods x candidate "
+                   "protocols, with bootstrap intervals) instead of the card")
     s.set_defaults(func=cmd_show)
     s = sub.add_parser("promote", parents=[parents["common"]], help="make a version current")
     s.add_argument("ref", help="the version to make current: name@vN")

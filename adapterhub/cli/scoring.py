@@ -35,22 +35,38 @@ def cmd_score(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..scoring import cap_examples, evaluate_split, primary_metric
+    from ..protocols import PROTOCOLS, RANKING_TASKS, check
+    from ..scoring import cap_examples, evaluate_split, evaluate_version, primary_metric
     check_refs(args, args.ref)
     data = load_data(args)
-    examples = cap_examples(data.splits[args.split], args.n, args.seed)
+    protocols = [check(p) for p in (PROTOCOLS if args.protocol == "all" else [args.protocol])]
+    if data.task not in RANKING_TASKS:
+        if protocols != ["sampled"] and args.protocol != "all":
+            raise ConfigError(f"--protocol {args.protocol}: scenario '{data.scenario}' is {data.task}, its candidates "
+                              "are not groups to redraw; its metrics include per-user AUC under --protocol sampled")
+        protocols = ["sampled"]
+    examples = cap_examples(data.splits[args.split], args.n or 512, args.seed)
     labels = sorted({ex.label for ex in examples})
     if labels != [0, 1]:
         found = f"only label {labels[0]} in its {len(examples)} examples" if labels else "no examples"
         raise DataError(f"the {args.split} split of scenario '{data.scenario}' has {found}; its metrics need both "
                         "labels 0 and 1: evaluate another split (--split) or more examples (--n)")
     hub = make_hub(args)
-    key = None if args.ref == "base" else hub.load(args.ref).key
-    rows = evaluate_split(hub, data, examples, key, with_base=True, seed=args.seed, progress=True)
+    if args.ref == "base":
+        result = {"ref": "base", "split": args.split, "n_examples": len(examples),
+                  "protocols": {"sampled": evaluate_split(hub, data, examples, None, seed=args.seed, progress=True)}}
+    else:   # as a client calls it: the version's facts and fused blend, on its card's examples
+        result = evaluate_version(hub, args.ref, data, args.split, protocols, n=args.n, seed=args.seed, progress=True,
+                                  catalog=args.catalog)
     if args.json:
-        print(json.dumps({"ref": args.ref, "split": args.split, "n": len(examples), "metrics": rows}, indent=2))
-    else:
-        print_metrics({args.split: rows}, primary_metric(data.task))
+        print(json.dumps({**result, "n": result["n_examples"], "metrics": result["protocols"].get("sampled")}, indent=2))
+        return 0
+    for protocol, rows in result["protocols"].items():
+        print(f"\n== protocol {protocol} ({result['ref']}, {args.split}, {result['n_examples']} examples before redrawing)")
+        if rows is None:
+            print("no group: every positive of this split has train interactions")
+        else:
+            print_metrics({args.split: rows}, primary_metric(data.task))
     return 0
 
 
@@ -64,7 +80,7 @@ def cmd_recommend(args) -> int:
         raise AdapterHubError(f"-k {args.k}: give how many items to print (>= 1)")
     check_refs(args, args.ref)
     hub = make_hub(args)
-    ranked = hub.load(args.ref).recommend(history, candidates, k=args.k, raw=args.raw)
+    ranked = hub.load(args.ref).recommend(history, candidates, k=args.k, raw=args.raw, catalog=args.catalog)
     for rank, (item, score) in enumerate(ranked, 1):
         print(f"{rank:>3}. {score:.4f}  {item}")
     return 0
@@ -130,8 +146,14 @@ def add_commands(sub, parents: dict) -> None:
     s = sub.add_parser("eval", parents=[common, model, data], help="metrics of an adapter beside the base and baselines")
     s.add_argument("ref", help="adapter: name, name@vN, or 'base' for the base without an adapter")
     s.add_argument("--split", default="test", choices=["train", "valid", "test"], help="the split to evaluate (default test)")
-    s.add_argument("--n", type=int, default=512, help="at most this many examples (whole groups; default 512)")
-    s.add_argument("--json", action="store_true", help="print {ref, split, n, metrics} as JSON instead of a table")
+    s.add_argument("--n", type=int, default=None, help="at most this many examples (whole groups; default: the "
+                   "examples the version's card was measured on when --data is what it was trained on, else 512)")
+    s.add_argument("--protocol", default="sampled", help="candidate protocol: sampled (the loader's negatives), "
+                   "catalog (uniform over the whole item file), popular (by train popularity), new (new items only), "
+                   "or all (docs/DATA.md states each rule; default sampled)")
+    s.add_argument("--catalog", default=None, metavar="FILE", help="score with item facts from this catalog "
+                   "(adapterhub catalog build) instead of the version's own")
+    s.add_argument("--json", action="store_true", help="print {ref, split, n, metrics, protocols} as JSON instead of tables")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("recommend", parents=[common, model], help="rank candidate items for a history")
@@ -140,6 +162,8 @@ def add_commands(sub, parents: dict) -> None:
     s.add_argument("--candidates", required=True, help="item texts separated by '|'")
     s.add_argument("-k", type=int, default=10, help="print the k best candidates (default 10)")
     s.add_argument("--raw", action="store_true", help="rank by the adapter's P(yes) alone, not the fused score")
+    s.add_argument("--catalog", default=None, metavar="FILE", help="item facts from your own catalog (adapterhub "
+                   "catalog build) instead of the version's own")
     s.set_defaults(func=cmd_recommend)
 
     s = sub.add_parser("facts", parents=[common, data], help="rebuild a version's facts.json from the data it was "

@@ -39,6 +39,9 @@ class ScenarioData:
     task: str                           # "pointwise" | "ranking" | "impression"
     extra: dict = field(default_factory=dict)   # train-only statistics for baselines, etc.
     load_args: dict = field(default_factory=dict)  # datasets.load's arguments besides the path: loads it again
+    # the source's whole item file, where it holds more than the items read (music: every artist of
+    # artists.dat); {} when `items` is already all of it. Candidate protocols draw from it.
+    catalog: dict[str, Item] = field(default_factory=dict)
 
     def sizes(self) -> dict[str, int]:
         return {name: len(examples) for name, examples in self.splits.items()}
@@ -114,7 +117,8 @@ def cap_groups(examples: list[Example], n: int | None, rng: random.Random) -> li
 
 
 def finish(scenario: str, source: str, items: dict[str, Item], splits: dict[str, list[Example]],
-           task: str, files: list[Path], params: dict, extra: dict | None = None) -> ScenarioData:
+           task: str, files: list[Path], params: dict, extra: dict | None = None,
+           catalog: dict[str, Item] | None = None) -> ScenarioData:
     """Apply max_examples caps and hash the inputs (file bytes + load parameters)."""
     caps = params.get("max_examples") or {}
     unknown = set(caps) - {"train", "valid", "test"}
@@ -127,7 +131,7 @@ def finish(scenario: str, source: str, items: dict[str, Item], splits: dict[str,
     for f in sorted(files, key=str):
         h.update(Path(f).name.encode() + b"\0" + Path(f).read_bytes())
     h.update(json.dumps(params, sort_keys=True, default=str).encode())
-    return ScenarioData(scenario, source, items, splits, h.hexdigest(), task, extra or {})
+    return ScenarioData(scenario, source, items, splits, h.hexdigest(), task, extra or {}, catalog=catalog or {})
 
 
 def find_dir(path: Path, inner: str, must_have: str) -> Path:

@@ -55,13 +55,15 @@ def load(path, *, seed: int = 0, n_candidates: int = 20, max_examples=None) -> S
             seqs.setdefault(user, []).append(artist)
     seqs = {u: s for u, s in seqs.items() if len(s) >= MIN_ARTISTS}
 
-    items, tags = {}, {}
-    for artist in sorted({a for s in seqs.values() for a in s}, key=int):
+    catalog, tags = {}, {}
+    for artist in sorted(names, key=int):   # every artist of artists.dat: the candidate protocols' catalog
         # most used tags first; ties by name so the text is deterministic
         top = [t for t, _ in sorted(tag_counts.get(artist, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:3]]
-        tags[artist] = top
+        if top:
+            tags[artist] = top
         text = names[artist] + (f" (tags: {', '.join(top)})" if top else "")
-        items[artist] = Item(artist, text, top[0] if top else "")
+        catalog[artist] = Item(artist, text, top[0] if top else "")
+    items = {a: catalog[a] for a in sorted({a for s in seqs.values() for a in s}, key=int)}
     pool = sorted(items, key=int)
 
     splits: dict[str, list[Example]] = {"train": [], "valid": [], "test": []}
@@ -76,4 +78,4 @@ def load(path, *, seed: int = 0, n_candidates: int = 20, max_examples=None) -> S
             neg = sample_negatives(rng_for(seed, "train", user, i), pool, everything, 1)
             splits["train"] += [Example(user, hist, seq[i], 1)] + [Example(user, hist, j, 0) for j in neg]
     params = {"seed": seed, "n_candidates": n_candidates, "max_examples": max_examples}
-    return finish("music", SOURCE, items, splits, "ranking", files, params, {"tags": tags})
+    return finish("music", SOURCE, items, splits, "ranking", files, params, {"tags": tags}, catalog)

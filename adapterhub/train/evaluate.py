@@ -9,7 +9,8 @@ from .. import facts as facts_mod
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..lora import TRAIN
-from ..scoring import blend_rows, evaluate_split, score_examples, yes_no_logit
+from ..protocols import PROTOCOLS, RANKING_TASKS
+from ..scoring import blend_rows, evaluate_protocol, evaluate_split, score_examples, yes_no_logit
 from .examples import Part, facts_file
 
 log = logging.getLogger(__name__)
@@ -96,19 +97,28 @@ def card_part(hub, p: Part, cfg: TrainConfig, valid_scores: list[float], joint: 
             t0 = time.perf_counter()
             known = valid_scores if split == "valid" else None  # the best check already scored valid
             metrics[split] = evaluate_split(hub, p.data, examples, TRAIN, seed=cfg.seed, facts=p.facts,
-                                            fused_model=p.fused, adapter_scores=known)
+                                            fused_model=p.fused, adapter_scores=known, without_facts=split == "test")
             eval_s[split] = round(time.perf_counter() - t0, 1)
         elif examples:
             log.warning("%s split of %s has one label only: no metrics for it in the card", split, p.data.scenario)
+    protocols = {}
+    if p.data.task in RANKING_TASKS and "test" in metrics:   # the test split under the other candidate protocols
+        t0 = time.perf_counter()
+        for protocol in PROTOCOLS[1:]:
+            protocols[protocol] = evaluate_protocol(hub, p.data, p.test, TRAIN, protocol, seed=cfg.seed, facts=p.facts,
+                                                    fused_model=p.fused, without_facts=True)
+        eval_s["test_protocols"] = round(time.perf_counter() - t0, 1)
     d = p.data
     out = {"data": {"source": d.source, "sha256": d.sha256, "sizes": d.sizes(), "task": d.task,
                     "used": {"train": len(p.train), "valid": len(p.valid), "test": len(p.test)},
                     **({"load": d.load_args} if d.load_args else {})},
            "primary_metric": p.metric, "metrics": metrics, "eval_s": eval_s}
+    if protocols:   # metrics["test"] is the 'sampled' protocol; docs/DATA.md states each protocol's rule
+        out["protocols"] = {"test": protocols}
     if registered_templates(d.scenario):
         out["templates"] = registered_templates(d.scenario)
     if p.facts is not None:
-        out["facts"] = {"file": facts_file(d.scenario, joint), "items": len(p.facts["items"]),
+        out["facts"] = {"file": facts_file(d.scenario, joint), "format": p.facts["format"], "items": len(p.facts["items"]),
                         "bytes": len(facts_mod.dumps(p.facts)), "from": "train split"}
         out["fused"] = {**p.fused, "fit_on": "valid", "note": "valid metrics of the fused score are in-sample"}
     if p.prior is not None:

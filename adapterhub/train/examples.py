@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from .. import facts as facts_mod
 from ..config import TrainConfig
 from ..datasets.common import Example
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from ..protocols import RANKING_TASKS, mix as protocol_mix, with_catalog
 from ..scoring import cap_examples, encode_examples, primary_metric
 
 
@@ -41,14 +42,23 @@ def build_groups(train: list[Example]) -> list[list[Example]]:
 
 
 class NegativeSampler:
-    """Negatives for rows that share no prefix: train items the user never interacted with."""
+    """Negatives for a step. Top-ups of groups that share no prefix: train items the user never
+    interacted with. With a negative_mix (TrainConfig.negative_shares), each negative a step sees is
+    then swapped, with the catalog's and popular's shares, for one drawn under that candidate
+    protocol (adapterhub.protocols) from the train split's view of the data."""
 
-    def __init__(self, train: list[Example]):
+    def __init__(self, train: list[Example], data=None, shares: dict[str, float] | None = None):
         seen: dict[str, set] = {}
         for ex in train:
             seen.setdefault(ex.user, set()).update(ex.history, ex.disliked, (ex.candidate,))
         self.seen = seen
         self.pool = sorted(set().union(*seen.values())) if seen else []
+        self.swaps = [(p, w) for p, w in (shares or {}).items() if p != "sampled"]
+        self.drawers = {}
+        if self.swaps:
+            from ..protocols import Drawer
+            view = train_only(data, train)   # popularity and the users' items from train only
+            self.drawers = {p: Drawer(view, p) for p, _ in self.swaps}
 
     def sample(self, ex: Example, k: int, rng: random.Random) -> list[Example]:
         seen = self.seen.get(ex.user, set())
@@ -61,18 +71,43 @@ class NegativeSampler:
                 out.append(Example(ex.user, ex.history, item, 0, ex.disliked, ex.group))
         return out
 
+    def swap(self, candidates: list[Example], rng: random.Random) -> list[Example]:
+        """Each negative kept, or with a protocol's share swapped for a draw under it."""
+        if not self.swaps:
+            return candidates
+        taken = {ex.candidate for ex in candidates}
+        out = []
+        for ex in candidates:
+            u, protocol = rng.random(), None
+            for name, share in self.swaps:
+                if u < share:
+                    protocol = name
+                    break
+                u -= share
+            if ex.label or protocol is None:
+                out.append(ex)
+                continue
+            drawn = self.drawers[protocol].draw(ex.user, taken, 1, f"{ex.user}:{rng.random()}", 0)
+            if drawn:
+                taken.add(drawn[0])
+                out.append(Example(ex.user, ex.history, drawn[0], 0, ex.disliked, ex.group))
+            else:
+                out.append(ex)
+        return out
+
 
 def visit(group: list[Example], cfg: TrainConfig, sampler: NegativeSampler, rng: random.Random) -> list[Example]:
     """The candidates one step sees of a group: at most group_size, a positive first when there is
     one. A group with a positive but fewer than group_size candidates (a pointwise row, a train
-    pair) is topped up with sampled negatives: at most `negatives` per positive."""
+    pair) is topped up with sampled negatives: at most `negatives` per positive. Then the sampler's
+    negative_mix swaps some negatives for draws under other candidate protocols."""
     pos = [ex for ex in group if ex.label]
     if len(group) > cfg.group_size:
         first = [rng.choice(pos)] if pos else []
         rest = [ex for ex in group if not (first and ex is first[0])]
-        return first + rng.sample(rest, cfg.group_size - len(first))
+        return sampler.swap(first + rng.sample(rest, cfg.group_size - len(first)), rng)
     room = min(cfg.group_size - len(group), cfg.negatives * len(pos))
-    return list(group) + (sampler.sample(pos[0], room, rng) if room > 0 else [])
+    return sampler.swap(list(group) + (sampler.sample(pos[0], room, rng) if room > 0 else []), rng)
 
 
 class Encoder:
@@ -134,11 +169,18 @@ def prepare(hub, data, cfg: TrainConfig, rng: random.Random) -> Part:
         from ..prompts import register_templates
         register_templates(data.scenario, **data.extra["templates"])
     train, valid, test = pick_examples(data, cfg, rng)
-    facts = facts_mod.compute(train_only(data, train)) if cfg.facts else None
+    facts = facts_mod.compute(train_only(data, train)) if cfg.facts else None   # before with_catalog: see facts
     own = cfg.for_scenario(data.scenario)
+    shares, protocols = own.negative_shares(), own.valid_protocol_list()
+    if data.task in RANKING_TASKS and (set(shares) | set(protocols)) - {"sampled"}:
+        data = with_catalog(data)   # draws may come from the whole item file: render them, score the rules on them
+        valid = protocol_mix(data, valid, protocols, cfg.seed)
+    elif set(shares) | set(protocols) != {"sampled"}:
+        raise ConfigError(f"negative_mix / valid_protocols redraw ranking groups' negatives; scenario "
+                          f"'{data.scenario}' is {data.task}: leave them at 'sampled'")
     own_out = (facts_mod.OwnLabelOut(facts, train, data.extra.get("like_count"))
                if facts is not None and cfg.own_label_out else None)
-    part = Part(data, train, valid, test, facts, build_groups(train), NegativeSampler(train),
+    part = Part(data, train, valid, test, facts, build_groups(train), NegativeSampler(train, data, shares),
                 Encoder(hub, data, facts, own_out), encode_examples(hub, data, valid, facts), primary_metric(data.task),
                 own, own_out=own_out)
     if own.rule_prior:

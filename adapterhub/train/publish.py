@@ -72,7 +72,8 @@ def rebuild_facts(registry, ref: str, data) -> str:
                             f"this data has {d.sha256[:12]}...: load the data it was trained on (the same folder, "
                             "--seed and --data-option values; see adapters/README.md)")
         train, _, _ = card_splits(card, d, rng)
-        body = facts_mod.dumps(facts_mod.compute(train_only(d, train)))
+        fmt = (part.get("facts") or {}).get("format", 1)   # the format it was trained with (1 before it was recorded)
+        body = facts_mod.dumps(facts_mod.compute(train_only(d, train), fmt))
         if hashlib.sha256(body).hexdigest() != files[name]:
             raise DataError(f"the facts rebuilt for {ref} ({name}) do not match the sha256 in its card; not written")
         bodies.append((name, body))
