@@ -75,12 +75,14 @@ def score_examples(hub, key: str | None, encoded, batch_size: int | None = None,
 def evaluate_split(hub, data, examples, adapter_key: str | None, *, with_base: bool = True,
                    with_baselines: bool = True, seed: int = 0, progress: bool = False, encoded=None,
                    facts: dict | None = None, fused_model: dict | None = None, ci: bool = True,
-                   adapter_scores: list[float] | None = None, without_facts: bool = False) -> dict:
+                   adapter_scores: list[float] | None = None, without_facts: bool = False,
+                   base_scores: list[float] | None = None) -> dict:
     """-> {method: metrics} for 'adapter', 'adapter (fused)' (with fused_model), 'base' and each
     baseline, all on the same examples; with ci, each row's primary metric gets a bootstrap 95%
     interval ("<metric>_ci95") over whole groups. Prompts carry `facts` when given (the base then
     sees the same facts-bearing prompts as the adapter). adapter_scores: the adapter's P(yes) on
-    these examples when already computed (training's best validation check). without_facts: also
+    these examples when already computed (training's best validation check); base_scores likewise
+    for the base (training's start-up summary). without_facts: also
     'adapter (no facts)' (and its fused score): the adapter scored on prompts without facts."""
     from .baselines import for_scenario
     if not examples:
@@ -95,7 +97,8 @@ def evaluate_split(hub, data, examples, adapter_key: str | None, *, with_base: b
         if fused_model is not None:
             scores["adapter (fused)"] = fused_scores(fused_model, facts, data.scenario, examples, scores["adapter"])
     if with_base:
-        scores["base"] = score_examples(hub, None, encoded, progress=progress, desc="base")
+        scores["base"] = (list(base_scores) if base_scores is not None
+                          else score_examples(hub, None, encoded, progress=progress, desc="base"))
     if with_baselines:
         for name, fn in for_scenario(data).items():
             scores[name] = fn(data, examples, seed=seed)
@@ -178,6 +181,10 @@ def evaluate_version(hub, ref: str, data, split: str = "test", protocols=("sampl
     facts = facts_of(hub.registry, adapter.key) if catalog is None else catalog_facts(catalog)
     if (card.get("data") or {}).get("sha256") == data.sha256:
         examples = dict(zip(("train", "valid", "test"), card_splits(card, data)))[split]
+        if not examples:   # trained with n_test=0: the examples a default run would have measured
+            from .config import TrainConfig
+            examples = cap_examples(data.splits[split], getattr(TrainConfig(), f"n_{split}", None),
+                                    card["train"]["seed"])
         examples = cap_examples(examples, n, seed) if n is not None else examples
     else:
         examples = cap_examples(data.splits[split], n or 512, seed)

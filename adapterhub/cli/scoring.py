@@ -3,6 +3,7 @@ reads), facts (rebuild a version's facts)."""
 from __future__ import annotations
 
 import json
+import sys
 
 from ..errors import AdapterHubError, ConfigError, DataError
 from .common import check_refs, make_hub, load_data, print_metrics
@@ -51,6 +52,9 @@ def cmd_eval(args) -> int:
         found = f"only label {labels[0]} in its {len(examples)} examples" if labels else "no examples"
         raise DataError(f"the {args.split} split of scenario '{data.scenario}' has {found}; its metrics need both "
                         "labels 0 and 1: evaluate another split (--split) or more examples (--n)")
+    if args.update_card and (args.ref == "base" or args.n is not None):
+        raise ConfigError("--update-card writes a version's figures on its own examples: give a version (not "
+                          "'base') and leave --n out")
     hub = make_hub(args)
     if args.ref == "base":
         result = {"ref": "base", "split": args.split, "n_examples": len(examples),
@@ -58,6 +62,9 @@ def cmd_eval(args) -> int:
     else:   # as a client calls it: the version's facts and fused blend, on its card's examples
         result = evaluate_version(hub, args.ref, data, args.split, protocols, n=args.n, seed=args.seed, progress=True,
                                   catalog=args.catalog)
+    if args.update_card:
+        from ..cards import refresh
+        refresh(hub.registry, result["ref"], result, "adapterhub " + " ".join(sys.argv[1:]))
     if args.json:
         print(json.dumps({**result, "n": result["n_examples"], "metrics": result["protocols"].get("sampled")}, indent=2))
         return 0
@@ -153,6 +160,8 @@ def add_commands(sub, parents: dict) -> None:
                    "or all (docs/DATA.md states each rule; default sampled)")
     s.add_argument("--catalog", default=None, metavar="FILE", help="score with item facts from this catalog "
                    "(adapterhub catalog build) instead of the version's own")
+    s.add_argument("--update-card", action="store_true", help="also write the figures into the version's card "
+                   "(card.json only; 'adapterhub show REF --table' prints them)")
     s.add_argument("--json", action="store_true", help="print {ref, split, n, metrics, protocols} as JSON instead of tables")
     s.set_defaults(func=cmd_eval)
 

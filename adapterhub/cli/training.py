@@ -1,9 +1,13 @@
 """The train command: train a scenario adapter (or one adapter on several scenarios) and publish it."""
 from __future__ import annotations
 
+import logging
 import os
 
 from .common import add_config_options, check_refs, config_overrides, make_hub, load_data, print_metrics
+
+
+CPU_DEFAULT_MINUTES = 30   # a first run on CPU ends, evaluates and publishes in about this long
 
 
 def cmd_train(args) -> int:
@@ -20,11 +24,18 @@ def cmd_train(args) -> int:
         if args.device == "auto":
             args.device = str(accelerator.device)
     hub = make_hub(args)
+    if args.max_minutes is None and hub.device.type == "cpu":   # not given (`--max-minutes none`: no limit)
+        cfg = cfg.replace(max_minutes=CPU_DEFAULT_MINUTES)
+        logging.getLogger(__name__).info("budget: %d minutes of training, the default on CPU (--max-minutes N to "
+                                         "change it, --max-minutes none for no limit)", CPU_DEFAULT_MINUTES)
     promote = True if args.force else None
     adapter, card = hub.train(args.name, data, cfg, promote=promote, description=args.description or "",
-                              progress=None, accelerator=accelerator, force=args.force)
+                              progress=None, accelerator=accelerator, force=args.force, resume=args.resume)
     if adapter is None:  # a non-main process of a multi-process run: the main one publishes
         return 0
+    stopped = card["train"].get("interrupted")
+    if stopped:
+        print(f"interrupted at step {stopped['at_step']}: published the best check (step {card['train']['best_step']})")
     print(f"published {adapter.key} ({'current' if hub.registry.current(adapter.name) == adapter.version else 'not promoted'})")
     for scenario, part in (card.get("scenarios") or {card.get("scenario"): card}).items():
         if card.get("scenarios"):
@@ -38,7 +49,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-
 def add_commands(sub, parents: dict) -> None:
     from ..config import TrainConfig
     common, model, data = parents["common"], parents["model"], parents["data"]
@@ -47,6 +57,8 @@ def add_commands(sub, parents: dict) -> None:
     s.add_argument("--description", help="one line for the card (default: '<scenario> recommendation adapter (<source>)')")
     s.add_argument("--force", action="store_true", help="publish even if the adapter loses to the bare base on valid, "
                    "and make the new version current even if its metric is worse")
+    s.add_argument("--resume", action="store_true", help="continue the run of NAME that was killed or stopped: "
+                   "from its last check, saved in REGISTRY/.runs/NAME/ (the same options; --max-minutes may change)")
     add_config_options(s.add_argument_group("training options (TrainConfig fields)"), TrainConfig)
     s.set_defaults(func=cmd_train)
 

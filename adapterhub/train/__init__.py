@@ -25,12 +25,13 @@ from .. import memory
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..lora import TRAIN
-from .evaluate import fit_fused, kept_references, validate, verdict, worst_kept  # noqa: F401
+from .evaluate import fit_fused, kept_references, to_beat, validate, verdict, worst_kept  # noqa: F401
 from .examples import (Encoder, facts_file, NegativeSampler, Part, build_groups, fit_prior, pick_examples,  # noqa: F401
                        prepare, prior_features, train_only, visit)
 from .loop import Checkpointing, Loop, cap_points, group_loss, lr_factor, next_groups  # noqa: F401
 from .publish import (build_card, card_splits, check_beats_base, lineage, load_card_data,  # noqa: F401
                       peft_adapter_config, publish_version, rebuild_facts)
+from .resume import Checkpoints, RunState, run_folder  # noqa: F401
 from .transfer import domain_adapt, init_pairs  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, promote: bool | None = None,
                   description: str = "", progress: bool | None = None, publish: bool = True,
-                  accelerator=None, force: bool = False) -> tuple[object, dict]:
+                  accelerator=None, force: bool = False, resume: bool = False) -> tuple[object, dict]:
     """Train a LoRA adapter for `data.scenario` on the hub's base; publish it as `name`.
 
     data: one ScenarioData, or a list of them for one adapter trained jointly on several scenarios
@@ -48,6 +49,9 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
     of their primary metrics; the card has per-scenario metrics under "scenarios").
     -> (the resident Adapter, the card). With publish=False, returns (None, card) and nothing is written.
     A version whose raw adapter scores below the bare base on valid is published only with force=True.
+    The run's state is saved after every check in <registry>/.runs/<name>/ (removed once published);
+    resume=True continues from there. Ctrl-C stops after the current step and publishes the best
+    check (its card says it was interrupted); a second Ctrl-C aborts.
     """
     from ..registry import check_name
     cfg = config or TrainConfig()
@@ -79,6 +83,17 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
         eval_every = total
     metric = parts[0].metric if len(parts) == 1 else "mean_primary"
     refs = kept_references(hub, parts, teachers) if cfg.select == "worst_kept" else None
+    identity = {"name": name, "base": hub.fingerprint, "data": [d.sha256 for d in datas],
+                "config": {k: v for k, v in cfg.to_dict().items() if k != "max_minutes"}}  # the budget may change
+    saver = Checkpoints(run_folder(hub.registry.root, name), identity)
+    if resume and not saver.exists():
+        raise ConfigError(f"--resume: no checkpoint of '{name}' in {saver.folder} (one is saved at every check); "
+                          "start without --resume")
+    if not resume and saver.exists() and is_main:
+        log.warning("%s holds a checkpoint of an earlier run of '%s': it is replaced at this run's first check "
+                    "(--resume continues it instead)", saver.folder, name)
+    if is_main:
+        summary(hub, name, parts, cfg, total, eval_every, metric, progress)
 
     # hub.use(TRAIN) for the whole loop: a checkpointed backward re-runs the forward, and must see
     # the same routing as the forward did
@@ -86,10 +101,12 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
     headroom = None if cfg.rss_headroom_gb is None else int(cfg.rss_headroom_gb * 1e9)
     with hub.trainable(cfg.r, cfg.alpha, cfg.dropout, cfg.targets, init) as pairs, hub.use(TRAIN), \
             Checkpointing(hub, cfg) as ckpt, memory.rss_cap(cap_points(hub), headroom):
-        domain_log = domain_adapt(hub, datas[0], pairs.params, cfg, rng, rank, world) if cfg.domain_steps else []
+        domain_log = (domain_adapt(hub, datas[0], pairs.params, cfg, rng, rank, world)
+                      if cfg.domain_steps and not resume else [])
         loop = Loop(hub, parts, groups, pairs.params, cfg, teachers, rng, accelerator, ckpt, refs)
-        best, history, speed = loop.run(name, total, eval_every, "worst_kept" if refs else metric, progress and is_main,
-                                        is_main)
+        best, history, speed, state = loop.run(name, total, eval_every, "worst_kept" if refs else metric,
+                                               progress and is_main, is_main, saver, resume)
+        domain_log = state.domain_log = domain_log or state.domain_log
         with torch.no_grad():  # the best validation check's weights
             for p, b in zip(pairs.params, best[1]):
                 p.copy_(b)
@@ -99,10 +116,29 @@ def train_adapter(hub, name: str, data, config: TrainConfig | None = None, *, pr
                 p.fused = fit_fused(p.data, p.valid, scores, p.facts) if p.facts is not None else None
             card = build_card(hub, name, parts, cfg, description, history, best, speed, world)
             card["train"]["domain_log"] = domain_log
+            if state.interrupted:
+                card["train"]["interrupted"] = state.interrupted
             if refs is not None:
                 card["train"]["kept_reference"] = {p.data.scenario: {"base": round(b, 4), "teacher": round(t, 4)}
                                                    for p, (b, t) in zip(parts, refs)}
         tensors = pairs.tensors()
     if not (publish and is_main):
         return None, card
-    return publish_version(hub, name, parts, cfg, card, tensors, promote, force, metric)  # 7. publish
+    published = publish_version(hub, name, parts, cfg, card, tensors, promote, force, metric)  # 7. publish
+    saver.remove()   # published: nothing left to resume
+    return published
+
+
+def summary(hub, name: str, parts, cfg: TrainConfig, total: int, eval_every: int, metric: str, progress: bool) -> None:
+    """The start-up summary: what the run holds, what it plans, and the valid figures to beat."""
+    for p in parts:
+        log.info("%s | %s: %d train examples in %d groups, %d valid examples (%s), %d test examples",
+                 name, p.data.scenario, len(p.train), len(p.groups), len(p.valid), p.cfg.valid_protocols, len(p.test))
+    budget = f"{cfg.max_minutes:g} min of training" if cfg.max_minutes is not None else "no time limit"
+    log.info("%s | plan: %d steps of %d candidates, a check every %d steps (patience %d) | budget: %s | "
+             "negatives: %s", name, total, cfg.batch_size * cfg.grad_accum, eval_every, cfg.patience, budget,
+             cfg.negative_mix)
+    for p in parts:
+        figures = to_beat(hub, p, progress)
+        log.info("%s | to beat on valid %s (%s): %s", name, p.metric, p.data.scenario,
+                 ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))

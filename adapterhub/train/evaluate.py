@@ -16,13 +16,26 @@ from .examples import Part, facts_file
 log = logging.getLogger(__name__)
 
 
-def validate(hub, p: Part, key=TRAIN) -> tuple[float, list[float]]:
+def to_beat(hub, p: Part, progress: bool = False) -> dict[str, float]:
+    """The valid figures a run has to beat, for its start-up summary: the bare base (its scores are
+    kept in p.base_valid for the card) and the no-learning rules, on the run's valid examples."""
+    from ..baselines import for_scenario
+    from ..evaluation import evaluate
+    value, p.base_valid = validate(hub, p, key=None, progress=progress)
+    out = {"base": value}
+    for name, fn in for_scenario(p.data).items():
+        if name != "random":
+            out[name] = evaluate(p.data.task, p.valid, fn(p.data, p.valid, seed=p.cfg.seed))[p.metric]
+    return out
+
+
+def validate(hub, p: Part, key=TRAIN, progress: bool = False) -> tuple[float, list[float]]:
     """-> (the valid metric, P(yes) per valid example): the scores are kept for the best check, so
     the fused fit and the card reuse them instead of scoring valid again. With a rule prior, the
     metric is of what the loss trained (the adapter's logit + the prior); the scores stay the
     adapter's own."""
     from ..evaluation import evaluate
-    scores = score_examples(hub, key, p.enc_valid)
+    scores = score_examples(hub, key, p.enc_valid, progress=progress, desc=f"validating {p.data.scenario}")
     judged = scores
     if p.prior is not None:
         from ..fused import sigmoid
@@ -97,7 +110,8 @@ def card_part(hub, p: Part, cfg: TrainConfig, valid_scores: list[float], joint: 
             t0 = time.perf_counter()
             known = valid_scores if split == "valid" else None  # the best check already scored valid
             metrics[split] = evaluate_split(hub, p.data, examples, TRAIN, seed=cfg.seed, facts=p.facts,
-                                            fused_model=p.fused, adapter_scores=known, without_facts=split == "test")
+                                            fused_model=p.fused, adapter_scores=known, without_facts=split == "test",
+                                            base_scores=p.base_valid if split == "valid" else None)
             eval_s[split] = round(time.perf_counter() - t0, 1)
         elif examples:
             log.warning("%s split of %s has one label only: no metrics for it in the card", split, p.data.scenario)

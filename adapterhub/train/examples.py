@@ -150,6 +150,7 @@ class Part:
     fused: dict | None = field(default=None)
     prior: dict | None = field(default=None)  # with cfg.rule_prior: the rules' blend fit on train
     own_out: facts_mod.OwnLabelOut | None = field(default=None)  # with cfg.own_label_out
+    base_valid: list[float] | None = field(default=None)  # the bare base's valid P(yes) (the start-up summary's)
 
     def prior_logits(self, examples, train: bool) -> list[float]:
         """cfg.rule_prior x the rules' blend logit of each candidate (0 without a prior): what the

@@ -16,6 +16,7 @@ from ..datasets.common import Example
 from ..lora import TRAIN
 from .evaluate import validate, worst_kept
 from .examples import Part, visit
+from .resume import Checkpoints, RunState, StopOnInterrupt, human_duration
 
 log = logging.getLogger(__name__)
 LOG_EVERY_S = 30.0  # without a progress bar, a log line at least this often
@@ -33,9 +34,10 @@ def group_loss(logits: torch.Tensor, labels: torch.Tensor, sizes: list[int], lis
     if soft is not None:  # distillation: the teacher's P(yes) as soft labels
         bce = (1 - distill_weight) * bce + distill_weight * F.binary_cross_entropy_with_logits(logits, soft, reduction="none")
     w = listwise_weight if isinstance(listwise_weight, (list, tuple)) else [listwise_weight] * len(sizes)
+    positives = [int(sum(g)) for g in torch.split(labels.detach().cpu(), sizes)]   # one host copy, not one per group
     terms = []
-    for z, y, wg in zip(torch.split(logits, sizes), torch.split(labels, sizes), w):
-        if wg and 0 < y.sum() < len(y):
+    for z, y, wg, n_pos in zip(torch.split(logits, sizes), torch.split(labels, sizes), w, positives):
+        if wg and 0 < n_pos < len(y):
             terms.append(wg * -(torch.log_softmax(z, 0) * y).sum() / y.sum())
     if not terms:
         return bce.mean()
@@ -70,6 +72,8 @@ class Loop:
         self.teachers, self.rng, self.accelerator = teachers, rng, accelerator  # a resident key (or None) per part
         self.rank, self.world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         self.order: dict = {}  # next_groups' place in the epoch order(s)
+        # CUDA runs ahead of the host: a step's time is only known once the device has done it
+        self.device_sync = torch.cuda.synchronize if hub.device.type == "cuda" else None
 
     def step(self, opt, sched) -> tuple[torch.Tensor | float, int, int]:
         """One optimizer update over batch_size candidates (x grad_accum) -> (summed loss, losses, candidates)."""
@@ -124,74 +128,102 @@ class Loop:
             at += n
         return soft
 
-    def check(self) -> tuple[float, list[tuple[float, list[float]]]]:
+    def check(self, progress: bool = False) -> tuple[float, list[tuple[float, list[float]]]]:
         """Validate every part -> (the mean of their primary metrics, or with refs the worst kept
         share, [(metric, scores)] per part)."""
-        checks = [validate(self.hub, p) for p in self.parts]
+        checks = [validate(self.hub, p, progress=progress) for p in self.parts]
         values = [v for v, _ in checks]
         return (sum(values) / len(values) if self.refs is None else worst_kept(values, self.refs)), checks
 
-    def run(self, name: str, total: int, eval_every: int, metric: str, bar_on: bool, is_main: bool):
-        """-> (best, history, speed). best = (valid metric, weights, step, valid scores per part)."""
+    def run(self, name: str, total: int, eval_every: int, metric: str, bar_on: bool, is_main: bool,
+            saver: Checkpoints | None = None, resume: bool = False):
+        """-> (best, history, speed, state). best = (valid metric, weights, step, valid scores per
+        part). saver: the run's checkpoints, saved after every check (resume: start from the last);
+        Ctrl-C stops after the current step and the run ends as if its budget were spent."""
         cfg = self.cfg
         opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         spent = [0.0]  # the share of max_minutes used so far
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup_steps, spent[0]))
-        best = (-math.inf, None, 0, None)
-        history: list[dict] = []
-        bad_checks, step_s, n_candidates, loss_sum, loss_n, step = 0, 0.0, 0, 0.0, 0, 0
-        bar = tqdm(total=total, desc=f"train {name}", disable=not bar_on)
+        st, best_weights = RunState(), None
+        if resume:
+            st, best_weights, self.order = saver.restore(self.params, opt, sched, self.rng)
+            log.info("resumed %s at step %d/%d (best val_%s %.4f at step %d)", name, st.step, total, metric,
+                     st.best_value, st.best_step)
+        if cfg.max_minutes is not None:
+            spent[0] = st.step_s / (60 * cfg.max_minutes)
+        loss_sum, loss_n = 0.0, 0
+        bar = tqdm(total=total, initial=st.step, desc=f"train {name}", disable=not bar_on)
         last_log = time.perf_counter()
-        while step < total:
-            t_step = time.perf_counter()
-            loss, n_loss, n_cand = self.step(opt, sched)
-            loss_sum, loss_n, n_candidates = loss_sum + loss, loss_n + n_loss, n_candidates + n_cand
-            step += 1
-            step_s += time.perf_counter() - t_step
-            if self.world > 1:  # every process takes the slowest one's clock: same rate, same last step
-                clock = torch.tensor([step_s], dtype=torch.float64)
-                torch.distributed.all_reduce(clock, op=torch.distributed.ReduceOp.MAX)
-                step_s = float(clock)
-            bar.update(1)
-            if cfg.max_minutes is not None:
-                spent[0] = step_s / (60 * cfg.max_minutes)
-            out_of_time = spent[0] >= 1
-            if not bar_on and is_main and time.perf_counter() - last_log >= LOG_EVERY_S:
-                last_log = time.perf_counter()
-                log.info("step %d/%d | loss %.3f | %.0f ms/step | ETA %.0f s", step, total, float(loss_sum) / max(1, loss_n),
-                         1000 * step_s / step, min(step_s / step * (total - step),
-                                                   math.inf if cfg.max_minutes is None else 60 * cfg.max_minutes - step_s))
-            if step % eval_every == 0 or step == total or out_of_time:
-                val, checks = self.check()
-                entry = {"step": step, "loss": round(float(loss_sum) / max(1, loss_n), 4), f"val_{metric}": round(val, 4),
-                         "ms_per_step": round(1000 * step_s / step, 1)}
-                if len(self.parts) > 1:
-                    entry.update({f"val_{p.data.scenario}_{p.metric}": round(v, 4) for p, (v, _) in zip(self.parts, checks)})
-                if self.refs is not None:
-                    entry["val_mean_primary"] = round(sum(v for v, _ in checks) / len(checks), 4)
-                history.append(entry)
-                loss_sum, loss_n = 0.0, 0
-                if is_main:  # a joint run also names each scenario's value, so a log shows the trade-offs
-                    each = ", ".join(f"{p.data.scenario} {v:.4f}" for p, (v, _) in zip(self.parts, checks))
-                    each = f" ({each})" if len(self.parts) > 1 else ""
-                    log.info("step %d/%d | loss %.3f | val_%s %.4f%s | %.0f ms/step", step, total, entry["loss"],
-                             metric, val, each, entry["ms_per_step"])
-                bar.set_postfix(loss=entry["loss"], **{f"val_{metric}": round(val, 3)})
-                if val > best[0]:
-                    best, bad_checks = (val, [p.detach().clone() for p in self.params], step, [s for _, s in checks]), 0
-                else:
-                    bad_checks += 1
-                    if bad_checks >= cfg.patience:
-                        log.info("early stop at step %d (best val_%s %.4f at step %d)", step, metric, best[0], best[2])
+        with StopOnInterrupt() as stop:
+            while st.step < total and st.interrupted is None and not (resume and st.history and st.bad_checks >= cfg.patience):
+                t_step = time.perf_counter()
+                loss, n_loss, n_cand = self.step(opt, sched)
+                loss_sum, loss_n, st.n_candidates = loss_sum + loss, loss_n + n_loss, st.n_candidates + n_cand
+                st.step += 1
+                if self.device_sync is not None:   # CUDA runs ahead of the host: time what it did
+                    self.device_sync()
+                st.step_s += time.perf_counter() - t_step
+                if self.world > 1:  # every process takes the slowest one's clock: same rate, same last step
+                    clock = torch.tensor([st.step_s], dtype=torch.float64)
+                    torch.distributed.all_reduce(clock, op=torch.distributed.ReduceOp.MAX)
+                    st.step_s = float(clock)
+                bar.update(1)
+                if cfg.max_minutes is not None:
+                    spent[0] = st.step_s / (60 * cfg.max_minutes)
+                out_of_time = spent[0] >= 1
+                if stop.requested:
+                    st.interrupted = {"at_step": st.step, "reason": "Ctrl-C"}
+                if not bar_on and is_main and time.perf_counter() - last_log >= LOG_EVERY_S:
+                    last_log = time.perf_counter()
+                    left = min(st.step_s / st.step * (total - st.step),
+                               math.inf if cfg.max_minutes is None else 60 * cfg.max_minutes - st.step_s)
+                    log.info("step %d/%d | loss %.3f | %.0f ms/step | ETA %s (checks excluded)", st.step, total,
+                             float(loss_sum) / max(1, loss_n), 1000 * st.step_s / st.step, human_duration(left))
+                if st.step % eval_every == 0 or st.step == total or out_of_time or st.interrupted:
+                    t_check = time.perf_counter()
+                    if not bar_on and is_main:
+                        log.info("step %d/%d | validating %d examples ...", st.step, total,
+                                 sum(len(p.valid) for p in self.parts))
+                    val, checks = self.check(progress=bar_on)
+                    entry = {"step": st.step, "loss": round(float(loss_sum) / max(1, loss_n), 4),
+                             f"val_{metric}": round(val, 4), "ms_per_step": round(1000 * st.step_s / st.step, 1),
+                             "check_s": round(time.perf_counter() - t_check, 1)}
+                    if len(self.parts) > 1:
+                        entry.update({f"val_{p.data.scenario}_{p.metric}": round(v, 4)
+                                      for p, (v, _) in zip(self.parts, checks)})
+                    if self.refs is not None:
+                        entry["val_mean_primary"] = round(sum(v for v, _ in checks) / len(checks), 4)
+                    st.history.append(entry)
+                    loss_sum, loss_n = 0.0, 0
+                    if is_main:  # a joint run also names each scenario's value, so a log shows the trade-offs
+                        each = ", ".join(f"{p.data.scenario} {v:.4f}" for p, (v, _) in zip(self.parts, checks))
+                        each = f" ({each})" if len(self.parts) > 1 else ""
+                        log.info("step %d/%d | loss %.3f | val_%s %.4f%s | %.0f ms/step | check %s", st.step, total,
+                                 entry["loss"], metric, val, each, entry["ms_per_step"], human_duration(entry["check_s"]))
+                    bar.set_postfix(loss=entry["loss"], **{f"val_{metric}": round(val, 3)})
+                    if val > st.best_value:
+                        st.best_value, st.best_step, st.best_scores = val, st.step, [s for _, s in checks]
+                        best_weights, st.bad_checks = [p.detach().clone() for p in self.params], 0
+                    else:
+                        st.bad_checks += 1
+                    if saver is not None and is_main:
+                        saver.save(st, self.params, best_weights, opt, sched, self.rng, self.order)
+                    if st.bad_checks >= cfg.patience:
+                        log.info("early stop at step %d (best val_%s %.4f at step %d)", st.step, metric,
+                                 st.best_value, st.best_step)
                         break
-            if out_of_time:
-                log.info("max_minutes=%s reached at step %d/%d", cfg.max_minutes, step, total)
-                break
+                if out_of_time:
+                    log.info("max_minutes=%s reached at step %d/%d", cfg.max_minutes, st.step, total)
+                    break
         bar.close()
+        if st.interrupted:
+            log.warning("interrupted at step %d/%d: evaluating and publishing the best check (step %d)",
+                        st.step, total, st.best_step)
         world = self.world
-        speed = {"train_s": round(step_s, 3), "steps": step, "candidates": n_candidates * world,
-                 "candidates_per_s": round(n_candidates * world / max(step_s, 1e-9), 3)}
-        return best, history, speed
+        speed = {"train_s": round(st.step_s, 3), "steps": st.step, "candidates": st.n_candidates * world,
+                 "candidates_per_s": round(st.n_candidates * world / max(st.step_s, 1e-9), 3)}
+        best = (st.best_value, best_weights, st.best_step, st.best_scores)
+        return best, st.history, speed, st
 
 
 def next_groups(groups, order: dict, batch_size, world, rank, rng, cfg, parts):
