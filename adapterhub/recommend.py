@@ -1,6 +1,6 @@
 """Ranking for one user with one adapter: the prompt it sees, its raw score, and the fused score.
 
-An adapter version trained with facts (issue 12) carries them in its folder (facts.json) and a
+An adapter version trained with facts carries them in its folder (facts.json) and a
 fused blend in its card. `rank` then renders the user's items with their facts, scores every
 candidate over the one shared history prefix, and ranks by the fused score (the adapter's
 Yes-No logit blended with the no-learning rules' features), or by the raw P(yes) with raw=True.

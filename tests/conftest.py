@@ -14,7 +14,7 @@ from adapterhub.lora import peft_key
 def _isolated(tmp_path, monkeypatch):
     """No test touches the real adapters/ or ~/.cache: the registry and caches live in tmp_path."""
     monkeypatch.setenv("ADAPTERHUB_CACHE", str(tmp_path / "cache"))
-    # Toy adapters trained for a few steps often score below the random tiny base, and the issue-12
+    # Toy adapters trained for a few steps often score below the random tiny base, and the publish
     # gate would then refuse to publish them; the gate has its own tests (test_facts_serving.py).
     monkeypatch.setattr("adapterhub.train.publish.check_beats_base", lambda card, name, force: None)
     monkeypatch.chdir(tmp_path)

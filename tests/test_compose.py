@@ -1,4 +1,4 @@
-"""Load-time composition (issue 15): hub.load("a+b") serves the sum of the parents' deltas."""
+"""Load-time composition: hub.load("a+b") serves the sum of the parents' deltas."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""One adapter trained jointly on several scenarios (issue 15): mixed batches, each scenario's own
+"""One adapter trained jointly on several scenarios: mixed batches, each scenario's own
 prompts and facts, per-scenario metrics in the card, facts files per scenario, serving by scenario."""
 import random
 

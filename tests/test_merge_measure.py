@@ -1,4 +1,4 @@
-"""Merges measured before they are published (issue 15, item 2): kept = (merged - base) / (own - base)
+"""Merges measured before they are published: kept = (merged - base) / (own - base)
 on each parent's valid examples, in the card and printed by `adapterhub merge`; the default recipe;
 staged adapters."""
 import pytest

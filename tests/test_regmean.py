@@ -1,4 +1,4 @@
-"""RegMean merges (issue 15): the per-module least-squares solve, the input Grams it is fit on, and
+"""RegMean merges: the per-module least-squares solve, the input Grams it is fit on, and
 `merge(method="regmean")` end to end, with each parent's train data."""
 import pytest
 import torch

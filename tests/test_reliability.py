@@ -1,4 +1,4 @@
-"""Reliability (issue 6): crashes, concurrent writers, corrupt and hostile files, bad data, scale.
+"""Reliability: crashes, concurrent writers, corrupt and hostile files, bad data, scale.
 
 A registry holds hours of training and a hub runs for weeks: nothing may be lost, nothing may get
 in. Every registry here lives in tmp_path. Child processes come from tests/reliability_worker.py

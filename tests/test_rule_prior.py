@@ -1,4 +1,4 @@
-"""rule_prior: training an adapter as a residual over the no-learning rules (issue 12)."""
+"""rule_prior: training an adapter as a residual over the no-learning rules."""
 import math
 
 import pytest

@@ -1,5 +1,5 @@
-"""Grouped training (issue 11): groups, sampled negatives, the listwise loss, progress, budgets;
-and the training-side bugs of issue 13 (domain steps, pairs left attached)."""
+"""Grouped training: groups, sampled negatives, the listwise loss, progress, budgets;
+and training-side fixes (domain steps, pairs left attached)."""
 import logging
 import math
 import random

@@ -1,4 +1,4 @@
-"""Issue 13 (CLI items 5, 7, 9, 13, 14) and issue 14 item 4 (train options generated from TrainConfig)."""
+"""CLI options and behaviours: checks before the base loads, closed pipes, and train options generated from TrainConfig."""
 from __future__ import annotations
 
 import argparse
@@ -41,7 +41,7 @@ def one_error_line(capsys) -> str:
     return captured.err
 
 
-# ------------------------------------------------------------------ 5. one-class split: error, not traceback
+# ------------------------------------------------------------------ one-class split: error, not traceback
 def test_eval_on_a_one_class_split_exits_2(tmp_path, capsys):
     data = toy_data()
     data.splits["test"] = [dataclasses.replace(e, label=1) for e in data.splits["test"]]
@@ -57,7 +57,7 @@ def test_expected_os_errors_exit_2(reg, tmp_path, capsys):
     assert "nope.txt" in one_error_line(capsys)
 
 
-# ------------------------------------------------------------------ 7. fail fast: nothing loads before the checks
+# ------------------------------------------------------------------ fail fast: nothing loads before the checks
 @pytest.mark.parametrize("argv, message", [
     (["train", "Books", "--format", "jsonl"], "invalid adapter name 'Books'"),
     (["train", "books", "--format", "jsonl", "--init-from", "nosuch"], "adapter 'nosuch' not found"),
@@ -89,7 +89,7 @@ def test_export_into_a_full_folder_fails_before_the_base_loads(reg, tmp_path, no
     assert "is not empty" in one_error_line(capsys)
 
 
-# ------------------------------------------------------------------ 9. score output tells prompts apart
+# ------------------------------------------------------------------ score output tells prompts apart
 def test_score_shows_index_and_the_end_of_each_prompt(reg, capsys):
     history = "The user watched and liked these movies, oldest first: " + ", ".join(f'"Movie {i}"' for i in range(12))
     prompts = [f'{history}.\nWill the user like the movie "{title}"? Answer:' for title in ("Alien", "Emma")]
@@ -104,7 +104,7 @@ def test_score_shows_index_and_the_end_of_each_prompt(reg, capsys):
     assert all(0 < r["score"] < 1 for r in rows)
 
 
-# ------------------------------------------------------------------ 13. help and defaults
+# ------------------------------------------------------------------ help and defaults
 def _commands():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -135,7 +135,7 @@ def test_list_of_a_missing_registry_says_it_does_not_exist(tmp_path, capsys):
     assert "registry '" + str(tmp_path / "nope") + "' does not exist" in one_error_line(capsys)
 
 
-# ------------------------------------------------------------------ 14. a closed pipe is not an error
+# ------------------------------------------------------------------ a closed pipe is not an error
 @pytest.mark.parametrize("command", ["show", "list"])
 def test_closed_stdout_ends_quietly(reg, command):
     argv = [sys.executable, "-m", "adapterhub", command, *(["news"] if command == "show" else []), "--registry", reg]
@@ -145,7 +145,7 @@ def test_closed_stdout_ends_quietly(reg, command):
     assert proc.wait(timeout=120) == 141 and err == "", err
 
 
-# ------------------------------------------------------------------ issue 14, item 4: options from TrainConfig
+# ------------------------------------------------------------------ train options from TrainConfig
 def test_every_train_config_field_is_an_option():
     train = _commands()["train"]
     options = {o for a in train._actions for o in a.option_strings}
