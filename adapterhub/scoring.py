@@ -166,8 +166,13 @@ def primary_metric(task: str) -> str:
     return {"pointwise": "auc", "ranking": "ndcg@10", "impression": "auc"}.get(task, "auc")
 
 
+# the protocols under which a card also scores the adapter on prompts without facts: what a user gets
+# with no catalog at hand, on the loader's candidates and on a whole catalog's
+WITHOUT_FACTS = ("sampled", "catalog")
+
+
 def evaluate_version(hub, ref: str, data, split: str = "test", protocols=("sampled",), n: int | None = None,
-                     seed: int = 0, progress: bool = False, without_facts: bool = True, catalog=None) -> dict:
+                     seed: int = 0, progress: bool = False, without_facts=WITHOUT_FACTS, catalog=None) -> dict:
     """Score a published version as a client calls it: its own facts (or `catalog`'s) in the prompts
     and its fused blend, on the examples its card was measured on (when `data` is the data it was
     trained on; else a seeded sample of n), under each candidate protocol.
@@ -192,5 +197,5 @@ def evaluate_version(hub, ref: str, data, split: str = "test", protocols=("sampl
     for protocol in protocols:
         out[protocol] = evaluate_protocol(hub, data, examples, adapter.key, protocol, seed=seed, progress=progress,
                                           facts=facts, fused_model=card.get("fused") if facts is not None else None,
-                                          without_facts=without_facts)
+                                          without_facts=protocol in without_facts)
     return {"ref": adapter.key, "split": split, "n_examples": len(examples), "protocols": out}

@@ -10,6 +10,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError
 from ..lora import TRAIN
 from ..protocols import PROTOCOLS, RANKING_TASKS
+from ..scoring import WITHOUT_FACTS
 from ..scoring import blend_rows, evaluate_protocol, evaluate_split, score_examples, yes_no_logit
 from .examples import Part, facts_file
 
@@ -120,7 +121,7 @@ def card_part(hub, p: Part, cfg: TrainConfig, valid_scores: list[float], joint: 
         t0 = time.perf_counter()
         for protocol in PROTOCOLS[1:]:
             protocols[protocol] = evaluate_protocol(hub, p.data, p.test, TRAIN, protocol, seed=cfg.seed, facts=p.facts,
-                                                    fused_model=p.fused, without_facts=True)
+                                                    fused_model=p.fused, without_facts=protocol in WITHOUT_FACTS)
         eval_s["test_protocols"] = round(time.perf_counter() - t0, 1)
     d = p.data
     out = {"data": {"source": d.source, "sha256": d.sha256, "sizes": d.sizes(), "task": d.task,
