@@ -128,3 +128,32 @@ def test_negative_mix_swaps_negatives_for_draws_under_each_protocol():
         {"sampled": 0.5, "catalog": 0.25, "popular": 0.25}
     with pytest.raises(ConfigError, match="popularr"):
         TrainConfig(negative_mix="popularr=1")
+
+
+def test_a_card_reports_every_protocol_and_show_prints_them(hub, tmp_path, capsys):
+    from adapterhub.cards import refresh
+    from adapterhub.cli.registry import protocol_table
+    from adapterhub.scoring import evaluate_version
+    data = ranking_data()
+    cfg = TrainConfig(max_steps=4, eval_every=4, batch_size=12, group_size=6, n_valid=None, n_test=None,
+                      negative_mix="sampled=0.5,catalog=0.25,popular=0.25", valid_protocols="sampled,catalog,popular")
+    adapter, card = hub.train("music", data, cfg, progress=False, force=True)
+    assert card["facts"]["format"] == 2 and "is_new" in card["fused"]["features"]
+    assert card["data"]["used"]["valid"] == 3 * len(data.splits["valid"])   # valid pools the three protocols' groups
+    tables = card["protocols"]["test"]
+    assert set(tables) == {"catalog", "popular", "new"}
+    for name in ("catalog", "popular"):
+        assert {"adapter", "adapter (fused)", "base", "most-popular", "random"} <= set(tables[name])
+    assert "adapter (no facts)" in tables["catalog"] and "adapter (no facts)" not in tables["popular"]
+    assert "adapter (no facts)" in card["metrics"]["test"]
+    # re-measured the way a client calls it, the sampled figures are the card's own
+    result = evaluate_version(hub, adapter.key, data, "test", ("sampled", "catalog"))
+    assert result["protocols"]["sampled"]["adapter (fused)"]["ndcg@10"] == pytest.approx(
+        card["metrics"]["test"]["adapter (fused)"]["ndcg@10"])
+    assert result["protocols"]["catalog"]["base"]["ndcg@10"] == pytest.approx(tables["catalog"]["base"]["ndcg@10"])
+    refreshed = refresh(hub.registry, adapter.key, result, "test")
+    assert hub.registry.card(adapter.key)["refreshed"][-1]["protocols"] == ["sampled", "catalog"]
+    assert refreshed["protocols"]["test"]["catalog"] == result["protocols"]["catalog"]
+    hub.registry.load(adapter.key)   # weights untouched: their sha256 still matches
+    table = protocol_table(refreshed)
+    assert "sampled ndcg@10" in table and "catalog ndcg@10" in table and "adapter (fused)" in table
