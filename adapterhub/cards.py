@@ -29,8 +29,8 @@ def refresh(registry, key: str, result: dict, command: str) -> dict:
         if tables.get("sampled"):
             card.setdefault("metrics", {})[split] = tables["sampled"]
         others = {p: rows for p, rows in tables.items() if p != "sampled"}
-        if others:
-            card.setdefault("protocols", {})[split] = others
+        if others:   # the protocols measured before stay: a card fills up one protocol at a time
+            card.setdefault("protocols", {}).setdefault(split, {}).update(others)
         card["verdict"] = verdict(card)
         card.setdefault("refreshed", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                                  "split": split, "protocols": list(tables),

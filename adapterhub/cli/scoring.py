@@ -40,7 +40,7 @@ def cmd_eval(args) -> int:
     from ..scoring import cap_examples, evaluate_split, evaluate_version, primary_metric
     check_refs(args, args.ref)
     data = load_data(args)
-    protocols = [check(p) for p in (PROTOCOLS if args.protocol == "all" else [args.protocol])]
+    protocols = [check(p.strip()) for p in (PROTOCOLS if args.protocol == "all" else args.protocol.split(","))]
     if data.task not in RANKING_TASKS:
         if protocols != ["sampled"] and args.protocol != "all":
             raise ConfigError(f"--protocol {args.protocol}: scenario '{data.scenario}' is {data.task}, its candidates "
@@ -52,19 +52,22 @@ def cmd_eval(args) -> int:
         found = f"only label {labels[0]} in its {len(examples)} examples" if labels else "no examples"
         raise DataError(f"the {args.split} split of scenario '{data.scenario}' has {found}; its metrics need both "
                         "labels 0 and 1: evaluate another split (--split) or more examples (--n)")
-    if args.update_card and (args.ref == "base" or args.n is not None):
-        raise ConfigError("--update-card writes a version's figures on its own examples: give a version (not "
-                          "'base') and leave --n out")
+    if args.update_card and (args.ref == "base" or args.n is not None or args.catalog):
+        raise ConfigError("--update-card writes a version's figures on its own examples and facts: give a version "
+                          "(not 'base'), and leave --n and --catalog out")
     hub = make_hub(args)
     if args.ref == "base":
         result = {"ref": "base", "split": args.split, "n_examples": len(examples),
                   "protocols": {"sampled": evaluate_split(hub, data, examples, None, seed=args.seed, progress=True)}}
     else:   # as a client calls it: the version's facts and fused blend, on its card's examples
-        result = evaluate_version(hub, args.ref, data, args.split, protocols, n=args.n, seed=args.seed, progress=True,
-                                  catalog=args.catalog)
-    if args.update_card:
-        from ..cards import refresh
-        refresh(hub.registry, result["ref"], result, "adapterhub " + " ".join(sys.argv[1:]))
+        result = None
+        for protocol in protocols:   # one at a time: with --update-card, each is in the card as soon as it is done
+            one = evaluate_version(hub, args.ref, data, args.split, (protocol,), n=args.n, seed=args.seed,
+                                   progress=True, catalog=args.catalog)
+            if args.update_card:
+                from ..cards import refresh
+                refresh(hub.registry, one["ref"], one, "adapterhub " + " ".join(sys.argv[1:]))
+            result = one if result is None else {**result, "protocols": {**result["protocols"], **one["protocols"]}}
     if args.json:
         print(json.dumps({**result, "n": result["n_examples"], "metrics": result["protocols"].get("sampled")}, indent=2))
         return 0
@@ -155,9 +158,9 @@ def add_commands(sub, parents: dict) -> None:
     s.add_argument("--split", default="test", choices=["train", "valid", "test"], help="the split to evaluate (default test)")
     s.add_argument("--n", type=int, default=None, help="at most this many examples (whole groups; default: the "
                    "examples the version's card was measured on when --data is what it was trained on, else 512)")
-    s.add_argument("--protocol", default="sampled", help="candidate protocol: sampled (the loader's negatives), "
-                   "catalog (uniform over the whole item file), popular (by train popularity), new (new items only), "
-                   "or all (docs/DATA.md states each rule; default sampled)")
+    s.add_argument("--protocol", default="sampled", help="candidate protocol(s), comma-separated: sampled (the "
+                   "loader's negatives), catalog (uniform over the whole item file), popular (by train popularity), "
+                   "new (new items only), or all (docs/DATA.md states each rule; default sampled)")
     s.add_argument("--catalog", default=None, metavar="FILE", help="score with item facts from this catalog "
                    "(adapterhub catalog build) instead of the version's own")
     s.add_argument("--update-card", action="store_true", help="also write the figures into the version's card "
