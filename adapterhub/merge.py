@@ -29,7 +29,7 @@ from .lora import adapter_config, check_same_base, group_pairs, peft_key, scale_
 log = logging.getLogger(__name__)
 METHODS = ("cat", "linear", "svd", "ties", "dare_ties", "regmean")
 # what merge() does when not told: the recipe whose worst scenario kept the most of its gain on the
-# full valid splits (README "Merging": regmean, worst 79%, against 71% for cat-sum with the same
+# full valid splits (benchmarks/merge/README.md: regmean, worst 79%, against 71% for cat-sum with the same
 # parents; with earlier parents cat-sum 65%, ties-sum 54%, dare_ties-sum 56%): method, and weight per parent ("sum": 1 each, task arithmetic for cat,
 # the same model as the composition "a+b"; "mean": 1/n each). regmean needs every parent's train
 # data: without it the default falls back to FALLBACK_METHOD, and the card says why.

@@ -58,7 +58,7 @@ def cmd_export(args) -> int:
 def add_commands(sub, parents: dict) -> None:
     common, model = parents["common"], parents["model"]
     s = sub.add_parser("merge", parents=[common, model], help="merge adapters into a new one (cat is exact)")
-    s.add_argument("adapters", nargs="+", help="REF=WEIGHT ... (without weights: the default rule, see README Merging)")
+    s.add_argument("adapters", nargs="+", help="REF=WEIGHT ... (without weights: the default rule, see docs/MERGING.md)")
     s.add_argument("--method", default=None, help="cat (exact), linear (PEFT's, cross terms), svd, ties, dare_ties, "
                                                   "regmean (fit on each parent's train inputs; needs their data) "
                                                   "(default: the measured default recipe)")

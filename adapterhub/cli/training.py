@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 
+from ..errors import ConfigError
 from .common import add_config_options, check_refs, config_overrides, make_hub, load_data, print_metrics
 
 
@@ -15,6 +16,12 @@ def cmd_train(args) -> int:
     from ..registry import check_name
     check_name(args.name)
     cfg = TrainConfig.from_dict(config_overrides(args, TrainConfig))
+    if args.resume:   # before the data and the base load
+        from ..train.resume import Checkpoints, run_folder
+        folder = run_folder(args.registry, args.name)
+        if not Checkpoints(folder, {}).exists():
+            raise ConfigError(f"--resume: no checkpoint of '{args.name}' in {folder} (one is saved at every check); "
+                              "start without --resume")
     check_refs(args, cfg.init_from, cfg.teacher, *(o.get("teacher") for o in cfg.scenario_options().values()))
     data = load_data(args)
     accelerator = None

@@ -45,7 +45,7 @@ def load(path, *, seed: int = 0, n_candidates: int = 20, max_examples=None, full
     """full_train: train keeps every candidate of its impressions (not 4 sampled non-clicks), and the
     sampled_* impressions of the valid/test buckets go to train rather than being dropped.
     sampled_eval: those sampled_* impressions go to valid/test instead (natural MIND impressions:
-    the test_group files over-represent clicks off the history's topics, see docs/NEWS_DIAGNOSIS.md).
+    the test_group files over-represent clicks off the history's topics, see benchmarks/quality/news_diagnosis.md).
     Both False (the default) is the split the v1 adapters were trained and evaluated on."""
     root = find_dir(Path(path), "mind-recprompt", "test_group")
     grouped = sorted((root / "test_group").glob("variant*/*.csv"))
