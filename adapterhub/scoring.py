@@ -126,9 +126,19 @@ def metrics_with_ci(task: str, examples, scores: dict[str, list[float]], seed: i
             lo, hi = bootstrap_ci(lambda ex, sc: evaluate(task, ex, sc)[metric], examples, s, n=300, seed=seed)
             rows[name][f"{metric}_ci95"] = [round(lo, 4), round(hi, 4)]
             if "user_auc" in rows[name]:
-                lo, hi = bootstrap_ci(lambda ex, sc: evaluate(task, ex, sc)["user_auc"], by_user, s, n=300, seed=seed)
+                lo, hi = bootstrap_ci(lambda ex, sc: _user_auc(task, ex, sc), by_user, s, n=300, seed=seed)
                 rows[name]["user_auc_ci95"] = [round(lo, 4), round(hi, 4)]
     return rows
+
+
+def _user_auc(task, examples, scores) -> float:
+    """The per-user AUC of one resample; undefined (DataError, the resample is skipped) when no
+    drawn user has both labels."""
+    from .evaluation import evaluate
+    out = evaluate(task, examples, scores)
+    if "user_auc" not in out:
+        raise DataError("no user in this resample has both a positive and a negative example")
+    return out["user_auc"]
 
 
 def evaluate_protocol(hub, data, examples, adapter_key: str | None, protocol: str, **kwargs) -> dict | None:

@@ -1,4 +1,4 @@
-"""Issue 13 item 11: custom scenarios are first-class (meta.json templates, --format beside --scenario)."""
+"""Custom scenarios are first-class (meta.json templates, --format beside --scenario)."""
 from __future__ import annotations
 
 import json

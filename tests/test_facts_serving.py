@@ -1,4 +1,4 @@
-"""Issue 12 end to end on the toy scenario: facts stored with the version, the fused score in the
+"""End to end on the toy scenario: facts stored with the version, the fused score in the
 card, recommend by fused score (raw on request), items by title or id, the verdict and the gate."""
 import json
 

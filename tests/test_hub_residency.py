@@ -1,4 +1,4 @@
-"""Issue 13 items 2, 3, 8, 12: residency per hub over a shared base, unload by name, 'base' in
+"""Residency per hub over a shared base, unload by name, 'base' in
 Python, and a quiet library."""
 import logging
 import warnings

@@ -52,7 +52,7 @@ def smol_native(smol_hub):
 @needs_smollm2
 def test_fast_path_adapter_scores_the_same_over_native_nf4(smol_hub, smol_native):
     """QLoRA semantics: an adapter trained over the dequantized bf16 copy scores the same over the
-    NF4 kernels, within bf16 rounding (the issue-11 check)."""
+    NF4 kernels, within bf16 rounding."""
     from adapterhub.config import TrainConfig
     from adapterhub.demo import example_data
     assert smol_hub.base.compute in ("bf16", "fp32") and smol_native.base.compute == "native"

@@ -102,7 +102,7 @@ def test_max_minutes_stops_training(hub, toy):
 
 
 def test_domain_steps_run_and_lower_the_lm_loss(hub, toy):
-    """Issue 13.1: --domain-steps crashed with UnboundLocalError; now it runs and the LM loss falls."""
+    """--domain-steps crashed with UnboundLocalError; now it runs and the LM loss falls."""
     _, card = hub.train("toy", toy, TrainConfig(max_steps=2, eval_every=2, domain_steps=30, lr=1e-2), progress=False)
     rows = card["train"]["domain_log"]
     assert rows[-1]["domain_step"] == 30

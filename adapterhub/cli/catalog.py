@@ -31,7 +31,7 @@ def cmd_catalog_build(args) -> int:
 def add_commands(sub, parents: dict) -> None:
     s = sub.add_parser("catalog", help="build an item catalog from your own interaction data (for recommend "
                        "--catalog, eval --catalog, Hub(catalog=...))")
-    verbs = s.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs = s.add_subparsers(dest="verb", required=True, metavar="VERB", help="what to do with a catalog")
     b = verbs.add_parser("build", parents=[parents["common"], parents["data"]],
                          help="item facts from interaction data, in any format the loaders read")
     b.add_argument("out", help="the catalog file to write (JSON, the facts format)")

@@ -1,11 +1,12 @@
 """Print the shipped adapters' table from their cards (nothing re-measured):
 
-    python benchmarks/quality/adapter_table.py [adapters] [--all-versions]
+    python benchmarks/quality/adapter_table.py [adapters] [--all-versions | --protocols]
 
 One row per current version: the test split's primary metric for the adapter alone (raw), the
 fused score, the bare base and every no-learning rule, all on the same examples, with the 95%
 bootstrap interval where the card has one; the test size, training and evaluation minutes, and
-the verdict (which rules the raw and the fused score beat).
+the verdict (which rules the raw and the fused score beat). --protocols: one row per scenario and
+candidate protocol instead (sampled, catalog, popular, new; per-user AUC for a pointwise card).
 """
 from __future__ import annotations
 
@@ -67,6 +68,40 @@ def rows(reg: Registry, all_versions: bool = False) -> list[str]:
     return out
 
 
+def protocol_rows(reg: Registry) -> list[str]:
+    """One row per current scenario adapter and candidate protocol (docs/DATA.md): the test split's
+    primary metric for each method, on that protocol's redrawn groups; a pointwise card gives its
+    pooled AUC and its per-user AUC."""
+    out = ["| scenario | protocol | test size | adapter (raw) | adapter (fused) | fused, no facts | base | rule | "
+           "most-popular | random | fused beats most-popular and rule |", "|" + "---|" * 11]
+    for name in reg.names():
+        card = reg.card(f"{name}@{reg.current(name)}")
+        test = (card.get("metrics") or {}).get("test") or {}
+        if "adapter" not in test or card.get("scenarios"):
+            continue
+        metric, scenario = card["primary_metric"], card.get("scenario", name)
+        rule = RULE.get(scenario) or next((k for k in test if k.endswith("-overlap")), None)
+        tables = [("sampled", test, metric)]
+        if card.get("data", {}).get("task") == "pointwise":
+            tables.append(("per-user AUC", test, "user_auc"))
+        tables += [(p, rows or {}, metric) for p, rows in ((card.get("protocols") or {}).get("test") or {}).items()]
+        for protocol, rows, m in tables:
+            if "adapter" not in rows:
+                out.append(f"| {scenario} | {protocol} | no group kept | - | - | - | - | - | - | - | - |")
+                continue
+            first = rows["adapter"]
+            n = f"{first['n_groups']} groups" if "n_groups" in first else f"{first.get('n', '?')} examples"
+            fused = (rows.get("adapter (fused)") or {}).get(m)
+            beats = "-" if fused is None else ("yes" if all(fused > (rows.get(k) or {}).get(m, -1)
+                                                            for k in ("most-popular", rule)) else "no")
+            out.append(f"| {scenario} | {protocol} | {n} | {cell(rows.get('adapter'), m)} | "
+                       f"{cell(rows.get('adapter (fused)'), m)} | {cell(rows.get('adapter (fused, no facts)'), m)} | "
+                       f"{cell(rows.get('base'), m)} | {rule} {cell(rows.get(rule), m)} | "
+                       f"{cell(rows.get('most-popular'), m)} | {cell(rows.get('random'), m)} | {beats} |")
+    return out
+
+
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    print("\n".join(rows(Registry(args[0] if args else "adapters"), "--all-versions" in sys.argv)))
+    reg = Registry(args[0] if args else "adapters")
+    print("\n".join(protocol_rows(reg) if "--protocols" in sys.argv else rows(reg, "--all-versions" in sys.argv)))
