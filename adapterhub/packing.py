@@ -118,25 +118,45 @@ def pack(groups: list[tuple[list[int], list[list[int]]]], device, one_row: bool 
             prefix_len.append(p)
             last.append(at + m - 1)
             at += m
-    # a candidate's query i sees its group's prefix and its own tokens up to i; its pads come after its
-    # last token, so no real query sees them, and no query is left with nothing to attend to
-    lens = torch.tensor(prefix_len)
-    if bool((lens == P).all()):
-        lens = lens[:1]  # one prefix length: one mask for every candidate
-    own = torch.ones(S, S, dtype=torch.bool).tril()
-    seen = torch.arange(P)[None, :] < lens[:, None]  # (c or 1, P)
-    cand_mask = torch.cat([seen[:, None, :].expand(-1, S, -1), own.expand(len(lens), -1, -1)], dim=2)[:, None]
-    cand_keys = torch.cat([prefix_idx[torch.tensor(cand_group, dtype=torch.long)], cand_idx], dim=1)
     per_row = [[] for _ in range(n_rows)]  # each row's read tokens, for packed_last_layer
     for i in last:
         per_row[i // width].append(i)
     k = max(map(len, per_row))
     read = [t + [_unread(t, r * width, width)] * (k - len(t)) if len(t) < k else t for r, t in enumerate(per_row)]
-    layout = Layout(prefix_idx.to(device), cand_idx.to(device), cand_keys.to(device),
-                    cand_mask.to(device), back.to(device), torch.tensor(read, device=device))
+    lens = torch.tensor(prefix_len)
+    if bool((lens == P).all()):
+        lens = lens[:1]  # one prefix length: one mask for every candidate
     last = torch.tensor(last)
-    return Packed(input_ids.view(n_rows, width).to(device), position_ids.view(n_rows, width).to(device), layout,
-                  ((last // width).to(device), (last % width).to(device)), [len(s) for _, s in groups])
+    cand_keys = torch.cat([prefix_idx[torch.tensor(cand_group, dtype=torch.long)], cand_idx], dim=1)
+    (input_ids, position_ids, prefix_idx, cand_idx, cand_keys, back, read, rows, cols, lens) = ship(
+        [input_ids.view(n_rows, width), position_ids.view(n_rows, width), prefix_idx, cand_idx, cand_keys, back,
+         torch.tensor(read), last // width, last % width, lens], device)
+    # a candidate's query i sees its group's prefix and its own tokens up to i; its pads come after its
+    # last token, so no real query sees them, and no query is left with nothing to attend to. Built
+    # where it is used, from the prefix lengths: no (candidates x S x (P + S)) mask crosses to the device
+    own = torch.ones(S, S, dtype=torch.bool, device=lens.device).tril()
+    seen = torch.arange(P, device=lens.device)[None, :] < lens[:, None]  # (c or 1, P)
+    cand_mask = torch.cat([seen[:, None, :].expand(-1, S, -1), own.expand(len(lens), -1, -1)], dim=2)[:, None]
+    layout = Layout(prefix_idx, cand_idx, cand_keys, cand_mask, back, read)
+    return Packed(input_ids, position_ids, layout, (rows, cols), [len(s) for _, s in groups])
+
+
+def ship(parts: list[torch.Tensor], device) -> list[torch.Tensor]:
+    """pack()'s int64 tensors on `device` in one host-to-device copy: one buffer, pinned on CUDA so
+    the copy does not block the host, split back into views there (ten blocking copies per pack()
+    before). On the CPU the tensors are returned as they are."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return parts
+    flat = torch.cat([p.reshape(-1) for p in parts])
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    flat = flat.to(device, non_blocking=True)
+    out, at = [], 0
+    for p in parts:
+        out.append(flat[at:at + p.numel()].view(p.shape))
+        at += p.numel()
+    return out
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -163,10 +183,10 @@ def attend(q, k, v, lay: Layout, scaling=None, dropout: float = 0.0) -> torch.Te
     mask computed every blocked pair too: 32% of a 20-candidate ranking forward.
     q (tokens, heads, dim), k/v (tokens, kv_heads, dim), tokens = rows * width -> (tokens, heads, dim)."""
     heads, dim = q.shape[1:]
-    # scoring attends in the matmuls' dtype; training in fp32: CPU flash attention's backward ran
-    # 3.6x slower in bf16
     out_dtype = q.dtype
-    dtype = torch.float32 if torch.is_grad_enabled() else out_dtype
+    # scoring attends in the matmuls' dtype. Training on CPU in fp32: CPU flash attention's backward
+    # ran 3.6x slower in bf16; on CUDA in the matmuls' dtype too: flash and cuDNN refuse fp32
+    dtype = torch.float32 if torch.is_grad_enabled() and not _is_cuda(q) else out_dtype
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
 
     def gather(t, idx):  # -> (batch, h, len, dim). index_select: its backward is index_add_, which on
@@ -179,13 +199,30 @@ def attend(q, k, v, lay: Layout, scaling=None, dropout: float = 0.0) -> torch.Te
     outs = []
     if lay.prefix.shape[1]:
         qp, kp, vp = gather(q, lay.prefix), gather(k, lay.prefix), gather(v, lay.prefix)
-        op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, dropout_p=dropout, scale=scaling,
-                                            enable_gqa=True)
-        outs.append(op.transpose(1, 2).reshape(-1, heads, dim))
-    oc = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=lay.cand_mask, dropout_p=dropout, scale=scaling,
-                                        enable_gqa=True)
+        outs.append(sdpa(qp, kp, vp, causal=True, dropout=dropout, scale=scaling).transpose(1, 2).reshape(-1, heads, dim))
+        oc = sdpa(qc, kc, vc, mask=lay.cand_mask, dropout=dropout, scale=scaling)
+    else:  # no prefix: every candidate is a plain prompt and its mask is plain causal
+        oc = sdpa(qc, kc, vc, causal=True, dropout=dropout, scale=scaling)
     outs.append(oc.transpose(1, 2).reshape(-1, heads, dim))
     return torch.cat(outs).index_select(0, lay.back).to(out_dtype)
+
+
+def _is_cuda(t: torch.Tensor) -> bool:
+    return t.device.type == "cuda"
+
+
+def sdpa(q, k, v, mask=None, causal: bool = False, dropout: float = 0.0, scale=None) -> torch.Tensor:
+    """F.scaled_dot_product_attention, with K/V laid out so that CUDA's fast kernels can take it.
+    q (batch, heads, L, dim), k/v (batch, kv_heads, S, dim). With GQA (kv_heads < heads) PyTorch's
+    CUDA backends allow only flash (no mask, fp16/bf16) and math; where flash cannot run (a mask, or
+    fp32), K/V are expanded to every query head, so the memory-efficient kernel (masks, any float
+    dtype) is eligible instead of math. The CPU keeps the grouped heads (its kernels take them)."""
+    gqa = k.shape[1] != q.shape[1]
+    if gqa and _is_cuda(q) and (mask is not None or q.dtype not in (torch.float16, torch.bfloat16)):
+        rep = q.shape[1] // k.shape[1]
+        k, v, gqa = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=scale,
+                                          enable_gqa=gqa)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

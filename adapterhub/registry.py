@@ -5,6 +5,13 @@ and appears with one os.replace; card.json is written last inside it. One lock p
 (flock-based, so a killed writer releases it); the next writer removes what a killed one left.
 Only safetensors are read, and their sha256 is checked against the card before any tensor is
 built. Nothing is read or written through a symbolic link, so nothing outside the registry is.
+
+Storage dtype: a registry whose root holds registry.json with {"weights_dtype": "bfloat16"} (the
+shipped adapters/ does) stores every published version's floating tensors in bf16, half the bytes
+of fp32, and its cards say so ("weights_dtype"); the hub casts A and B to the base's compute dtype on
+load either way. Measured on SmolLM2 for the shipped adapters: P(yes) within 0.00012 of their fp32
+copies where the base computes in fp32, identical where it computes in bf16 (adapters/README.md).
+Without that file (or with "float32") a version stores the tensors as given, bit for bit.
 """
 from __future__ import annotations
 
@@ -41,6 +48,8 @@ LOCK_TIMEOUT_S = 120
 MAX_JSON_BYTES = 16 << 20  # a card or adapter_config.json; real ones are KBs
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 EXTRA_FILE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\.json$")  # extra version files: plain JSON only
+SETTINGS = "registry.json"  # the registry's own settings, beside the adapter folders
+WEIGHTS_DTYPES = ("float32", "bfloat16")
 
 
 def check_name(name: str) -> str:
@@ -102,8 +111,26 @@ def _check_ranks(config: dict, header: dict, path: Path) -> None:
 
 
 class Registry:
-    def __init__(self, root: str | os.PathLike = "adapters"):
+    def __init__(self, root: str | os.PathLike = "adapters", weights_dtype: str | None = None):
+        """weights_dtype: what publish stores floating tensors as ('float32', 'bfloat16'); None: what
+        <root>/registry.json says, else the tensors as given."""
         self.root = Path(root)
+        if weights_dtype is not None and weights_dtype not in WEIGHTS_DTYPES:
+            raise RegistryError(f"weights_dtype {weights_dtype!r}: choose one of {', '.join(WEIGHTS_DTYPES)} (or None)")
+        self._weights_dtype = weights_dtype
+
+    def weights_dtype(self) -> str | None:
+        """The dtype publish stores floating tensors in (module docstring); None: as given."""
+        if self._weights_dtype is not None:
+            return self._weights_dtype
+        path = self.root / SETTINGS
+        if not path.exists() and not path.is_symlink():
+            return None
+        value = _read_json(path).get("weights_dtype")
+        if value is not None and value not in WEIGHTS_DTYPES:
+            raise RegistryError(f"{path}: weights_dtype {value!r} is not one of {', '.join(WEIGHTS_DTYPES)}; "
+                                f'fix it, e.g. {{"weights_dtype": "bfloat16"}}, or remove the key')
+        return value
 
     # ------------------------------------------------------------ reading
     def names(self) -> list[str]:
@@ -238,6 +265,10 @@ class Registry:
         """
         check_name(name)
         folder = self.root / name
+        dtype = self.weights_dtype()
+        if dtype is not None:
+            tensors = _stored_as(tensors, dtype)
+            card = {**card, "weights_dtype": dtype}
         try:
             with self._lock(name):
                 if folder.is_symlink():
@@ -331,6 +362,13 @@ class Registry:
             elif self._current_file(name) not in left:
                 atomic_write(cur_file, left[-1] + "\n")
         return targets
+
+
+def _stored_as(tensors: dict, dtype: str) -> dict:
+    """Floating tensors cast to the registry's storage dtype; others (none in a LoRA file) as they are."""
+    import torch
+    want = getattr(torch, dtype)
+    return {k: t.to(want) if t.is_floating_point() and t.dtype != want else t for k, t in tensors.items()}
 
 
 def _valid_metric(card: dict, metric: str | None):

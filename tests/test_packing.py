@@ -1,4 +1,4 @@
-"""Shared-prefix packing (issue 11): one row per group must give each candidate exactly what its own
+"""Shared-prefix packing: one row per group must give each candidate exactly what its own
 full prompt gives, in the forward and in the gradient."""
 import pytest
 import torch
@@ -123,7 +123,7 @@ def test_rotate_is_transformers_rotary():
 def test_the_last_layer_runs_its_mlp_on_read_tokens_only(hub):
     """At inference the last layer's MLP sees each row's read tokens (a shorter row padded with an
     unread one), and every candidate's output is what the full layer gives, also in a mixed batch of
-    adapters that target the MLP (each adapter's rows stay one slice)."""
+    adapters that target the MLP (each adapter's tokens one span of the row)."""
     from conftest import publish_random
     mlp = ("gate_proj", "up_proj", "down_proj")
     for i, name in enumerate(("m1", "m2")):
@@ -139,8 +139,8 @@ def test_the_last_layer_runs_its_mlp_on_read_tokens_only(hub):
             one_full = torch.cat([plain_logit(hub, keys[0], p + s) for p, sufs in GROUPS for s in sufs])
     finally:
         hook.remove()
-    # (rows, read, hidden): the mixed batch, then (after its 9 full prompts) one adapter in one row
-    assert seen[0] == (4, 3, hub.model.config.hidden_size) and seen[1 + 9][:2] == (1, 9)
+    # (rows, read, hidden): the mixed batch and (after its 9 full prompts) one adapter, each packed in one row
+    assert seen[0] == (1, 9, hub.model.config.hidden_size) and seen[1 + 9][:2] == (1, 9)
     assert torch.allclose(mixed, full, atol=1e-5) and torch.allclose(one, one_full, atol=1e-5)
     packed = packing.pack(GROUPS, "cpu")
     with torch.no_grad(), hub.use(None):  # prune=False: the MLP sees every token (RegMean's statistics)
@@ -149,3 +149,44 @@ def test_the_last_layer_runs_its_mlp_on_read_tokens_only(hub):
         packing.last_hidden(hub.decoder, packed, prune=False)
         hook.remove()
     assert seen == [(4, packed.input_ids.shape[1], hub.model.config.hidden_size)]
+
+
+def test_pack_copies_to_the_device_once(monkeypatch):
+    """Every index tensor of a pack() crosses to the device in one copy ('meta' stands in for a GPU),
+    and the candidates' mask is built there from the prefix lengths."""
+    copies = []
+    real_to = torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        out = real_to(self, *args, **kwargs)
+        if out.device.type == "meta" and self.device.type == "cpu":
+            copies.append(kwargs.get("non_blocking"))
+        return out
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    p = packing.pack(GROUPS, "meta")
+    assert copies == [True]
+    lay = p.layout
+    for t in (p.input_ids, p.position_ids, lay.prefix, lay.cands, lay.cand_keys, lay.cand_mask, lay.back, lay.read,
+              *p.last):
+        assert t.device.type == "meta"
+    cpu = packing.pack(GROUPS, "cpu")
+    assert lay.cand_mask.shape == cpu.layout.cand_mask.shape and lay.cand_mask.dtype == torch.bool
+
+
+def test_ship_pins_the_buffer_on_cuda(monkeypatch):
+    """On CUDA the one buffer is pinned, so the copy is asynchronous (no CUDA here: both mocked)."""
+    pinned, moved = [], []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.numel()) or self)
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        if args and str(args[0]).startswith("cuda"):
+            moved.append(kwargs.get("non_blocking"))
+            return self
+        return real_to(self, *args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    parts = [torch.arange(6).view(2, 3), torch.tensor([7, 8]), torch.zeros(0, dtype=torch.long)]
+    out = packing.ship(parts, torch.device("cuda"))
+    assert pinned == [8] and moved == [True]
+    assert [o.tolist() for o in out] == [p.tolist() for p in parts]
+    assert packing.ship(parts, "cpu") is parts  # nothing to copy

@@ -111,3 +111,56 @@ def test_list_cards(tmp_path):
     (listed,) = reg.list()
     assert listed["name"] == "news" and listed["versions"] == ["v1", "v2"] and listed["current"] == "v2"
     json.dumps(listed)
+
+
+# ---------------------------------------------------------------- storage dtype
+
+def test_a_registry_set_to_bf16_stores_bf16_and_says_so(tmp_path):
+    """registry.json {"weights_dtype": "bfloat16"} (the shipped adapters/ has it): every publish stores
+    its floating tensors in bf16, half the bytes, and the card records it; the sha256 is the bf16 file's."""
+    root = tmp_path / "adapters"
+    root.mkdir()
+    (root / "registry.json").write_text(json.dumps({"weights_dtype": "bfloat16"}))
+    reg = Registry(root)
+    assert reg.names() == []                    # the settings file is not an adapter
+    reg.publish("news", tensors(), CFG, card(0.6))
+    _, loaded, c, folder = reg.load("news")
+    assert c["weights_dtype"] == "bfloat16"
+    for k, t in tensors().items():
+        assert loaded[k].dtype == torch.bfloat16 and torch.equal(loaded[k], t.to(torch.bfloat16))
+    fp32 = Registry(tmp_path / "plain")         # no settings: the tensors as given, bit for bit
+    fp32.publish("news", tensors(), CFG, card(0.6))
+    assert "weights_dtype" not in fp32.card("news")
+    size = lambda r: (r.resolve("news") / "adapter_model.safetensors").stat().st_size  # noqa: E731
+    assert size(fp32) - size(reg) == sum(2 * t.numel() for t in tensors().values())  # 2 bytes an element saved
+    assert Registry(tmp_path / "plain", weights_dtype="bfloat16").weights_dtype() == "bfloat16"
+
+
+def test_a_bad_storage_setting_names_the_file(tmp_path):
+    root = tmp_path / "adapters"
+    root.mkdir()
+    (root / "registry.json").write_text(json.dumps({"weights_dtype": "int4"}))
+    with pytest.raises(RegistryError, match=r"registry.json: weights_dtype 'int4' is not one of float32, bfloat16"):
+        Registry(root).publish("news", tensors(), CFG, card())
+    assert not (root / "news").exists()
+    with pytest.raises(RegistryError, match="choose one of"):
+        Registry(root, weights_dtype="fp8")
+
+
+def test_the_shipped_registry_is_bf16_and_each_file_matches_its_card():
+    """adapters/: one version per adapter, stored in bf16 (its fp32 original is in git history, its
+    sha256 in the card), checked against the card's sha256 as every load does."""
+    from pathlib import Path
+    from adapterhub.safetensors_io import read_header
+    shipped = Path(__file__).resolve().parent.parent / "adapters"
+    reg = Registry(shipped)
+    assert reg.weights_dtype() == "bfloat16" and reg.names()
+    for name in reg.names():
+        assert reg.versions(name) == [reg.current(name)], name
+        folder = reg.resolve(name)
+        header, _ = read_header(folder / "adapter_model.safetensors")
+        assert {h["dtype"] for h in header.values()} == {"BF16"}, name
+        c = reg.card(name)
+        assert c["weights_dtype"] == "bfloat16" and len(c["weights_fp32_sha256"]) == 64
+        from adapterhub.registry import sha256_file
+        assert sha256_file(folder / "adapter_model.safetensors") == c["weights_sha256"], name

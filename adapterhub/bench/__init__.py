@@ -9,8 +9,10 @@
 Each suite runs in its own process (`python -m adapterhub.bench.<module>`, so one crash or memory
 peak does not touch the others) and appends one JSON line per measurement to <out>/<suite>.jsonl;
 every suite of one invocation shares a run id. With a time budget each suite gets its share of what
-is left and scales its repeats and counts to it. The report (report.py) reads, for each (suite,
-base, device), the latest run.
+is left (SOFT_SHARE of it: suites overrun a little) and scales its repeats and counts to it; the
+budget is a hard limit for the whole run: a suite still running when it ends is killed (the rows
+it wrote are kept). The report (report.py) reads, for each (suite, base, device), the latest run.
+benchmarks/gpu.sh runs a fixed plan of these on one GPU (gpu.py).
 """
 from __future__ import annotations
 
@@ -39,11 +41,13 @@ SUITES = {
     "runtime": ("runtime", "cold load / switch vs resident adapters, mixed batch, memory (vs PEFT)", 120),
     "forward": ("forward", "forward throughput: base, single, mixed, split, merged (vs PEFT)", 120),
     "ranking": ("ranking", "ranking candidates/s with and without prefix reuse", 40),
-    "train": ("training", "training candidates/s and peak RSS: ours vs a plain PEFT loop; ranking 20 candidates", 100),
+    "train": ("training", "training candidates/s and peak memory (GPU: allocator; CPU: RSS): ours vs a plain PEFT loop; "
+                          "ranking 20 candidates", 100),
     "merge": ("merge", "AUC kept by 4-way merges (cat, ties)", 105),
     "concurrency": ("concurrency", "requests/s, p50/p99 at 1/8/32 callers (batcher vs one at a time); mixed batch", 60),
 }
 QUICK_BUDGET_S = 540  # `--quick` on 2 CPU cores: every suite, start-up included
+SOFT_SHARE = 0.85     # of the time left, what the suites are told they have: the rest absorbs overruns
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,29 +95,41 @@ def parse_suites(only: str | None) -> list[str]:
 
 
 def run_suites(base: str, device: str, out: Path, quick: bool = False, only: str | None = None,
-               quants: str | None = None, budget_s: float | None = None) -> list[str]:
-    """Run each suite in a subprocess; -> the suites that failed. Logs go to <out>/logs/."""
+               quants: str | None = None, budget_s: float | None = None,
+               extra: dict[str, list[str]] | None = None, hard_s: float | None = None) -> list[str]:
+    """Run each suite in a subprocess; -> the suites that failed. Logs go to <out>/logs/.
+    budget_s: the whole run's limit (suites scale to their shares; one still running at the end is
+    killed). hard_s: kill only at this many seconds instead (>= budget_s: the shares still come from
+    budget_s; benchmarks/gpu.sh lets the rows it needs overrun into time meant for the others).
+    extra: more arguments for a suite's command line, by suite name."""
     suites = parse_suites(only)
     out = Path(out).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     run_id = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     env = dict(os.environ, ADAPTERHUB_BENCH_RUN=run_id, PYTHONUNBUFFERED="1")
     command = "adapterhub bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
-    end = None if budget_s is None else time.monotonic() + budget_s
+    start = time.monotonic()
+    end = None if budget_s is None else start + budget_s
+    kill_end = None if end is None else start + max(budget_s, hard_s or 0.0)
     failed = []
     for i, suite in enumerate(suites):
         module = f"adapterhub.bench.{SUITES[suite][0]}"
         argv = [sys.executable, "-m", module, "--base", base, "--device", device, "--out", str(out)]
         argv += (["--quick"] if quick else []) + (["--quants", quants] if quants else [])
+        argv += (extra or {}).get(suite, [])
         soft = hard = None
-        if end is not None:  # this suite's share of what is left; it scales to it, the kill is a safety net
-            soft = max(10.0, (end - time.monotonic()) * _share(suite, base) / sum(_share(s, base) for s in suites[i:]))
-            hard = soft * 1.5 + 30
+        if end is not None:  # this suite's share of what is left; it scales to it; the kill keeps the run's limit
+            left = end - time.monotonic()
+            soft = max(5.0, left * SOFT_SHARE * _share(suite, base) / sum(_share(s, base) for s in suites[i:]))
+            hard = max(0.0, min(soft * 1.5 + 30, kill_end - time.monotonic()))
             argv += ["--budget-s", f"{soft:.0f}"]
         log_path = out / "logs" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', base)}-{device}-{suite}.log"
-        print(f"[{suite}] {module}" + (f" (budget {soft:.0f} s)" if soft else ""), flush=True)
+        print(f"[{suite}] {module}" + (f" (budget {soft:.0f} s, killed at {hard:.0f} s)" if soft else ""), flush=True)
         t0 = time.monotonic()
-        status = _run(argv, env, log_path, hard)
+        if kill_end is not None and kill_end - t0 < 2:
+            status = "not run: the run's time budget was spent"
+        else:
+            status = _run(argv, env, log_path, hard)
         wall = time.monotonic() - t0
         print(f"[{suite}] {status} in {wall:.0f} s (log: {log_path})", flush=True)
         if status != "ok":

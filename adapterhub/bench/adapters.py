@@ -1,4 +1,4 @@
-"""Adapter file size and resident bytes per LoRA rank (issue 5, item 2).
+"""Adapter file size and resident bytes per LoRA rank.
 
     python -m adapterhub.bench.adapters --quick                         # CPU, SmolLM2-135M NF4, ~30 s
     python -m adapterhub.bench.adapters --base random:llama-1b --device cuda

@@ -16,17 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-from ..memory import rss_bytes  # noqa: F401  (the suites import it from here)
+from ..memory import gpu_allocated_bytes, rss_bytes  # noqa: F401  (the suites import rss_bytes from here)
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 RANK = 8
 
 
 def used_bytes(device) -> int:
-    """Memory an allocation shows up in: the CUDA allocator on a GPU, the process RSS on CPU."""
-    import torch
+    """Memory an allocation shows up in: the CUDA allocator on a GPU (after the queued work), the
+    process RSS on CPU."""
     if str(device).startswith("cuda"):
-        return torch.cuda.memory_allocated()
+        return gpu_allocated_bytes(device)
     return rss_bytes()
 
 
@@ -152,7 +152,7 @@ def add_args(ap, quants: str = "auto") -> None:
     ap.add_argument("--base", default="smollm2-135m", help="base spec: smollm2-135m, random:<preset>, a folder")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--quick", action="store_true", help="small sizes and few repeats (CPU)")
-    ap.add_argument("--quants", default=quants, help="comma-separated quant modes; 'auto' = fp32,nf4 on CPU, bf16,nf4 on CUDA")
+    ap.add_argument("--quants", default=quants, help="comma-separated quant modes; 'auto' = fp32,nf4 on CPU, nf4,bf16 on CUDA")
     ap.add_argument("--out", default=str(Path("benchmarks") / "results"),
                     help="folder for <suite>.jsonl (default ./benchmarks/results)")
     ap.add_argument("--budget-s", type=float, default=None,
@@ -160,8 +160,10 @@ def add_args(ap, quants: str = "auto") -> None:
 
 
 def quant_list(arg: str, device: str) -> list[str]:
+    """'auto': nf4 then bf16 on CUDA (NF4 is what a GPU run is for: it must not be the mode a short
+    budget leaves out); fp32 then nf4 on CPU (the CPU figures' long-standing order)."""
     if arg == "auto":
-        return ["bf16" if str(device).startswith("cuda") else "fp32", "nf4"]
+        return ["nf4", "bf16"] if str(device).startswith("cuda") else ["fp32", "nf4"]
     return [q.strip() for q in arg.split(",") if q.strip()]
 
 
@@ -230,15 +232,54 @@ def publish_random_adapters(hub, n: int, r: int = RANK, seed: int = 0, start: in
     return names
 
 
-def run_child(module: str, args: list[str], timeout: float) -> dict:
-    """Run `python -m <module> <args>` (a suite's --child mode, so its memory peak is its own); -> its
-    last stdout line as JSON. Raises RuntimeError with the child's last stderr line when it fails."""
+def attempt(fn, *args) -> dict:
+    """fn(*args), or {"skipped": "failed: <error>"} with the traceback on stderr (the suite's log): in a
+    child running several modes, one that fails (out of memory, a kernel this GPU lacks) does not take
+    the modes after it down with it."""
+    import traceback
     try:
-        proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"timed out after {timeout:.0f} s") from None
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        raise RuntimeError(f"exit {proc.returncode}: {tail[-1] if tail else 'no output'}")
-    return json.loads(lines[-1])
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001  (recorded as the mode's skip reason; the run goes on)
+        traceback.print_exc()
+        return {"skipped": f"failed: {type(e).__name__}: {str(e)[:300]}"}
+
+
+def child_lines(module: str, args: list[str], timeout: float):
+    """Run `python -m <module> <args>` (a suite's --child mode: its memory peaks are its own) and yield
+    each JSON line it prints as it prints it, so the caller records every finished measurement before
+    the next one runs (a child killed later, or its suite killed by the runner, loses only what was
+    running). The child's stderr passes through to this process's (the suite's log). Raises
+    RuntimeError with the child's last stderr line when it fails or runs past timeout."""
+    import collections
+    import threading
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    tail: collections.deque = collections.deque(maxlen=20)
+
+    def copy_stderr():
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            if line.strip():
+                tail.append(line.strip())
+    copier = threading.Thread(target=copy_stderr, daemon=True)
+    copier.start()
+    killed = threading.Event()
+    timer = threading.Timer(timeout, lambda: (killed.set(), proc.kill()))
+    timer.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith("{"):
+                yield json.loads(line)
+            else:
+                sys.stdout.write(line)  # the child's own table and notes, into the suite's log
+        rc = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        copier.join(timeout=10)
+    if rc != 0 or killed.is_set():
+        why = f"timed out after {timeout:.0f} s" if killed.is_set() else f"exit {rc}"
+        raise RuntimeError(f"{why}: {tail[-1] if tail else 'no output'}")

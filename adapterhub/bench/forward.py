@@ -1,4 +1,4 @@
-"""Forward throughput, adapterhub and plain PEFT side by side, in the same run (issue 5, item 4).
+"""Forward throughput, adapterhub and plain PEFT side by side, in the same run.
 
     python -m adapterhub.bench.forward --quick                              # CPU, SmolLM2-135M fp32 + NF4, ~2 min
     python -m adapterhub.bench.forward --base random:llama-1b --device cuda # bf16 + NF4

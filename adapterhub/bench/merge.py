@@ -1,4 +1,4 @@
-"""Quality kept by merges: every merge recipe, scored on every scenario's test split (issue 15, item 1).
+"""Quality kept by merges: every merge recipe, scored on every scenario's test split.
 
     python -m adapterhub.bench.merge --quick          # CPU, SmolLM2-135M NF4, smaller test slices
     python -m adapterhub.bench.merge                  # the slices in CAPS

@@ -1,4 +1,4 @@
-"""Ranking throughput (candidates/s) with and without history-prefix reuse (issue 5, item 5).
+"""Ranking throughput (candidates/s) with and without history-prefix reuse.
 
     python -m adapterhub.bench.ranking --quick                              # CPU, SmolLM2-135M NF4, ~1 min
     python -m adapterhub.bench.ranking --base random:llama-1b --device cuda

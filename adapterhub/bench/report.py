@@ -1,7 +1,8 @@
 """REPORT.md and the PNG plots, from the JSON lines the suites wrote (`adapterhub bench report`).
 
-For each (suite, base, device) only the latest run is reported. Every section reads the rows of one
-suite; the plots need matplotlib (the `bench` extra), the Markdown does not.
+For each (suite, base, device) only the latest run is reported. Every section (report_sections.py)
+reads the rows of one suite; its plot (report_plots.py) needs matplotlib (the `bench` extra), the
+Markdown does not.
 """
 from __future__ import annotations
 
@@ -92,6 +93,20 @@ def _value(rows, metric: str, **params):
     return None
 
 
+def _mode(p: dict) -> str:
+    return p["mode"] if p["mode"] in ("base", "single", "merged") else f"{p['mode']}-{p['adapters']}"
+
+
+TRAIN_MODES = ("ours", "ours-nockpt", "peft", "peft-bf16")  # the order the report lists them in
+
+
+def _train_order(mode: str) -> int:
+    return TRAIN_MODES.index(mode) if mode in TRAIN_MODES else len(TRAIN_MODES)
+
+
+REQUEST_MODES = ("serial", "threads", "batched")
+
+
 # ---------------------------------------------------------------- the report
 
 def build_report(results: Path, plots: bool = True) -> Path:
@@ -107,9 +122,7 @@ def build_report(results: Path, plots: bool = True) -> Path:
           "the latest run of each suite per base and device). Comparisons are ratios of two numbers measured in "
           "the same run.", ""]
     md += _section_env(rows)
-    sections = [_section_base, _section_adapters, _section_runtime, _section_forward, _section_ranking,
-                _section_train, _section_merge, _section_concurrency]
-    for section in sections:
+    for section in SECTIONS:
         md += section(rows, results, plt)
     skipped = [r for r in rows if r["metric"] == "skipped"]
     if skipped:
@@ -159,385 +172,5 @@ def _section_env(rows) -> list[str]:
     return md
 
 
-def _save(fig, results: Path, name: str) -> str:
-    fig.tight_layout()
-    fig.savefig(results / name, dpi=110)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return f"![{name}]({name})"
-
-
-def _subplots(plt, n: int, width: float = 6.0, height: float = 3.6):
-    """n panels, two per row; -> (figure, the n axes)."""
-    n = max(1, n)
-    cols, rows = min(n, 2), (n + 1) // 2
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
-    axes = [ax for row in axes for ax in row]
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    return fig, axes[:n]
-
-
-def _section_base(rows, results, plt) -> list[str]:
-    groups = _by([r for r in rows if r["metric"] != "skipped"], "base")
-    if not groups:
-        return []
-    md = ["## 1. Base memory and load time per quant mode", "",
-          "param = parameter + buffer bytes as stored (4-bit weights count their packed bytes and absmax); "
-          "peak RSS = the loading process's peak (imports included); RSS delta = growth over the load; "
-          "peak GPU = the CUDA allocator's peak. Each quant mode loads in a fresh process.", ""]
-    for label, rs in groups.items():
-        quants = list(dict.fromkeys(r["params"]["quant"] for r in rs))
-        body = []
-        for q in quants:
-            get = lambda m: (_value(rs, m, quant=q) or {}).get("value")  # noqa: E731
-            dtype = next((r.get("dtype") for r in rs if r["params"]["quant"] == q), "")
-            body.append([q, dtype, _mib(get("param_bytes")), _f(get("load_s")), _mib(get("peak_rss_bytes")),
-                         _mib(get("rss_delta_bytes")), _mib(get("peak_gpu_bytes"))])
-        md += [f"**{label}**", ""] + _table(["quant", "dtype", "param MiB", "load s", "peak RSS MiB", "RSS delta MiB",
-                                             "peak GPU MiB"], body)
-    if plt:
-        fig, axes = _subplots(plt, len(groups))
-        for ax, (label, rs) in zip(axes, groups.items()):
-            quants = list(dict.fromkeys(r["params"]["quant"] for r in rs))
-            cuda = any(r["metric"] == "peak_gpu_bytes" for r in rs)
-            second = "peak_gpu_bytes" if cuda else "rss_delta_bytes"
-            x = range(len(quants))
-            for off, metric, name in ((-0.2, "param_bytes", "parameter bytes"),
-                                      (0.2, second, "GPU peak" if cuda else "RSS growth on load")):
-                ax.bar([i + off for i in x], [((_value(rs, metric, quant=q) or {}).get("value") or 0) / 2**20 for q in quants],
-                       0.4, label=name)
-            ax.set_xticks(list(x), quants)
-            ax.set_ylabel("MiB")
-            ax.set_title(label, fontsize=8)
-            ax.legend(fontsize=8)
-        md += [_save(fig, results, "base_memory.png"), ""]
-    return md
-
-
-def _section_adapters(rows, results, plt) -> list[str]:
-    groups = _by([r for r in rows if r["metric"] != "skipped"], "adapters")
-    if not groups:
-        return []
-    md = ["## 2. Adapter size per rank (q/k/v/o)", "",
-          "file = adapter_model.safetensors (fp32); weights = the hub's A and B in the compute dtype; "
-          "resident = measured memory growth per loaded adapter (RSS on CPU, CUDA allocated on GPU).", ""]
-    for label, rs in groups.items():
-        ranks = sorted({r["params"]["rank"] for r in rs})
-        body = []
-        for k in ranks:
-            f, w, res = (((_value(rs, m, rank=k) or {}).get("value")) for m in
-                         ("adapter_file_bytes", "adapter_weight_bytes", "adapter_resident_bytes"))
-            body.append([k, _f(f / 1024 if f else None), _f(w / 1024 if w else None), _f(res / 1024 if res else None),
-                         _ratio(res, w)])
-        md += [f"**{label}** (quant {rs[0].get('quant')})", ""] + _table(
-            ["rank", "file KiB", "weights KiB", "resident KiB", "resident / weights"], body)
-    if plt:
-        fig, axes = _subplots(plt, 1)
-        ax = axes[0]
-        for label, rs in groups.items():
-            ranks = sorted({r["params"]["rank"] for r in rs})
-            for metric, style, name in (("adapter_file_bytes", "o-", "file"), ("adapter_resident_bytes", "s--", "resident")):
-                ax.plot(ranks, [((_value(rs, metric, rank=k) or {}).get("value") or 0) / 2**20 for k in ranks], style,
-                        label=f"{name}: {label}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("LoRA rank")
-        ax.set_ylabel("MiB per adapter")
-        ax.legend(fontsize=7)
-        md += [_save(fig, results, "adapter_size.png"), ""]
-    return md
-
-
-def _section_runtime(rows, results, plt) -> list[str]:
-    groups = _by([r for r in rows if r["metric"] != "skipped"], "runtime")
-    if not groups:
-        return []
-    md = ["## 3. Cold load and switch latency vs resident adapters (adapterhub vs plain PEFT)", "",
-          "cold load = read + check + place one more adapter (then unload it) with n resident; switch = make another "
-          "resident adapter active. Median ms; lower is better.", ""]
-    for label, rs in groups.items():
-        ns = sorted({r["params"]["resident"] for r in rs if "resident" in r["params"]})
-        body = []
-        for n in ns:
-            cl, sw = _value(rs, "cold_load_ms", resident=n) or {}, _value(rs, "switch_ms", resident=n) or {}
-            body.append([n, _f(cl.get("value")), _f(cl.get("peft")), _ratio(cl.get("peft"), cl.get("value")),
-                         _f(sw.get("value")), _f(sw.get("peft")), _ratio(sw.get("peft"), sw.get("value"))])
-        md += [f"**{label}**", ""] + _table(["resident", "cold load ms (adapterhub)", "cold load ms (PEFT)", "PEFT / adapterhub",
-                                             "switch ms (adapterhub)", "switch ms (PEFT)", "PEFT / adapterhub"], body)
-        other = [r for r in rs if r["metric"] not in ("cold_load_ms", "switch_ms")]
-        if other:
-            md += _table(["metric", "params", "quant", "adapterhub", "plain PEFT", "notes"],
-                         [[r["metric"], json.dumps(r["params"]), r.get("quant", "-"), f"{_f(r['value'])} {r['unit']}",
-                           f"{_f(r['peft'])} {r['unit']}" if "peft" in r else "-", _notes(r)] for r in other])
-    if plt:
-        fig, axes = _subplots(plt, 2)
-        for ax, metric, title in zip(axes, ("cold_load_ms", "switch_ms"), ("cold load", "switch")):
-            for label, rs in groups.items():
-                pts = sorted((r["params"]["resident"], r["value"], r.get("peft")) for r in rs if r["metric"] == metric)
-                if not pts:
-                    continue
-                line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"adapterhub: {label}")
-                ax.plot([p[0] for p in pts], [p[2] for p in pts], "s--", color=line.get_color(), label=f"PEFT: {label}")
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("resident adapters")
-            ax.set_ylabel("ms (median)")
-            ax.set_title(f"{title} latency vs resident adapters")
-            ax.legend(fontsize=7)
-        md += [_save(fig, results, "latency_vs_resident.png"), ""]
-    return md
-
-
-def _notes(r: dict) -> str:
-    skip = {"suite", "run", "metric", "params", "value", "unit", "env", "peft", "base", "device", "quant", "dtype"}
-    return ", ".join(f"{k}={_f(v)}" for k, v in r.items() if k not in skip)
-
-
-def _mode(p: dict) -> str:
-    return p["mode"] if p["mode"] in ("base", "single", "merged") else f"{p['mode']}-{p['adapters']}"
-
-
-def _section_forward(rows, results, plt) -> list[str]:
-    rs_all = [r for r in rows if r["suite"] == "forward" and r["metric"] == "forward_rows_per_s"]
-    if not rs_all:
-        return []
-    groups: dict[str, list[dict]] = {}
-    for r in rs_all:
-        groups.setdefault(f"{_group(r)}, {r.get('quant')}", []).append(r)
-    p0 = rs_all[0]["params"]
-    md = ["## 4. Forward throughput (adapterhub vs plain PEFT)", "",
-          f"rows/s for one batch of {p0['rows']} rows x {p0['seq']} tokens; mixed-k = k adapters among the rows in "
-          "one forward, split-k = one forward per adapter on its rows, switching between them; merged = adapter "
-          "folded into the base weights (n/a on 4-bit bases). 'vs single' is each tool against its own "
-          "single-adapter throughput; max diff = the hub's answer logit vs the split (mixed) or unmerged (merged) result.", ""]
-    for label, rs in groups.items():
-        single = _value(rs, "forward_rows_per_s", mode="single") or {}
-        body = [[_mode(r["params"]), _f(r["value"]), _f(r.get("peft")), _ratio(r["value"], r.get("peft")),
-                 _ratio(r["value"], single.get("value")), _ratio(r.get("peft"), single.get("peft")),
-                 _f(r.get("max_abs_diff"), 2) if "max_abs_diff" in r else r.get("note", "")] for r in rs]
-        md += [f"**{label}**", ""] + _table(["mode", "adapterhub rows/s", "PEFT rows/s", "adapterhub / PEFT",
-                                             "adapterhub vs single", "PEFT vs single", "max diff / note"], body)
-    if plt:
-        fig, axes = _subplots(plt, len(groups), width=7.0)
-        for ax, (label, rs) in zip(axes, groups.items()):
-            names = [_mode(r["params"]) for r in rs]
-            x = range(len(rs))
-            ax.bar([i - 0.2 for i in x], [r["value"] or 0 for r in rs], 0.4, label="adapterhub")
-            ax.bar([i + 0.2 for i in x], [r.get("peft") or 0 for r in rs], 0.4, label="plain PEFT")
-            ax.set_xticks(list(x), names, rotation=30, fontsize=8)
-            ax.set_ylabel("rows/s (higher is better)")
-            ax.set_title(label, fontsize=8)
-            ax.legend(fontsize=8)
-        md += [_save(fig, results, "forward_throughput.png"), ""]
-    return md
-
-
-def _section_ranking(rows, results, plt) -> list[str]:
-    groups = _by(rows, "ranking", "ranking_candidates_per_s")
-    if not groups:
-        return []
-    md = ["## 5. Ranking throughput with and without history-prefix reuse", "",
-          "One user (10-item history) ranks N candidates under one adapter; reuse runs the history prefix once "
-          "and shares its KV cache with every candidate.", ""]
-    for label, rs in groups.items():
-        body = []
-        for n in sorted({r["params"]["candidates"] for r in rs}):
-            on = (_value(rs, "ranking_candidates_per_s", candidates=n, reuse_prefix=True) or {})
-            off = (_value(rs, "ranking_candidates_per_s", candidates=n, reuse_prefix=False) or {})
-            body.append([n, rs[0].get("quant"), _f(on.get("value")), _f(off.get("value")), _ratio(on.get("value"), off.get("value")),
-                         f"{on.get('prefix_tokens', '?')} + {_f(on.get('suffix_tokens'))}", _f(on.get("max_abs_p_diff"), 2)])
-        md += [f"**{label}**", ""] + _table(["candidates", "quant", "cand/s with reuse", "cand/s without", "speed-up",
-                                             "prefix + suffix tokens", "max P diff"], body)
-    if plt:
-        fig, axes = _subplots(plt, len(groups))
-        for ax, (label, rs) in zip(axes, groups.items()):
-            ns = sorted({r["params"]["candidates"] for r in rs})
-            x = range(len(ns))
-            for off, reuse, name in ((-0.2, True, "prefix reuse"), (0.2, False, "full prompts")):
-                ax.bar([i + off for i in x], [(_value(rs, "ranking_candidates_per_s", candidates=n, reuse_prefix=reuse) or {})
-                                              .get("value") or 0 for n in ns], 0.4, label=name)
-            ax.set_xticks(list(x), [f"{n} candidates" for n in ns])
-            ax.set_ylabel("candidates/s")
-            ax.set_title(label, fontsize=8)
-            ax.legend(fontsize=8)
-        md += [_save(fig, results, "ranking.png"), ""]
-    return md
-
-
-TRAIN_MODES = ("ours", "ours-nockpt", "peft", "peft-bf16")  # the order the report lists them in
-
-
-def _train_order(mode: str) -> int:
-    return TRAIN_MODES.index(mode) if mode in TRAIN_MODES else len(TRAIN_MODES)
-
-
-def _section_train(rows, results, plt) -> list[str]:
-    groups = _by(rows, "train", "train_candidates_per_s")
-    if not groups:
-        return []
-    peaks, ranking = _by(rows, "train", "train_peak_bytes"), _by(rows, "train", "rank_candidates_per_s")
-    md = ["## 6. Training throughput and peak memory (adapterhub's loop vs a plain PEFT loop)", "",
-          "The same candidates, r=8 on q/k/v/o, each mode in a fresh process. ours = `Hub.train` (packed "
-          "shared-prefix groups, gradient checkpointing); ours-nockpt = the same without checkpointing; peft = "
-          "PeftModel over the bitsandbytes base, one full prompt per candidate; peft-bf16 = the same over the base "
-          "dequantized once to bf16. candidates/s = candidates judged per second of training steps (higher is "
-          "better); peak RSS = the process peak, base included; ours / this = the two candidates/s of the same run.", ""]
-    for label, rs in groups.items():
-        body, summary = [], []
-        for scenario in dict.fromkeys(r["params"]["scenario"] for r in rs):
-            got = {r["params"]["mode"]: r for r in rs if r["params"]["scenario"] == scenario}
-            peak = {m: (_value(peaks.get(label, []), "train_peak_bytes", scenario=scenario, mode=m) or {}).get("value")
-                    for m in got}
-            ours = got.get("ours", {}).get("value")
-            for mode in sorted(got, key=_train_order):
-                r = got[mode]
-                body.append([scenario, mode, r.get("compute", "-"), _f(r["value"]), _ratio(ours, r["value"]),
-                             _mib(peak[mode]), f"{r['params']['steps']} x {r['params']['batch_size']}"])
-            if "peft" in got:
-                summary.append(f"{scenario}: {_ratio(ours, got['peft']['value'])} the candidates/s, "
-                               f"{_ratio(peak.get('ours'), peak['peft'])} the peak RSS")
-        md += [f"**{label}** (quant {rs[0].get('quant')})", ""] + _table(
-            ["scenario", "mode", "compute", "candidates/s", "ours / this", "peak RSS MiB", "steps x batch"], body)
-        if summary:
-            md += ["ours / peft: " + "; ".join(summary) + ".", ""]
-        if ranking.get(label):
-            md += ["Ranking one user's 20 candidates: `Hub.score_candidates` (packed) vs PEFT scoring the 20 full "
-                   "prompts in one batch.", ""] + _table(
-                ["scenario", "adapterhub cand/s", "PEFT cand/s", "adapterhub / PEFT", "max P diff", "compute"],
-                [[r["params"]["scenario"], _f(r["value"]), _f(r.get("peft")), _ratio(r["value"], r.get("peft")),
-                  _f(r.get("max_abs_p_diff"), 2), r.get("compute", "-")] for r in ranking[label]])
-    if plt:
-        fig, axes = _subplots(plt, 2 * len(groups))
-        for i, (label, rs) in enumerate(groups.items()):
-            scen = list(dict.fromkeys(r["params"]["scenario"] for r in rs))
-            modes = sorted({r["params"]["mode"] for r in rs}, key=_train_order)
-            width = 0.8 / len(modes)
-            for j, mode in enumerate(modes):
-                xs = [k + (j - (len(modes) - 1) / 2) * width for k in range(len(scen))]
-                speed = [(_value(rs, "train_candidates_per_s", scenario=s, mode=mode) or {}).get("value") or 0 for s in scen]
-                peak = [(_value(peaks.get(label, []), "train_peak_bytes", scenario=s, mode=mode) or {}).get("value") or 0
-                        for s in scen]
-                axes[2 * i].bar(xs, speed, width, label=mode)
-                axes[2 * i + 1].bar(xs, [b / 2**20 for b in peak], width, label=mode)
-            for ax, ylabel in zip(axes[2 * i:2 * i + 2], ("training candidates/s (higher is better)", "peak RSS MiB")):
-                ax.set_xticks(list(range(len(scen))), scen)
-                ax.set_ylabel(ylabel)
-                ax.set_title(label, fontsize=8)
-                ax.legend(fontsize=7)
-        md += [_save(fig, results, "training.png"), ""]
-    return md
-
-
-def _section_merge(rows, results, plt) -> list[str]:
-    groups = _by(rows, "merge")
-    if not groups:
-        return []
-    md = ["## 7. Quality kept by merges", "",
-          "Each scenario's test primary metric (a slice of its test split, its own facts in the prompt) with its own "
-          "adapter, the bare base, and merges of all the shipped adapters by each recipe: method and weights "
-          "(mean = 1/n each, sum = 1 each, task arithmetic). kept = (merged - base) / (own - base); the last column "
-          "is the worst scenario's.", ""]
-    for label, rs in groups.items():
-        got = [r for r in rs if r["metric"] == "merge_quality"]
-        if not got:
-            md += [f"**{label}**: skipped — " + "; ".join(r.get("reason", "") for r in rs if r["metric"] == "skipped"), ""]
-            continue
-        scen = list(dict.fromkeys(r["params"]["scenario"] for r in got))
-        recipes = list(dict.fromkeys(r["params"]["recipe"] for r in got))
-        cell = lambda s, who: _value(got, "merge_quality", scenario=s, recipe=who) or {}  # noqa: E731
-        body = []
-        for who in recipes:
-            row = [who]
-            for s in scen:
-                c = cell(s, who)
-                row.append(_f(c.get("value")) + (f" ({c['kept']:.0%})" if c.get("kept") is not None else ""))
-            kept = [cell(s, who).get("kept") for s in scen]
-            row.append(f"{min(kept):.0%}" if kept and None not in kept else "")
-            body.append(row)
-        head = [f"{s} ({cell(s, 'own').get('metric_name', '?')}, {cell(s, 'own').get('n_examples', '?')})" for s in scen]
-        md += [f"**{label}** (parents: {', '.join(got[0].get('parents', []))})", ""] + _table(
-            ["recipe", *head, "min kept"], body)
-        if plt:
-            fig, axes = _subplots(plt, 1, width=8.0)
-            ax = axes[0]
-            merges = [w for w in recipes if w not in ("own", "base")]
-            width = 0.8 / max(1, len(merges))
-            for j, who in enumerate(merges):
-                ax.bar([i + (j - (len(merges) - 1) / 2) * width for i in range(len(scen))],
-                       [cell(s, who).get("kept") or 0 for s in scen], width, label=who)
-            ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-            ax.axhline(0.7, color="red", lw=0.8, ls="--")
-            ax.set_xticks(list(range(len(scen))), scen)
-            ax.set_ylabel("kept = (merged - base) / (own - base)")
-            ax.set_title(label, fontsize=8)
-            ax.legend(fontsize=7, ncol=2)
-            md += [_save(fig, results, "merge_quality.png"), ""]
-    return md
-
-
-REQUEST_MODES = ("serial", "threads", "batched")
-
-
-def _section_concurrency(rows, results, plt) -> list[str]:
-    groups = _by([r for r in rows if r["metric"] != "skipped"], "concurrency")
-    if not groups:
-        return []
-    md = ["## 8. Concurrent requests: the batcher vs one call at a time", "",
-          "1-row score requests, each for one of 4 adapters, from 1, 8 and 32 concurrent callers for a fixed time. "
-          "serial = one `hub.score` at a time (callers take turns on a lock: a server without the batcher); threads = "
-          "every caller calls `hub.score` at once; batched = the `Batcher` (concurrent rows in one forward). The modes "
-          "take turns in short slices of the same run; vs serial = its requests/s over serial's; latency per request, "
-          "waiting included.", ""]
-    for label, rs in groups.items():
-        md += [f"**{label}** (quant {rs[0].get('quant')})", ""]
-        reqs = sorted((r for r in rs if r["metric"] == "concurrent_requests"),
-                      key=lambda r: (r["params"]["callers"], REQUEST_MODES.index(r["params"]["mode"])
-                                     if r["params"]["mode"] in REQUEST_MODES else 9))
-        if reqs:
-            body = []
-            for r in reqs:
-                serial = _value(reqs, "concurrent_requests", callers=r["params"]["callers"], mode="serial") or {}
-                body.append([r["params"]["callers"], r["params"]["mode"], _f(r["value"]), _ratio(r["value"], serial.get("value")),
-                             _f(r.get("p50_ms")), _f(r.get("p99_ms")), r.get("requests", "?"), r.get("batches", "-")])
-            md += _table(["callers", "mode", "requests/s", "vs serial", "p50 ms", "p99 ms", "requests", "batches"], body)
-            loads = [r["loadavg_1m"] for r in rs if r.get("loadavg_1m") is not None]
-            if loads:  # a shared machine's other processes slow every mode; this says how much was going on
-                spread = f"{min(loads):.1f}" + (f"-{max(loads):.1f}" if max(loads) - min(loads) >= 0.05 else "")
-                md += [f"One call alone: {_f(reqs[0].get('single_call_ms'))} ms. Machine load (1-min average) while "
-                       f"measuring: {spread} on {reqs[0].get('cores', '?')} cores.", ""]
-        mixed = [r for r in rs if r["metric"] == "mixed_vs_single"]
-        if mixed:
-            md += ["Mixed batch: the same rows over 4 adapters in one forward vs on one adapter, paired and taking "
-                   "turns; single / mixed is the median over the pairs (1.00x: mixing adapters costs nothing).", ""]
-            md += _table(["way", "rows x seq", "pairs", "single ms", "mixed ms", "single / mixed", "max diff"],
-                         [[r["params"]["way"], f"{r['params']['rows']} x {r['params']['seq']}",
-                           r["params"].get("pairs", r.get("pairs", "?")), _f(r.get("single_ms")), _f(r.get("mixed_ms")),
-                           f"{r['value']:.2f}x", _f(r.get("max_abs_diff"), 2)] for r in mixed])
-        routing = [r for r in rs if r["metric"] == "routing_us"]
-        if routing:
-            md += _table(["thread-safe routing", "µs per forward", "note"],
-                         [[r["params"]["way"], _f(r["value"]), r.get("note", f"{r['params'].get('wrappers')} wrapped "
-                                                                       "Linears, one read each")] for r in routing])
-    if plt:
-        fig, axes = _subplots(plt, 2 * len(groups))
-        for i, (label, rs) in enumerate(groups.items()):
-            reqs = [r for r in rs if r["metric"] == "concurrent_requests"]
-            for mode in [m for m in REQUEST_MODES if any(r["params"]["mode"] == m for r in reqs)]:
-                pts = sorted((r["params"]["callers"], r["value"], r.get("p50_ms"), r.get("p99_ms"))
-                             for r in reqs if r["params"]["mode"] == mode)
-                xs = [p[0] for p in pts]
-                axes[2 * i].plot(xs, [p[1] for p in pts], "o-", label=mode)
-                line, = axes[2 * i + 1].plot(xs, [p[3] for p in pts], "o-", label=f"{mode} p99")
-                axes[2 * i + 1].plot(xs, [p[2] for p in pts], "s--", color=line.get_color(), label=f"{mode} p50")
-            callers = sorted({r["params"]["callers"] for r in reqs})
-            for ax, ylabel in zip(axes[2 * i:2 * i + 2], ("requests/s (higher is better)", "latency ms (lower is better)")):
-                ax.set_xscale("log", base=2)
-                ax.set_xticks(callers, [str(c) for c in callers])
-                ax.set_xlabel("concurrent callers")
-                ax.set_ylabel(ylabel)
-                ax.set_title(label, fontsize=8)
-                ax.legend(fontsize=7)
-            axes[2 * i + 1].set_yscale("log")
-        md += [_save(fig, results, "concurrency.png"), ""]
-    return md
+# last: the sections (and their plots) import the helpers above
+from .report_sections import SECTIONS  # noqa: E402
