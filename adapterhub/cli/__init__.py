@@ -18,7 +18,7 @@ from ..errors import AdapterHubError
 from .common import (DEFAULT_REGISTRY, REGISTRY_ENV, config_overrides as _config_overrides,  # noqa: F401 (tests)
                      data_options as _data_options, options_for as _options_for, parents)
 
-FAMILIES = ("registry", "scoring", "catalog", "training", "merging", "serving", "running")
+FAMILIES = ("registry", "scoring", "catalog", "training", "merging", "serving", "running", "batch")
 
 
 def build_parser() -> argparse.ArgumentParser:
