@@ -1,10 +1,17 @@
 """Shared fixtures: a tiny random Llama base (no download) and a registry in tmp_path."""
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n 2 on two cores: one thread per worker (and per child process it starts), or the
+    # workers' OpenMP pools spin against each other and every test gets slower
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 from adapterhub.datasets.common import Example, Item, ScenarioData
 from adapterhub.lora import peft_key
