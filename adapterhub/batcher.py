@@ -1,74 +1,122 @@
-"""Concurrent calls gathered into mixed batches: many callers, one forward.
+"""Concurrent calls gathered into mixed batches: many callers, one forward at a time.
 
-    batcher = Batcher(hub, window_ms=2)
+    batcher = Batcher(hub, window_ms=2, max_batch_tokens=2048)
     batcher.score([("news", prompt)])                      # from any number of threads
     batcher.recommend("music", history, candidates, k=10)
+    with batcher.joined(deadline=time.monotonic() + 5, cancelled=event):
+        ...                                                # hub calls here are batched, and dropped
+                                                           # unstarted once past the deadline or cancelled
 
 A call runs the hub's own `score` / `recommend` in the caller's thread (references resolved,
-prompts rendered and tokenized there), up to the forward: that is handed to one worker thread. The
-worker takes the requests waiting (up to `max_rows` rows) and runs them as one mixed batch through
-Hub.packed_logits (adapterhub.packing), one adapter per packed row:
+prompts rendered, tokenized and checked there), up to the forward: that is handed to one worker
+thread, which runs the waiting requests' items (score rows, or ranking groups of one history prefix
+and its candidates) through Hub.packed_logits, one adapter per packed group:
 - score rows of one adapter are packed side by side into rows of about the longest prompt's width
   (first-fit, longest first), each attending only to itself with its own positions: no padding,
   and each row's answer is what it would be alone;
-- ranking groups keep their own packed row each: a call's history prefix is shared by its own
-  candidates only.
-Each caller gets its own rows back, or the error its own rows raised.
+- a ranking group keeps its own packed row: a call's history prefix is shared by its own candidates.
 
-While the worker runs a batch, new requests queue for the next one. Before it starts a batch, the
-worker waits for callers already inside a call but still tokenizing, up to `window_ms` after the
-oldest request arrived; a lone call does not wait.
+Each forward holds at most `max_rows` items and `max_batch_tokens` tokens (one item over the budget
+runs alone). A request too big for one forward runs over several, its items in order, and the
+forwards in between serve other requests (Batcher._pick): a heavy request neither stalls light ones
+for more than about one forward nor starves.
+
+Before each forward the worker drops the requests whose deadline has passed or whose caller gave up
+(`cancelled`), unstarted items and all; their callers get `Refused`. While a forward runs, new
+requests queue for the next one; before it starts one, the worker waits for callers already inside
+a call but still tokenizing, up to `window_ms` after the oldest request arrived.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ConfigError
+from .errors import AdapterHubError, ConfigError, DataError
 from .hub import BATCHER, Hub
 
 WINDOW_MS = 2.0
-MAX_ROWS = 32          # score rows (or ranking groups) per batch
-MIN_PACK_WIDTH = 256   # tokens: a packed row holds at least this many, or the longest prompt
+MAX_ROWS = 32             # score rows (or ranking groups) per forward
+MAX_BATCH_TOKENS = 4096   # tokens per forward (an item over it runs alone)
+MIN_PACK_WIDTH = 256      # tokens: a packed row holds at least this many, or the longest prompt
+STARVE_FORWARDS = 3       # a request passed over this many forwards in a row goes first in the next
+# (deadline, cancelled event, start_by) of the call running in this thread, set by Batcher.joined
+_CALL: contextvars.ContextVar = contextvars.ContextVar("adapterhub_batcher_call", default=(None, None, None))
+
+
+class Refused(AdapterHubError, RuntimeError):
+    """The batcher dropped a request before (some of) its forward ran. reason: 'deadline' (past its
+    deadline), 'queue' (not started in time), 'cancelled' (its caller gave up) or 'closed' (shutting down)."""
+
+    def __init__(self, reason: str, message: str, waited_s: float = 0.0):
+        super().__init__(message)
+        self.reason, self.waited_s = reason, waited_s
 
 
 @dataclass
 class _Request:
     kind: str                # "rows" (score) or "packed" (ranking)
-    keys: object             # rows: a key per row; packed: one key or a key per group
-    items: list              # rows: token ids per row; packed: [(prefix ids, [suffix ids])] per group
+    keys: list               # a key per item
+    items: list              # rows: token ids per row; packed: (prefix ids, [suffix ids]) per group
+    deadline: float | None = None              # its unstarted items are dropped after this (time.monotonic())
+    cancelled: threading.Event | None = None   # ... or once this is set
+    start_by: float | None = None              # ... or when its first forward has not started by then
     arrived: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     result: object = None
     error: BaseException | None = None
+    tokens: list = field(default_factory=list)  # per item
+    taken: int = 0           # items [0, taken) handed to a forward
+    parts: list = field(default_factory=list)   # each finished forward's results for this request, in order
+    started: float | None = None
 
-    @property
-    def size(self) -> int:
-        return len(self.items)
+    def __post_init__(self):
+        self.skipped = 0  # forwards in a row that passed it over
+        if self.kind == "rows":
+            self.tokens = [len(x) for x in self.items]
+        else:
+            self.tokens = [len(p) + sum(map(len, s)) for p, s in self.items]
+        self.left = sum(self.tokens)  # tokens not yet handed to a forward
+
+    def dead(self, now: float) -> str | None:
+        if self.cancelled is not None and self.cancelled.is_set():
+            return "cancelled"
+        if self.deadline is not None and now > self.deadline:
+            return "deadline"
+        if self.start_by is not None and self.started is None and now > self.start_by:
+            return "queue"
+        return None
 
 
 class Batcher:
     """Gathers concurrent `score` / `recommend` calls on one hub into mixed batches."""
 
-    def __init__(self, hub: Hub, window_ms: float = WINDOW_MS, max_rows: int | None = None):
+    def __init__(self, hub: Hub, window_ms: float = WINDOW_MS, max_rows: int | None = None,
+                 max_batch_tokens: int | None = None, on_batch=None):
         """window_ms: how long the oldest waiting request waits for others to join its batch.
-        max_rows: score rows or ranking groups per batch (default MAX_ROWS)."""
+        max_rows: score rows or ranking groups per forward (default MAX_ROWS); max_batch_tokens: tokens
+        per forward (default MAX_BATCH_TOKENS). on_batch(items, tokens, forward_s, queue_waits_s):
+        called after each forward (the server's metrics)."""
         if window_ms < 0:
             raise ConfigError(f"window_ms={window_ms} must be >= 0")
-        if max_rows is not None and max_rows < 1:
-            raise ConfigError(f"max_rows={max_rows} must be >= 1")
+        for name, value in (("max_rows", max_rows), ("max_batch_tokens", max_batch_tokens)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}={value} must be >= 1")
         self.hub = hub
         self.window_s = window_ms / 1000
         self.max_rows = max_rows or MAX_ROWS
+        self.max_batch_tokens = max_batch_tokens or MAX_BATCH_TOKENS
+        self.on_batch = on_batch
         self._queue: list[_Request] = []
+        self._running: list[_Request] = []   # the requests of the forward running now
         self._cv = threading.Condition()
         self._closed = False
         self._coming = 0   # callers inside score/recommend that have not handed over their rows yet
-        self.batches = 0   # forwards run (score batches + ranking batches)
+        self.batches = 0   # forwards run
         self.requests = 0  # requests answered
         self._worker = threading.Thread(target=self._run, name="adapterhub-batcher", daemon=True)
         self._worker.start()
@@ -86,15 +134,20 @@ class Batcher:
             return self.hub.recommend(ref, history, candidates, k=k, disliked=disliked, scenario=scenario, raw=raw)
 
     @contextlib.contextmanager
-    def joined(self):
-        """Inside the `with`, this thread's hub forwards (Hub.score's rows, packed_logits) go through the batcher."""
-        token = BATCHER.set(self)
+    def joined(self, deadline: float | None = None, cancelled: threading.Event | None = None,
+               start_by: float | None = None):
+        """Inside the `with`, this thread's hub forwards (Hub.score's rows, packed_logits) go through the
+        batcher. The worker drops this call's unstarted work, and the call raises Refused, once
+        time.monotonic() passes `deadline`, once `cancelled` is set, or when its first forward has not
+        started by `start_by`."""
+        token, call = BATCHER.set(self), _CALL.set((deadline, cancelled, start_by))
         with self._cv:
             self._coming += 1
         try:
             yield self
         finally:
             BATCHER.reset(token)
+            _CALL.reset(call)
             with self._cv:
                 self._coming -= 1
                 self._cv.notify_all()
@@ -103,29 +156,43 @@ class Batcher:
         """Hub.score's rows for one caller (token ids): P(yes) per row."""
         if not ids:
             return []
-        return self._submit(_Request("rows", list(keys), list(ids)))
+        for i, x in enumerate(ids):
+            if not x:  # packed beside another row it would read that row's last token
+                raise DataError(f"row {i} has no tokens: every row needs at least one token of its own")
+        return self._submit(_Request("rows", list(keys), list(ids), *_CALL.get()))
 
     def packed(self, key, groups: list) -> torch.Tensor:
         """Hub.packed_logits for one caller: the Yes-No logit of every candidate, groups in order."""
+        if not groups:  # (a request of no item would never be picked)
+            return torch.empty(0)
         keys = key if isinstance(key, list) else [key] * len(groups)
-        return self._submit(_Request("packed", keys, list(groups)))
+        return self._submit(_Request("packed", keys, list(groups), *_CALL.get()))
 
     def _submit(self, req: _Request):
         counted = BATCHER.get() is self  # inside joined(): counted in _coming
         with self._cv:
             if self._closed:
-                raise RuntimeError("the batcher is closed")
+                raise Refused("closed", "the batcher is closed")
             self._queue.append(req)
             self._coming -= counted  # this caller no longer holds up a batch
             self._cv.notify_all()
         try:
-            req.done.wait()
+            # the caller watches its own deadlines too: the worker only looks between forwards
+            poll = None if req.deadline is None and req.cancelled is None and req.start_by is None else 0.05
+            while not req.done.wait(poll):
+                with self._cv:
+                    self._drop_if_dead(req, time.monotonic())
         finally:
             with self._cv:
                 self._coming += counted  # (joined() counts it out again; a recommend may submit twice)
         if req.error is not None:
             raise req.error
         return req.result
+
+    def depth(self) -> tuple[int, int]:
+        """(requests waiting or running, their tokens not yet run)."""
+        with self._cv:
+            return len(self._queue) + len(self._running), sum(r.left for r in self._queue)
 
     def close(self) -> None:
         """Answer what is queued, then stop the worker."""
@@ -134,6 +201,18 @@ class Batcher:
             self._cv.notify_all()
         if threading.current_thread() is not self._worker:
             self._worker.join()
+
+    def abort(self, message: str = "the server is shutting down") -> int:
+        """Refuse every request queued or running now (a running forward finishes, its answers are
+        dropped) and close. -> how many were refused."""
+        with self._cv:
+            self._closed = True
+            victims = [r for r in self._queue + self._running if not r.done.is_set()]
+            self._queue.clear()
+            for r in victims:
+                self._finish(r, Refused("closed", message, time.monotonic() - r.arrived))
+            self._cv.notify_all()
+        return len(victims)
 
     def __enter__(self):
         return self
@@ -150,48 +229,125 @@ class Batcher:
                 if not self._queue:
                     return
                 deadline = self._queue[0].arrived + self.window_s
-                while not self._closed and self._coming > 0 and sum(r.size for r in self._queue) < self.max_rows:
+                while (not self._closed and self._coming > 0 and self.window_s > 0
+                       and sum(len(r.items) - r.taken for r in self._queue) < self.max_rows):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._cv.wait(left)
-                batch, rows = [], 0
-                while self._queue and (not batch or rows + self._queue[0].size <= self.max_rows):
-                    req = self._queue.pop(0)
-                    batch.append(req)
-                    rows += req.size
-            for kind in ("rows", "packed"):
-                reqs = [r for r in batch if r.kind == kind]
-                if reqs:
-                    self._answer(reqs)
+                self._drop_dead()
+                picks = self._pick()
+                self._running = [r for r, _, _ in picks]
+            if picks:
+                self._forward(picks)
+            with self._cv:
+                self._running = []
 
-    def _answer(self, reqs: list[_Request]) -> None:
-        try:
-            results = self._forward(reqs)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller, which raises it
-            if len(reqs) > 1:  # whose rows failed? each request alone
-                for r in reqs:
-                    self._answer([r])
-                return
-            reqs[0].error, results = e, [None]
-        for r, res in zip(reqs, results):
-            r.result = res
+    def _drop_dead(self) -> None:
+        now = time.monotonic()
+        for r in list(self._queue):
+            self._drop_if_dead(r, now)
+
+    def _drop_if_dead(self, r: _Request, now: float) -> None:
+        """(Under the lock.) Refuse `r`, and drop its unstarted items, once past a deadline or cancelled;
+        a forward already running its items finishes, and its answer for `r` is dropped."""
+        why = None if r.done.is_set() else r.dead(now)
+        if why is None:
+            return
+        if r in self._queue:
+            self._queue.remove(r)
+        msg = {"cancelled": "the caller went away",
+               "deadline": f"its deadline passed after {now - r.arrived:.2f} s",
+               "queue": f"it waited {now - r.arrived:.2f} s in the queue (--queue-timeout-s); the server is busy, "
+                        "retry later"}[why]
+        self._finish(r, Refused(why, f"request dropped, its work not run: {msg}", now - r.arrived))
+
+    def _pick(self) -> list[tuple[_Request, int, int]]:
+        """(request, first item, end item) slices for one forward, within max_rows and max_batch_tokens.
+        The lightest requests first, and only those that finish in this forward (a heavy one pads no
+        light one's forward, unless nothing else waits); but a request passed over STARVE_FORWARDS
+        forwards in a row goes first, so a heavy one gets at least one forward in STARVE_FORWARDS + 1."""
+        starved = [r for r in self._queue if r.skipped >= STARVE_FORWARDS]
+        order = starved + sorted((r for r in self._queue if r.skipped < STARVE_FORWARDS), key=lambda r: r.left)
+        rows, tokens, picks = self.max_rows, self.max_batch_tokens, []
+        for r in order:
+            if picks and r.skipped < STARVE_FORWARDS and (r.left > tokens or len(r.items) - r.taken > rows):
+                break
+            start = end = r.taken
+            while end < len(r.items) and rows > 0 and (r.tokens[end] <= tokens or not picks and end == start):
+                tokens -= r.tokens[end]
+                rows -= 1
+                end += 1
+            if end > start:
+                picks.append((r, start, end))
+            if rows <= 0 or tokens <= 0:
+                break
+        chosen = {id(r) for r, _, _ in picks}
+        for r in self._queue:
+            r.skipped = 0 if id(r) in chosen else r.skipped + 1
+        now = time.monotonic()
+        for r, start, end in picks:
+            r.taken = end
+            r.left -= sum(r.tokens[start:end])
+            r.started = r.started or now
+            if end == len(r.items):
+                self._queue.remove(r)
+        return picks
+
+    def _forward(self, picks: list[tuple[_Request, int, int]]) -> None:
+        """Run the picked slices (score rows in one forward, ranking groups in another) and hand each
+        request its part; a request whose part raised gets that error alone."""
+        t = time.perf_counter()
+        waits = [r.started - r.arrived for r, start, _ in picks if start == 0]
+        for kind in ("rows", "packed"):
+            mine = [p for p in picks if p[0].kind == kind]
+            if not mine:
+                continue
+            try:
+                results = self._run_slices(kind, mine)
+            except BaseException:  # noqa: BLE001 - whose items failed? each slice alone
+                results = []
+                for p in mine:
+                    try:
+                        results += self._run_slices(kind, [p])
+                    except BaseException as e:  # noqa: BLE001 - handed to the caller, which raises it
+                        results.append(e)
+            with self._cv:
+                for (r, _, end), res in zip(mine, results):
+                    if r.done.is_set():  # refused meanwhile (abort)
+                        continue
+                    if isinstance(res, BaseException):
+                        if r in self._queue:
+                            self._queue.remove(r)
+                        self._finish(r, res)
+                        continue
+                    r.parts.append(res)
+                    if end == len(r.items):
+                        r.result = (sum(r.parts, []) if kind == "rows" else
+                                    r.parts[0] if len(r.parts) == 1 else torch.cat(r.parts))
+                        self._finish(r, None)
         self.batches += 1
-        self.requests += len(reqs)
-        for r in reqs:
-            r.done.set()
+        if self.on_batch is not None:
+            self.on_batch(sum(e - s for _, s, e in picks), sum(sum(r.tokens[s:e]) for r, s, e in picks),
+                          time.perf_counter() - t, waits)
+
+    def _finish(self, r: _Request, error: BaseException | None) -> None:
+        r.error = error
+        if error is None:
+            self.requests += 1
+        r.done.set()
 
     @torch.inference_mode()
-    def _forward(self, reqs: list[_Request]) -> list:
-        """One mixed batch for all of reqs (one kind) -> each request's own result."""
-        keys = [k for r in reqs for k in r.keys]
-        items = [x for r in reqs for x in r.items]
-        if reqs[0].kind == "rows":
+    def _run_slices(self, kind: str, slices: list[tuple[_Request, int, int]]) -> list:
+        """One batch for all of the slices (one kind) -> each slice's results (rows: floats; packed: logits)."""
+        keys = [k for r, s, e in slices for k in r.keys[s:e]]
+        items = [x for r, s, e in slices for x in r.items[s:e]]
+        if kind == "rows":
             flat = self._score_rows(keys, items)
-            sizes = [r.size for r in reqs]
+            sizes = [e - s for _, s, e in slices]
         else:
             flat = self._chunked(keys, items)
-            sizes = [sum(len(suffixes) for _, suffixes in r.items) for r in reqs]
+            sizes = [sum(len(suffixes) for _, suffixes in r.items[s:e]) for r, s, e in slices]
         out, at = [], 0
         for n in sizes:
             out.append(flat[at:at + n])

@@ -17,21 +17,21 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 import torch
 
 from .base import DEFAULT_BASE, Base, load_base
-from .errors import AdapterHubError, ConfigError, IncompatibleAdapterError
-from . import compose, packing
-from .lora import (BASE, SERVABLE, TRAIN, TRAINING, Route, check_same_base, group_pairs, peft_key, scale_of,
-                   wrap_model)
+from .errors import AdapterHubError, ConfigError, DataError
+from . import checks, compose, packing
+from .lora import BASE, TRAIN, TRAINING, Route, wrap_model
 from .prompts import ANSWERS
 from .registry import Registry, parse_ref
+from .trainable import TrainablePairs, trainable  # noqa: F401 (TrainablePairs: its old home)
 
 log = logging.getLogger(__name__)
 
-MAX_RANK = 256
 # Set by adapterhub.batcher.Batcher around a caller's hub.score / hub.recommend: their forwards are
 # then handed to the batcher's worker, which runs them in one mixed batch with other threads' calls.
 BATCHER: contextvars.ContextVar = contextvars.ContextVar("adapterhub_batcher", default=None)
@@ -68,27 +68,9 @@ class Adapter:
                                   catalog=catalog)
 
 
-@dataclass
-class TrainablePairs:
-    """The LoRA pairs being trained (see Hub.trainable)."""
-    modules: dict          # module path -> LoraLinear
-    params: list = field(default_factory=list)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """PEFT-named, unscaled A and B: what adapter_model.safetensors holds."""
-        out = {}
-        for path, m in self.modules.items():
-            out[peft_key(path, "A")] = m.lora_A.detach().float().cpu().contiguous()
-            out[peft_key(path, "B")] = m.lora_B.detach().float().cpu().contiguous()
-        return out
-
-
 def _inverse(order: list[int]) -> list[int]:
     """The permutation that undoes `order`: x[order][_inverse(order)] == x."""
-    inv = [0] * len(order)
-    for at, i in enumerate(order):
-        inv[i] = at
-    return inv
+    return sorted(range(len(order)), key=order.__getitem__)  # where each row went = argsort(order)
 
 
 class Hub:
@@ -118,6 +100,7 @@ class Hub:
             packing.use_packed_attention(self.model)
         self.routing, self.wrapped = self.model._adapterhub_lora
         self.decoder = self.model.get_decoder()
+        self.max_model_len = checks.max_positions(self.model)  # prompt tokens the base has positions for
         self._resident: OrderedDict[str, Adapter] = OrderedDict()  # least recently used first
         self._alias: dict[str, str] = {}                            # 'news' -> 'news@v2'
         self._slot = f"{Path(self.registry.root).resolve()}::"       # wrapper-key prefix of this hub
@@ -212,7 +195,7 @@ class Hub:
     def _place(self, key: str, config, tensors, card, folder) -> Adapter:
         """Check and cast an adapter's tensors and make them resident under `key` (evicting the least
         recently used adapter past max_resident)."""
-        placed = self._check_and_cast(key, config, tensors, card, folder)
+        placed = checks.check_and_cast(self, key, config, tensors, card, folder)
         from .prompts import register_templates
         if card.get("templates"):  # a custom scenario's prompt sentences travel with its card
             register_templates(card.get("scenario", key.split("@")[0]), **card["templates"])
@@ -242,40 +225,6 @@ class Hub:
         self._alias[name] = key
         if old is not None and old != key:
             self.unload(old)
-
-    def _check_and_cast(self, key, config, tensors, card, folder) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        check_same_base(card, self.base, f"adapter '{key}'")
-        r, alpha = config.get("r"), config.get("lora_alpha", config.get("alpha"))
-        if not isinstance(r, int) or not 1 <= r <= MAX_RANK or not isinstance(alpha, (int, float)):
-            raise IncompatibleAdapterError(f"{folder}/adapter_config.json: r={r!r}, lora_alpha={alpha!r}; "
-                                           f"need an integer r in 1..{MAX_RANK} and a numeric alpha")
-        for flag in ("use_dora", "fan_in_fan_out"):
-            if config.get(flag):
-                raise IncompatibleAdapterError(f"{folder}/adapter_config.json: {flag}=true is not served by adapterhub")
-        if config.get("rank_pattern") or config.get("alpha_pattern"):
-            raise IncompatibleAdapterError(f"{folder}/adapter_config.json: per-module rank_pattern/alpha_pattern are not served")
-        scale = scale_of(config)
-        halves = group_pairs(tensors, where=str(folder))
-        for path in halves:
-            if path not in self.wrapped:
-                leaf = path.rsplit(".", 1)[-1]
-                raise IncompatibleAdapterError(f"adapter '{key}' targets module '{path}', which this hub cannot serve "
-                                               f"(servable: {', '.join(SERVABLE)}); leaf name '{leaf}'")
-        dtype = self.base.compute_dtype
-        placed = {}
-        for path, ab in halves.items():
-            mod = self.wrapped[path]
-            A, B = ab.get("A"), ab.get("B")
-            if A is None or B is None or A.shape != (r, mod.in_features) or B.shape != (mod.out_features, r):
-                raise IncompatibleAdapterError(
-                    f"adapter '{key}', module '{path}': expected A {(r, mod.in_features)} and B {(mod.out_features, r)}, "
-                    f"got A {None if A is None else tuple(A.shape)} and B {None if B is None else tuple(B.shape)}")
-            if A.dtype != dtype or A.device != self.device:
-                A, B = A.to(self.device, dtype), B.to(self.device, dtype)
-            placed[path] = (A, B.mul_(scale) if B.data_ptr() == ab["B"].data_ptr() else B * scale)
-        if not placed:
-            raise IncompatibleAdapterError(f"{folder}: the adapter holds no LoRA weights")
-        return placed
 
     def unload(self, ref: str) -> list[str]:
         """Unload what `ref` has resident: 'news@v1' that version; 'news' every resident version of
@@ -310,10 +259,11 @@ class Hub:
     @torch.inference_mode()
     def score(self, rows, batch_size: int | None = None) -> list[float]:
         """P(yes) per row. rows: [(adapter ref or None for the base, prompt), ...]; one forward per
-        batch even when the rows name different adapters."""
+        batch even when the rows name different adapters. A prompt that is not text, has no tokens or
+        is longer than the base's positions is a DataError naming its row (adapterhub.checks)."""
         rows = list(rows)
-        keys = [self._ref(ref) for ref, _ in rows]
-        return self._score_rows(keys, [self.encode(prompt) for _, prompt in rows], batch_size)
+        ids = checks.encode_rows(self, rows)
+        return self._score_rows([self._ref(ref) for ref, _ in rows], ids, batch_size)
 
     def _score_rows(self, keys: list[str | None], ids: list[list[int]], batch_size: int | None = None) -> list[float]:
         """P(yes) per tokenized prompt. A prompt is a packed group of its own (no shared prefix, one
@@ -351,8 +301,8 @@ class Hub:
     def _route(self, keys) -> tuple[Route, list[int] | None]:
         """keys: one key for every row, or one per row -> (the forward's route, the row order it needs).
 
-        A mixed batch's rows are ordered so that each adapter's rows form one contiguous slice (see
-        adapterhub.lora for the two ways a module then runs them; adapterhub/bench/concurrency.py times both)."""
+        A mixed batch's rows are ordered so that each adapter's rows form one contiguous slice, whose
+        LoRA term each module adds on that slice alone (adapterhub.lora; benchmarks/mixed_batch/)."""
         if keys is None or isinstance(keys, str):
             return self._single(keys), None
         first = keys[0]
@@ -375,7 +325,8 @@ class Hub:
         """P(yes) of prefix+suffix for each suffix. The shared prefix runs once per packed row of up
         to batch_size candidates (reuse_prefix=False: each full prompt on its own, for comparison)."""
         key = self._ref(ref)
-        prefix_ids, suffix_ids = self.encode(prefix), [self.encode(s, special=False) for s in suffixes]
+        prefix_ids = checks.encode_row(self, prefix, "prefix")
+        suffix_ids = [checks.encode_row(self, s, f"suffix {i}", False, len(prefix_ids)) for i, s in enumerate(suffixes)]
         if not reuse_prefix:
             return self._score_rows([key] * len(suffix_ids), [prefix_ids + s for s in suffix_ids], batch_size)
         bs = batch_size or self.batch_size
@@ -386,22 +337,23 @@ class Hub:
         """Yes-No logit of every (prefix + suffix) in `groups` = [(prefix ids, [suffix ids, ...]), ...],
         each prefix run once (adapterhub.packing) -> (candidates,), groups in order. The one forward
         that ranking, evaluation and training share; differentiable when grad is enabled.
-        key: one resident key for every group, or one per group (each group is one packed row)."""
+        key: one resident key for every group, or one per group (a mixed batch)."""
+        if any(not s for _, suffixes in groups for s in suffixes):  # it would read its neighbour's last token
+            raise DataError("a candidate suffix has no tokens: every candidate needs at least one token of its own")
         batcher = BATCHER.get()
         if batcher is not None and batcher.hub is self and not torch.is_grad_enabled():
             return batcher.packed(key, groups)
         route, order = self._route(key)
-        if order is not None:
-            groups = [groups[i] for i in order]
-        packed = packing.pack(groups, self.device, one_row=order is None)  # a mixed batch: a row per group
+        packed = packing.pack(groups if order is None else [groups[i] for i in order], self.device, one_row=True)
+        if order is not None:  # a mixed batch: the one-adapter layout, each adapter's groups one span of tokens
+            groups = [packing.share_leading(*groups[i]) for i in order]  # (as pack laid them out)
+            route = route.in_one_row([len(p) + sum(map(len, s)) for p, s in groups], [len(s) for _, s in groups],
+                                     packed.input_ids.shape[1])
         with self.routing.routed(route):
             logits = self.yes_logit(packing.last_hidden(self.decoder, packed))
         if order is None:
             return logits
-        starts, at = [], 0  # candidates come out in packed-row order: put each group's back in its place
-        for _, suffixes in groups:
-            starts.append(at)
-            at += len(suffixes)
+        starts = list(accumulate([0] + [len(s) for _, s in groups]))  # put each group's candidates back in place
         back = [starts[p] + j for p in _inverse(order) for j in range(len(groups[p][1]))]
         return logits[torch.tensor(back, device=logits.device)]
 
@@ -411,34 +363,18 @@ class Hub:
         version trained with facts, by dataset id. Ranks by the version's fused score (its Yes-No
         logit blended with the rules' features, adapterhub.recommend) when it has one; raw=True
         ranks by the adapter's P(yes) alone. catalog: item facts from your own catalog (adapterhub.catalog)
-        instead of the hub's or the version's own."""
-        from . import recommend
+        instead of the hub's or the version's own. scenario: one of a joint adapter's scenarios (required
+        there); a one-scenario adapter takes only its own. Else a ConfigError (adapterhub.recommend.plan)."""
+        from . import ranking
         if not candidates:
             return []
-        key = self._key(ref)
-        adapter = self._resident.get(key) or self.load(key)
-        return recommend.rank(self, key, adapter.card, history, candidates, k, disliked, scenario, raw,
-                              catalog=self.catalog if catalog is None else catalog)
+        return ranking.run(self, ranking.plan(self, ref, history, candidates, disliked, scenario, catalog), k, raw)
 
     # ------------------------------------------------------------ training, merging, export
-    @contextlib.contextmanager
     def trainable(self, r: int, alpha: float, dropout: float, targets, init: dict | None = None):
-        """Attach one trainable LoRA pair per target module (routing key lora.TRAIN) for the body
-        of the `with`; they are removed on exit, whatever happens. Yields a TrainablePairs."""
-        modules = {p: m for p, m in self.wrapped.items() if p.rsplit(".", 1)[-1] in targets}
-        if not modules:
-            raise ConfigError(f"targets {list(targets)} match no module of base {self.base.spec!r} "
-                              "(try q_proj,k_proj,v_proj,o_proj)")
-        pairs = TrainablePairs(modules)
-        try:
-            for path, m in modules.items():
-                pairs.params += m.add_trainable(r, alpha, dropout, torch.float32, (init or {}).get(path))
-                m.train()
-            yield pairs
-        finally:
-            for m in modules.values():
-                m.drop_trainable()
-                m.eval()
+        """`with hub.trainable(...) as pairs:` one trainable LoRA pair per target module (routing key
+        lora.TRAIN), removed on exit whatever happens. Yields a TrainablePairs (adapterhub.trainable)."""
+        return trainable(self, r, alpha, dropout, targets, init)
 
     def train(self, name: str, data, config=None, **kwargs):
         """Train a LoRA adapter for `data` on this base; publish it as `name`. -> (Adapter, card)."""

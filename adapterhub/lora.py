@@ -12,11 +12,17 @@ a Routing object, which holds
   call starts, so a forward keeps the weights it began with to its end even when another thread
   unloads or evicts that adapter halfway: it never sees a half-placed or half-removed adapter.
 
-Mixed batches: the hub orders a batch's rows so that each adapter's rows are one contiguous slice
-(`Route.groups` = [(pairs, start, stop)]) and the base runs once over all rows. When every row has
-an adapter of one rank at a module, each row's A and B are gathered and two batched matmuls run
-all rows at once (Punica / S-LoRA's idea): as many kernels as one adapter takes, whatever the
-number of adapters. Otherwise each adapter's LoRA product runs on a view of its own rows.
+Every served row takes one arithmetic (add_lora): y += (x A^T) B^T, both products in the pair's
+dtype (the base's compute dtype), the sum in y's. A mixed batch (rows of one forward routed to
+different adapters) runs it once per adapter, on that adapter's contiguous tokens: the kernels one
+adapter takes, on fewer rows. On CPU those matmuls give a row the same bits whatever else is in
+the batch (bf16 at any size; fp32 from 8 rows), so a row's LoRA term does not depend on its batch.
+
+Where each adapter's tokens are (Route): `groups` = [(pairs, first row, end row)] over the input's
+rows (the hub orders a batch's rows so that each adapter's rows are one slice), or `spans` =
+{tokens: [(pairs, first token, end token)]} over the input flattened to tokens, for groups packed
+back to back in one row (Route.in_one_row); there the last layer's MLP sees only the read tokens,
+hence a list per token count.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import contextlib
 import contextvars
 import math
 import threading
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +43,23 @@ Pairs = tuple  # one (A (r, in), B*scale (out, r)) or None per wrapper, indexed 
 
 
 class Route:
-    """One forward's adapter choice: `pairs` (one adapter for every row), `groups` (a mixed batch:
-    [(pairs, first row, end row)]), the trained pair (`key` TRAIN) or none of them (the base)."""
-    __slots__ = ("key", "pairs", "groups", "full")
+    """One forward's adapter choice: `pairs` (one adapter for every row), a mixed batch (`groups`
+    over rows or `spans` over tokens, see above), the trained pair (`key` TRAIN) or none (the base)."""
+    __slots__ = ("key", "pairs", "groups", "full", "spans")
 
     def __init__(self, key: str | None = None, pairs: Pairs | None = None, groups: list | None = None,
-                 full: bool = False):
-        self.key, self.pairs, self.groups = key, pairs, groups
+                 full: bool = False, spans: dict | None = None):
+        self.key, self.pairs, self.groups, self.spans = key, pairs, groups, spans
         self.full = full  # the groups cover every row (no row runs on the bare base)
+
+    def in_one_row(self, tokens: list[int], reads: list[int], width: int) -> "Route":
+        """This mixed route (`groups` over packed groups, in order) for the same groups packed back to
+        back in one row of `width` tokens (packing.pack(one_row=True)): group g is tokens[g] tokens,
+        reads[g] of them read (its candidates' last tokens)."""
+        tok, read = list(accumulate(tokens, initial=0)), list(accumulate(reads, initial=0))
+        spans = {width: [(p, tok[a], tok[b]) for p, a, b in self.groups],
+                 read[-1]: [(p, read[a], read[b]) for p, a, b in self.groups]}  # (equal lists if width == read[-1])
+        return Route(spans=spans, full=self.full)
 
 
 BASE = Route()
@@ -53,6 +69,15 @@ TRAINING = Route(TRAIN)
 def _in_backward() -> bool:
     """True on a thread that runs an autograd backward pass (on CUDA, the device's own worker thread)."""
     return torch._C._current_graph_task_id() != -1
+
+
+def add_lora(y: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """y + (x A^T) B^T: both products in A's dtype (the base's compute dtype), the sum in y's; into y
+    in place at inference, a new tensor where autograd may need y. x (..., in), y (..., out)."""
+    delta = F.linear(F.linear(x if x.dtype == A.dtype else x.to(A.dtype), A), B)  # o_proj's input is fp32
+    if torch.is_grad_enabled():
+        return y + delta.to(y.dtype)
+    return y.add_(delta)  # compute='bf16' hands q/k/v/o fp32 outputs: add_ converts delta as it adds
 
 
 class Routing:
@@ -67,7 +92,6 @@ class Routing:
         # none): a thread with no route of its own, inside a backward pass, trains.
         self.training = 0
         self._training_lock = threading.Lock()
-        self.gather = True  # mixed batches: gathered A/B + batched matmuls where they apply (False: slices only)
 
     def current(self) -> Route:
         route = self._route.get()
@@ -137,36 +161,35 @@ class LoraLinear(nn.Module):
         pairs = route.pairs
         if pairs is not None:  # the common case: one adapter for every row
             pair = pairs[self.index]
-            if pair is None:  # this adapter does not target this module
-                return y
-            A, B = pair
-            xa = F.linear(x if x.dtype == A.dtype else x.to(A.dtype), A)  # compute='bf16': o_proj's input is fp32
-            if not torch.is_grad_enabled() and y.is_contiguous():
-                # B's product added into y in place, in y's dtype (compute='bf16' hands q/k/v/o fp32 outputs):
-                # no type-promoting add, no new tensor; 4% of a music ranking (in-process A/B, issue 11)
-                return y.view(-1, y.shape[-1]).addmm_(xa.reshape(-1, xa.shape[-1]).to(y.dtype),
-                                                      B.t().to(y.dtype)).view(y.shape)
-            return y + F.linear(xa, B).to(y.dtype)
-        if route.groups is not None:  # a mixed batch, each adapter's rows one contiguous slice
-            i = self.index
-            ps = [pairs[i] for pairs, _, _ in route.groups]
-            dtype = next((p[0].dtype for p in ps if p is not None), x.dtype)
-            xl = x if x.dtype == dtype else x.to(dtype)
-            if route.full and None not in ps and self.routing.gather and all(p[0].shape == ps[0][0].shape for p in ps):
-                A = torch.cat([p[0].expand(stop - start, -1, -1) for p, (_, start, stop) in zip(ps, route.groups)])
-                B = torch.cat([p[1].expand(stop - start, -1, -1) for p, (_, start, stop) in zip(ps, route.groups)])
-                if y.dtype != dtype:
-                    return y + torch.bmm(torch.bmm(xl, A.transpose(1, 2)), B.transpose(1, 2)).to(y.dtype)
-                return y.baddbmm_(torch.bmm(xl, A.transpose(1, 2)), B.transpose(1, 2))  # A (rows, r, in), B (rows, out, r)
-            for pair, (_, start, stop) in zip(ps, route.groups):
-                if pair is not None:
-                    y[start:stop] += F.linear(F.linear(xl[start:stop], pair[0]), pair[1]).to(y.dtype)
-            return y
+            return y if pair is None else add_lora(y, x, *pair)  # (None: this adapter skips this module)
+        if route.groups is not None or route.spans is not None:
+            return self.mixed(x, y, route)
         if route.key == TRAIN and self.lora_A is not None:
             h = F.dropout(x, self.train_dropout, self.training) if self.train_dropout else x
             # add with alpha: the scale without a separate multiply (and its backward) per module
             return torch.add(y, F.linear(F.linear(h.to(self.lora_A.dtype), self.lora_A), self.lora_B).to(y.dtype),
                              alpha=self.train_scale)
+        return y
+
+    def mixed(self, x: torch.Tensor, y: torch.Tensor, route: Route) -> torch.Tensor:
+        """A mixed batch: add_lora on each adapter's contiguous tokens, x and y flattened to tokens."""
+        n = x.numel() // x.shape[-1]
+        if route.spans is not None:
+            spans = route.spans[n]
+        else:  # row groups; a row is x.shape[-2] tokens (in the last layer's MLP: its read tokens only)
+            w = n // x.shape[0]
+            spans = [(pairs, a * w, b * w) for pairs, a, b in route.groups]
+        grad = torch.is_grad_enabled()
+        y = y.clone() if grad else y.contiguous()  # (with autograd, the base's output may be needed as it is)
+        xs, ys = x.reshape(n, -1), y.view(n, -1)
+        for pairs, a, b in spans:
+            pair = pairs[self.index]
+            if pair is None:
+                continue
+            if grad:
+                ys[a:b] = add_lora(ys[a:b], xs[a:b], *pair)
+            else:
+                add_lora(ys[a:b], xs[a:b], *pair)  # in place, into y
         return y
 
     # ------------------------------------------------------------ training pair

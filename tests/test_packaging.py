@@ -39,7 +39,8 @@ def test_the_test_extra_installs_what_tests_import_or_skip_on():
     needed = {n.split(".")[0].lower() for n in needed}
     assert "matplotlib" in _extra("test")   # the report test needs it
     assert {"torch", "bitsandbytes"} <= _dependencies()
-    # the Ray engine's test is slow-marked and needs the 'ray' extra (a large install CI does not need)
-    allowed = _extra("test") | _dependencies() | _extra("ray")
+    # the Ray engine's test, the server's fuzz and its load test are slow-marked and need the 'ray'
+    # and 'loadtest' extras (large installs the default run does not need)
+    allowed = _extra("test") | _dependencies() | _extra("ray") | _extra("loadtest")
     assert needed <= allowed, needed - allowed
     assert 'pip install torch==2.13.0 -e ".[test]"' in (REPO / "README.md").read_text()

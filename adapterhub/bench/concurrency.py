@@ -1,4 +1,4 @@
-"""Concurrency (issue 16): the request batcher against one call at a time, and the mixed batch.
+"""Concurrency: the request batcher against one call at a time, and the mixed batch.
 
     python -m adapterhub.bench.concurrency --quick          # CPU, SmolLM2-135M fp32, about a minute
     adapterhub bench --only concurrency --quick
@@ -12,9 +12,9 @@ Measurements (one JSON line each, all ratios from the same run):
                        p50_ms, p99_ms, single_call_ms (one call alone); vs_serial = requests/s over serial's.
   mixed_vs_single      ROWS rows over 4 adapters in one forward vs the same rows on one adapter, paired and
                        taking turns: value = the median over pairs of single ms / mixed ms (1.0: mixing
-                       adapters costs nothing); max_abs_diff against each row alone. Two ways (lora.py):
-                       'gather' (each row's A and B gathered, two batched matmuls: the default) and
-                       'slices' (each adapter's product on its own rows).
+                       adapters costs nothing); max_abs_diff against each row alone. way 'segments': lora.py's
+                       one engine (each adapter's LoRA product on its own rows); benchmarks/mixed_batch/ has
+                       the full grid (quant x rows x tokens) and the gathered-stack alternative.
 Every row records the machine's load average: on a shared machine, torch's worker threads wait for
 cores that other processes hold, and every kernel launch pays for it.
   routing_us           what makes routing thread-safe costs per forward: one ContextVar read per wrapped
@@ -153,35 +153,24 @@ def _timed(fn) -> float:
 
 @torch.no_grad()
 def bench_mixed(rec, hub, keys, seq, pairs, budget):
-    """single / mixed-gather / mixed-slices in turn (the order rotates), `pairs` times."""
+    """single / mixed in turn (the order alternates), `pairs` times."""
     ids = torch.randint(3, min(1000, hub.model.config.vocab_size), (ROWS, seq),
                         generator=torch.Generator().manual_seed(0)).tolist()
     row_keys = [keys[i % len(keys)] for i in range(ROWS)]
     alone = torch.cat([row_logits(hub, row_keys[i], [ids[i]]) for i in range(ROWS)])
-    runs = {"single": lambda: row_logits(hub, keys[0], ids)}
-    diffs = {}
-    for way in ("gather", "slices"):
-        def mixed(way=way):
-            hub.routing.gather = way == "gather"
-            try:
-                return row_logits(hub, row_keys, ids)
-            finally:
-                hub.routing.gather = True
-        runs[way] = mixed
-        diffs[way] = float((mixed() - alone).abs().max())
+    runs = {"single": lambda: row_logits(hub, keys[0], ids), "mixed": lambda: row_logits(hub, row_keys, ids)}
+    diff = float((runs["mixed"]() - alone).abs().max())
     ms = {name: [] for name in runs}
-    pairs = budget.fit(pairs, 3 * timed_s(runs["single"]))  # also the warm-up
-    names = list(runs)
-    for p in range(pairs):  # paired and rotating: slow spells of a shared machine hit every way alike
-        for name in names[p % 3:] + names[:p % 3]:
+    pairs = budget.fit(pairs, 2 * timed_s(runs["single"]))  # also the warm-up
+    for p in range(pairs):  # paired and alternating: slow spells of a shared machine hit both alike
+        for name in (("single", "mixed") if p % 2 == 0 else ("mixed", "single")):
             ms[name].append(_timed(runs[name]))
-    for way in ("gather", "slices"):
-        ratios = [s / m for s, m in zip(ms["single"], ms[way])]
-        rec.record("mixed_vs_single", {"way": way, "rows": ROWS, "adapters": len(keys), "seq": seq, "pairs": pairs},
-                   statistics.median(ratios), unit="x",
-                   extra={"single_ms": statistics.median(ms["single"]), "mixed_ms": statistics.median(ms[way]),
-                          "ratio_of_medians": statistics.median(ms["single"]) / statistics.median(ms[way]),
-                          "max_abs_diff": diffs[way], **load()})
+    ratios = [s / m for s, m in zip(ms["single"], ms["mixed"])]
+    rec.record("mixed_vs_single", {"way": "segments", "rows": ROWS, "adapters": len(keys), "seq": seq, "pairs": pairs},
+               statistics.median(ratios), unit="x",
+               extra={"single_ms": statistics.median(ms["single"]), "mixed_ms": statistics.median(ms["mixed"]),
+                      "ratio_of_medians": statistics.median(ms["single"]) / statistics.median(ms["mixed"]),
+                      "max_abs_diff": diff, **load()})
 
 
 def bench_routing(rec, hub):

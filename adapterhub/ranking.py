@@ -1,0 +1,69 @@
+"""One user's ranking in two halves: `plan` (prompts rendered, tokenized and checked; no forward) and
+`run` (the forward and the ranking). Hub.recommend is run(plan(...)); a server plans in the
+request's thread, counts the plan's tokens against its budgets, and only then queues the forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import checks
+
+
+@dataclass
+class Ranking:
+    """A planned ranking: what `run` scores."""
+    plan: object                                     # adapterhub.recommend.Plan (key, candidates, facts, blend)
+    groups: list[tuple[list[int], list[list[int]]]]  # (history prefix ids, [candidate ids, ...]) per packed row
+
+    @property
+    def tokens(self) -> int:
+        """Tokens its forward runs (each packed row repeats the prefix)."""
+        return sum(len(p) + sum(map(len, s)) for p, s in self.groups)
+
+
+def plan(hub, ref: str, history, candidates, disliked=(), scenario: str | None = None, catalog=None,
+         max_group_tokens: int | None = None, max_tokens: int | None = None) -> Ranking:
+    """Render one user's ranking under adapter `ref` and tokenize it: packed rows of the history and
+    up to hub.batch_size candidates (and, given max_group_tokens, about that many tokens; a server
+    bounding its forwards passes its budget). DataError for an item that is not text or a prompt over
+    the base's positions; ConfigError for a scenario the adapter was not trained on
+    (adapterhub.recommend.plan); checks.OverBudget as soon as the packed rows pass max_tokens."""
+    from . import recommend
+    key = hub._key(ref)
+    adapter = hub._resident.get(key) or hub.load(key)
+    items = [checks.check_items(x, name) for x, name in ((history, "history"), (candidates, "candidates"),
+                                                          (disliked, "disliked"))]
+    p = recommend.plan(hub, key, adapter.card, *items, scenario, hub.catalog if catalog is None else catalog)
+    prefix = checks.encode_row(hub, p.prefix, "history")
+    groups, used, total = [], 0, 0
+    for i, text in enumerate(p.suffixes):
+        s = checks.encode_row(hub, text, f"candidates[{i}]", False, len(prefix))
+        if not groups or len(groups[-1][1]) >= hub.batch_size or (max_group_tokens and used + len(s) > max_group_tokens):
+            groups.append((prefix, []))
+            used = len(prefix)
+            total += len(prefix)
+        groups[-1][1].append(s)
+        used += len(s)
+        total += len(s)
+        if max_tokens is not None and total > max_tokens:
+            raise checks.OverBudget(total, max_tokens, "the ranking")
+    return Ranking(p, groups)
+
+
+@torch.inference_mode()
+def scores(hub, ranking: Ranking, raw: bool = False) -> list[float]:
+    """Each candidate's score, in candidate order: the fused probability, or P(yes) when raw or when
+    the version has no fused blend (adapterhub.recommend.finish)."""
+    from . import recommend
+    if not ranking.groups:  # no candidates
+        return []
+    probs = torch.sigmoid(hub.packed_logits(ranking.plan.key, ranking.groups)).tolist()
+    return [f for _, f, _ in recommend.finish(ranking.plan, probs, raw)]
+
+
+def run(hub, ranking: Ranking, k: int = 10, raw: bool = False) -> list[tuple[str, float]]:
+    """Top-k (candidate, score), best first (see scores)."""
+    ranked = zip(ranking.plan.candidates, scores(hub, ranking, raw))
+    return sorted(ranked, key=lambda r: -r[1])[:k]

@@ -1,0 +1,330 @@
+"""Load test of `adapterhub serve` on locust, headless, 127.0.0.1 only, bounded in time (README.md here).
+
+    python benchmarks/serving_load/run.py                              # random:small, 32 users, 60 s
+    python benchmarks/serving_load/run.py --base smollm2-135m --quant fp32 --duration-s 120
+
+1. Publishes four random adapters (video, music, news, ecommerce) into a registry in a temp folder.
+2. Starts `adapterhub serve` on 127.0.0.1 at a free port (a subprocess), with an API key, an admin key
+   and runtime loading on; times single light calls on the idle server (the baseline), and one heavy one.
+3. Runs locust headless (locustfile.py: light users, one heavy user, one over-limit user) for
+   --duration-s. At 40% of the run it publishes news v2, promotes it and reloads 'news' over the
+   admin API; at 60% it unloads 'music' (later requests load it again).
+4. Checks every answer against the adapter it names scored alone (a hub in this process), and reports:
+   wrong answers, errors, light p50/p99 while the heavy client runs against the single call, the heavy
+   requests' latency, the over-limit refusals' latency, the server's RSS. One JSON line goes to
+   results/loadtest.jsonl.
+Goals (exit code 1 when missed): 0 wrong, 0 errors, light p99 <= 3x the single call, refusals fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NAMES = ("video", "music", "news", "ecommerce")
+REFS = NAMES + ("news@v1", "music@v1")          # news@v1 stays pinned across the promotion
+TOL = {"float32": 1e-5, "bfloat16": 2e-2}       # |P(yes) diff| a batch may show against a single call
+MAX_USERS, MAX_DURATION_S = 256, 900
+KEY, ADMIN_KEY = "load-test-key", "load-test-admin"
+
+
+def publish(registry, shapes: dict, fingerprint: str, name: str, seed: int, scale: float) -> str:
+    """A random LoRA (r=8 on q/k/v/o), large enough that adapters' answers differ clearly."""
+    import torch
+    from adapterhub.lora import peft_key
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for path, (d_in, d_out) in shapes.items():
+        tensors[peft_key(path, "A")] = torch.randn(8, d_in, generator=g) * scale
+        tensors[peft_key(path, "B")] = torch.randn(d_out, 8, generator=g) * scale
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16,
+              "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "bias": "none"}
+    return registry.publish(name, tensors, config, {"scenario": name, "base": {"fingerprint": fingerprint}})
+
+
+def plan(hub, args) -> dict:
+    """What the locust users send: light prompts and rankings, a heavy ranking near the token budget,
+    and requests over the limits."""
+    import random
+    from adapterhub import ranking
+    rng = random.Random(0)
+    prompts = []
+    for _ in range(24):
+        liked = ", ".join(f"item {rng.randrange(1000)}" for _ in range(rng.randrange(1, 6)))
+        prompts.append(f"The user liked {liked}. Will the user like item {rng.randrange(1000)}? Answer:")
+    histories = [["red thing 1", "blue thing 2", "red thing 3"], ["song 4", "song 5"]]
+    documents = [f"thing {j}" for j in range(5)]
+    heavy_history = [f"a long-remembered item number {j}" for j in range(args.heavy_history)]
+    heavy_docs: list[str] = []
+    while True:  # grow the heavy ranking to ~90% of the per-request budget
+        more = heavy_docs + [f"candidate item {len(heavy_docs) + j}" for j in range(16)]
+        if ranking.plan(hub, "video", heavy_history, more, max_group_tokens=args.max_batch_tokens).tokens \
+                > 0.9 * args.max_request_tokens:
+            break
+        heavy_docs = more
+    too_many = heavy_docs * 3  # over the token budget, within the schema's 1,000 documents (a 400, not a 422)
+    while ranking.plan(hub, "news", histories[0], too_many, max_group_tokens=args.max_batch_tokens).tokens \
+            <= args.max_request_tokens:
+        too_many += heavy_docs
+    assert len(too_many) <= 1000, "--max-request-tokens is too large for an over-limit ranking of 1,000 documents"
+    n = hub.max_model_len + 16
+    while len(hub.encode("1" * n)) <= hub.max_model_len:
+        n *= 2
+    return {"key": KEY, "refs": list(REFS), "prompts": prompts, "histories": histories, "documents": documents,
+            "think_s": args.think_s, "heavy_history": heavy_history, "heavy_documents": heavy_docs,
+            "heavy_tokens": ranking.plan(hub, "video", heavy_history, heavy_docs,
+                                         max_group_tokens=args.max_batch_tokens).tokens,
+            "too_long_prompt": "1" * n, "too_many_documents": too_many}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, int(len(v) * q))]
+
+
+def single_calls(client, url: str, p: dict, n: int) -> dict:
+    """Latency of light calls one at a time on the idle server (the baseline), and of the heavy one."""
+    out = {"score": [], "rerank": []}
+    for i in range(n):
+        for kind in ("score", "rerank"):
+            body = ({"rows": [{"model": REFS[i % 4], "prompt": p["prompts"][i % len(p["prompts"])]}]} if kind == "score"
+                    else {"model": REFS[i % 4], "query": p["histories"][i % 2], "documents": p["documents"]})
+            t = time.perf_counter()
+            r = client.post(url + ("/score" if kind == "score" else "/v1/rerank"), json=body)
+            out[kind].append(1000 * (time.perf_counter() - t))
+            assert r.status_code == 200, r.text
+    t = time.perf_counter()
+    r = client.post(url + "/v1/rerank", json={"model": "video", "query": p["heavy_history"],
+                                              "documents": p["heavy_documents"], "top_n": 10})
+    assert r.status_code == 200, r.text
+    return {"score_ms": statistics.median(out["score"]), "rerank_ms": statistics.median(out["rerank"]),
+            "heavy_alone_ms": 1000 * (time.perf_counter() - t)}
+
+
+def check(answers: list[dict], p: dict, hub) -> dict:
+    """Each light answer against the version it names scored alone (computed once per input)."""
+    single, ranked = {}, {}
+
+    def one(version, i):
+        if (version, i) not in single:
+            single[(version, i)] = hub.score([(version, p["prompts"][i])])[0]
+        return single[(version, i)]
+
+    def rank(version, h):
+        if (version, h) not in ranked:
+            ranked[(version, h)] = dict(hub.recommend(version, p["histories"][h], p["documents"], k=len(p["documents"])))
+        return ranked[(version, h)]
+    wrong, max_diff, versions = 0, 0.0, set()
+    for a in answers:
+        if a["user"] != "light" or a["status"] != 200:
+            continue
+        reply = a["reply"]
+        if a["path"] == "/score":
+            pairs = [(one(v, i), s) for v, i, s in zip(reply["adapters"], a["prompts"], reply["scores"])]
+            versions.update(reply["adapters"])
+        else:
+            want = rank(reply["model"], a["history"])
+            pairs = [(want[p["documents"][x["index"]]], x["relevance_score"]) for x in reply["results"]]
+            versions.add(reply["model"])
+        diff = max(abs(x - y) for x, y in pairs)
+        max_diff = max(max_diff, diff)
+        wrong += diff > a["tol"]
+    by_prompt: dict = {}
+    for (v, i), s in single.items():
+        by_prompt.setdefault(i, []).append(s)
+    gaps = [abs(x - y) for ss in by_prompt.values() for j, x in enumerate(ss) for y in ss[j + 1:]]
+    return {"wrong": wrong, "max_abs_diff": max_diff, "versions": sorted(versions),
+            "min_gap_between_versions": min(gaps) if gaps else None}
+
+
+def overlaps_heavy(a: dict, heavy: list[tuple[float, float]]) -> bool:
+    return any(h0 < a["t1"] and a["t0"] < h1 for h0, h1 in heavy)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default="random:small", help="base spec (default random:small)")
+    ap.add_argument("--quant", default="fp32", help="base quantization (fp32: answers comparable to 1e-5)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--users", type=int, default=32, help=f"locust users, one heavy and one over-limit among them "
+                    f"(at most {MAX_USERS})")
+    ap.add_argument("--duration-s", type=float, default=60.0, help=f"seconds of load (at most {MAX_DURATION_S})")
+    ap.add_argument("--think-s", default="0.5,1.5", help="a light user's pause between requests, min,max seconds")
+    ap.add_argument("--max-batch-tokens", type=int, default=None, help="the server's --max-batch-tokens")
+    ap.add_argument("--max-request-tokens", type=int, default=16384, help="the server's --max-request-tokens")
+    ap.add_argument("--heavy-history", type=int, default=6, help="items in the heavy client's history")
+    ap.add_argument("--server-threads", type=int, default=1, help="the server's torch threads (OMP_NUM_THREADS; "
+                    "default 1: locust needs a core of its own, and torch's threads spin when they share one)")
+    ap.add_argument("--singles", type=int, default=20, help="single calls of each kind timed on the idle server")
+    ap.add_argument("--scale", type=float, default=0.1, help="std of the random LoRA weights")
+    ap.add_argument("--out", default=str(HERE / "results"), help="folder for loadtest.jsonl")
+    args = ap.parse_args(argv)
+    args.think_s = [float(x) for x in args.think_s.split(",")]
+    from adapterhub.serve.config import Limits
+    args.max_batch_tokens = args.max_batch_tokens or Limits().max_batch_tokens  # the server's, to plan as it does
+    if not 3 <= args.users <= MAX_USERS or not 0 < args.duration_s <= MAX_DURATION_S:
+        ap.error(f"--users must be 3..{MAX_USERS} and --duration-s 0..{MAX_DURATION_S}")
+    import httpx
+    from adapterhub.bench.common import Recorder
+    from adapterhub.hub import Hub
+    from adapterhub.registry import Registry
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        registry = tmp / "adapters"
+        checker = Hub(base=args.base, registry=registry, quant=args.quant, device=args.device)
+        shapes = {path: (m.in_features, m.out_features) for path, m in checker.wrapped.items()
+                  if path.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj")}
+        reg = Registry(registry)
+        for i, name in enumerate(NAMES):
+            publish(reg, shapes, checker.fingerprint, name, seed=i + 1, scale=args.scale)
+        p = plan(checker, args)
+        (tmp / "plan.json").write_text(json.dumps(p))
+        tol = TOL.get(str(checker.base.compute_dtype).split(".")[-1], 1e-5)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server_args = ["--max-request-tokens", str(args.max_request_tokens), "--max-batch-tokens", str(args.max_batch_tokens)]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "adapterhub", "serve", "--registry", str(registry), "--base", args.base,
+             "--quant", args.quant, "--device", args.device, "--host", "127.0.0.1", "--port", str(port),
+             "--preload", ",".join(NAMES), "--api-key", KEY, "--admin-key", ADMIN_KEY, "--allow-runtime-loading",
+             "--no-access-log", "--max-queue", str(args.users * 2), *server_args],
+            stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"),
+            env=dict(os.environ, OMP_NUM_THREADS=str(args.server_threads)))
+        headers = {"Authorization": f"Bearer {KEY}"}
+        client = httpx.Client(headers=headers, timeout=300)
+        admin_log: dict = {}
+        try:
+            end = time.monotonic() + 300
+            while True:
+                try:
+                    if client.get(url + "/ready").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if server.poll() is not None or time.monotonic() > end:
+                    raise RuntimeError("the server did not become ready:\n" + (tmp / "server.log").read_text()[-3000:])
+                time.sleep(0.2)
+            for ref in REFS:  # warm-up: the first call of each adapter is not a figure
+                client.post(url + "/score", json={"model": ref, "prompts": p["prompts"][:2]})
+                client.post(url + "/v1/rerank", json={"model": ref, "query": p["histories"][0], "documents": p["documents"]})
+            baseline = single_calls(client, url, p, args.singles)
+            rss = [rss_of(server.pid)]
+            sampling = threading.Event()
+
+            def sample():
+                while not sampling.wait(0.5):
+                    rss.append(rss_of(server.pid))
+
+            def admin():
+                admin_client = httpx.Client(headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=120)
+                time.sleep(0.4 * args.duration_s)
+                version = publish(reg, shapes, checker.fingerprint, "news", seed=99, scale=args.scale)
+                reg.promote(f"news@{version}")
+                r = admin_client.post(url + "/v1/load_lora_adapter", json={"lora_name": "news", "reload": True})
+                admin_log["promotion"] = {"status": r.status_code, "loaded": r.json().get("loaded")}
+                time.sleep(0.2 * args.duration_s)
+                r = admin_client.post(url + "/v1/unload_lora_adapter", json={"lora_name": "music"})
+                admin_log["unload"] = {"status": r.status_code, "unloaded": r.json().get("unloaded")}
+            threads = [threading.Thread(target=sample, daemon=True), threading.Thread(target=admin, daemon=True)]
+            for th in threads:
+                th.start()
+            env = dict(os.environ, LOAD_PLAN=str(tmp / "plan.json"), LOAD_ANSWERS=str(tmp / "answers.jsonl"))
+            locust = subprocess.run(
+                [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless", "--host", url,
+                 "-u", str(args.users), "-r", str(args.users), "-t", f"{int(args.duration_s)}s", "--stop-timeout", "30",
+                 "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0"],
+                env=env, capture_output=True, text=True, timeout=args.duration_s + 180)
+            sampling.set()
+            threads[1].join(60)
+            rss.append(rss_of(server.pid))
+            metrics = client.get(url + "/metrics").text
+            t = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+            drain_s = time.monotonic() - t
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+        if not (tmp / "answers.jsonl").exists():
+            raise RuntimeError("locust wrote no answers:\n" + locust.stdout[-2000:] + locust.stderr[-3000:])
+        answers = [json.loads(line) for line in (tmp / "answers.jsonl").read_text().splitlines()]
+        for a in answers:
+            a["tol"] = tol
+        result = check(answers, p, checker)
+    light = [a for a in answers if a["user"] == "light"]
+    heavy = [a for a in answers if a["user"] == "heavy"]
+    over = [a for a in answers if a["user"] == "over_limit"]
+    heavy_spans = [(a["t0"], a["t1"]) for a in heavy]
+    during = [a for a in light if a["status"] == 200 and overlaps_heavy(a, heavy_spans)]
+    single_ms = {"/score": baseline["score_ms"], "/v1/rerank": baseline["rerank_ms"]}
+    ratios = {path: (pct([a["ms"] for a in during if a["path"] == path], 0.99) or 0) / single_ms[path]
+              for path in single_ms}
+    summary = {
+        "base": args.base, "quant": args.quant, "compute_dtype": str(checker.base.compute_dtype), "users": args.users,
+        "duration_s": args.duration_s, "think_s": args.think_s, "max_request_tokens": args.max_request_tokens,
+        "max_batch_tokens": args.max_batch_tokens, "server_threads": args.server_threads,
+        "heavy_tokens": p["heavy_tokens"],
+        "requests": len(answers), "light": len(light), "light_per_s": len(light) / args.duration_s,
+        "errors": sum(a["status"] != 200 for a in light + heavy), "wrong": result["wrong"],
+        "checked": sum(a["status"] == 200 for a in light), "max_abs_diff": result["max_abs_diff"], "tol": tol,
+        "versions": result["versions"], "min_gap_between_versions": result["min_gap_between_versions"],
+        "single_score_ms": baseline["score_ms"], "single_rerank_ms": baseline["rerank_ms"],
+        "heavy_alone_ms": baseline["heavy_alone_ms"], "light_during_heavy": len(during),
+        "score_p50_ms": pct([a["ms"] for a in during if a["path"] == "/score"], 0.5),
+        "score_p99_ms": pct([a["ms"] for a in during if a["path"] == "/score"], 0.99),
+        "rerank_p50_ms": pct([a["ms"] for a in during if a["path"] == "/v1/rerank"], 0.5),
+        "rerank_p99_ms": pct([a["ms"] for a in during if a["path"] == "/v1/rerank"], 0.99),
+        "p99_vs_single": max(ratios.values()), "p99_vs_single_by_route": ratios,
+        "heavy_requests": len(heavy), "heavy_p50_ms": pct([a["ms"] for a in heavy], 0.5),
+        "over_limit": len(over), "over_limit_refused": sum(a["status"] == 400 for a in over),
+        "over_limit_p99_ms": pct([a["ms"] for a in over], 0.99),
+        "promotion": admin_log.get("promotion"), "unload": admin_log.get("unload"), "drain_s": drain_s,
+        "rss_start_mib": rss[0] / 2**20, "rss_peak_mib": max(rss) / 2**20,
+        "error_examples": [f"{a['user']} {a['path']} {a['status']} {str(a['reply'])[:200]}" for a in light + heavy
+                           if a["status"] != 200][:5],
+        "server_refused": [line for line in metrics.splitlines() if line.startswith("adapterhub_refused_total{")],
+    }
+    summary["goals_met"] = bool(summary["wrong"] == 0 and summary["errors"] == 0 and summary["p99_vs_single"] <= 3.0
+                                and summary["over_limit"] > 0 and summary["over_limit_refused"] == summary["over_limit"]
+                                and summary["over_limit_p99_ms"] <= baseline["rerank_ms"]
+                                and (summary["promotion"] or {}).get("loaded") == "news@v2"
+                                and (summary["unload"] or {}).get("unloaded") == ["music@v1"])
+    rec = Recorder("loadtest", args.out, base=args.base, device=args.device, quant=args.quant)
+    rec.record("light_p99_vs_single", {"users": args.users, "duration_s": args.duration_s, "tool": "locust"},
+               summary["p99_vs_single"], unit="x", extra={k: v for k, v in summary.items() if k not in ("base", "quant")})
+    print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in summary.items()}))
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["goals_met"] else 1)
