@@ -35,6 +35,16 @@ def tiny_base():
 
 
 @pytest.fixture
+def shared_base_hub(tiny_base, tmp_path):
+    """A hub over the session's tiny base (built once), its adapters unloaded after the test."""
+    from adapterhub.hub import Hub
+    h = Hub(base=tiny_base, registry=tmp_path / "adapters")
+    yield h
+    for key in h.resident():
+        h.unload(key)
+
+
+@pytest.fixture
 def hub(tmp_path):
     from adapterhub.hub import Hub
     return Hub(base="random:tiny", registry=tmp_path / "adapters", quant="fp32", device="cpu")

@@ -106,6 +106,7 @@ def test_joint_needs_distinct_scenarios(hub):
         hub.train("dup", [toy_data(), toy_data()], TrainConfig(**FAST), progress=False)
 
 
+@pytest.mark.slow   # ~15 s on 2 cores: keeps the default run under 5 minutes
 def test_per_scenario_loss_options(hub):
     """A joint run gives a scenario its own negatives and listwise weight (video's like/dislike rows
     are pointwise; sampled negatives there would teach 'unwatched' instead of 'disliked')."""
@@ -195,6 +196,7 @@ def test_each_scenario_is_distilled_from_its_own_teacher(hub, monkeypatch):
         hub.train("both", two_scenarios(), cfg.replace(per_scenario="books:teacher=t-missing"), progress=False)
 
 
+@pytest.mark.slow   # ~15 s on 2 cores: keeps the default run under 5 minutes
 def test_select_worst_kept_picks_and_promotes_by_the_worst_scenario(hub):
     """select='worst_kept': the check and the version are chosen by the smallest share of its own
     adapter's gain over the base that any scenario keeps on valid, not by the mean."""

@@ -11,13 +11,8 @@ PROMPT = "The user liked A B C. Will the user like D? Answer:"
 
 
 @pytest.fixture
-def hub(tiny_base, tmp_path):
-    """A hub over the session's tiny base (built once), its adapters unloaded after the test."""
-    from adapterhub.hub import Hub
-    h = Hub(base=tiny_base, registry=tmp_path / "adapters")
-    yield h
-    for key in h.resident():
-        h.unload(key)
+def hub(shared_base_hub):
+    return shared_base_hub
 
 
 @pytest.fixture
