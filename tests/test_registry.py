@@ -161,6 +161,7 @@ def test_the_shipped_registry_is_bf16_and_each_file_matches_its_card():
         header, _ = read_header(folder / "adapter_model.safetensors")
         assert {h["dtype"] for h in header.values()} == {"BF16"}, name
         c = reg.card(name)
-        assert c["weights_dtype"] == "bfloat16" and len(c["weights_fp32_sha256"]) == 64
+        # a version converted from fp32 names its original; one trained into this registry was bf16 from the start
+        assert c["weights_dtype"] == "bfloat16" and len(c.get("weights_fp32_sha256", "0" * 64)) == 64
         from adapterhub.registry import sha256_file
         assert sha256_file(folder / "adapter_model.safetensors") == c["weights_sha256"], name
