@@ -89,7 +89,7 @@ def score_file(hub, src, dst, adapter: str | None = None, *, k: int = 10, raw: b
         finished = out.complete()
         if finished is not None:
             out.tidy()
-            log.info("%s: this job is already complete (%s rows); nothing to do", dst, finished.get("rows"))
+            log.debug("%s: this job is already complete (%s rows); nothing to do", dst, finished.get("rows"))
             return {**finished, "already_complete": True}
         pins = dict(manifest["pins"])
         if adapter is not None:
