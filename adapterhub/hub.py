@@ -346,15 +346,13 @@ class Hub:
         route, order = self._route(key)
         packed = packing.pack(groups if order is None else [groups[i] for i in order], self.device, one_row=True)
         if order is not None:  # a mixed batch: the one-adapter layout, each adapter's groups one span of tokens
-            groups = [packing.share_leading(*groups[i]) for i in order]  # (as pack laid them out)
-            route = route.in_one_row([len(p) + sum(map(len, s)) for p, s in groups], [len(s) for _, s in groups],
-                                     packed.input_ids.shape[1])
+            route = route.in_one_row(packed.widths, packed.sizes, packed.input_ids.shape[1])
         with self.routing.routed(route):
             logits = self.yes_logit(packing.last_hidden(self.decoder, packed))
         if order is None:
             return logits
-        starts = list(accumulate([0] + [len(s) for _, s in groups]))  # put each group's candidates back in place
-        back = [starts[p] + j for p in _inverse(order) for j in range(len(groups[p][1]))]
+        starts = list(accumulate([0] + packed.sizes))  # put each group's candidates back in place
+        back = [starts[p] + j for p in _inverse(order) for j in range(packed.sizes[p])]
         return logits[torch.tensor(back, device=logits.device)]
 
     def recommend(self, ref: str, history: list, candidates: list, k: int = 10, disliked: list = (),

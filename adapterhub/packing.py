@@ -62,6 +62,7 @@ class Packed:
     layout: Layout
     last: tuple[torch.Tensor, torch.Tensor]  # (row, column) of each candidate's last token, flat order
     sizes: list[int]             # candidates per group
+    widths: list[int]            # tokens per group, as laid out (after share_leading)
 
 
 def share_leading(prefix: list[int], suffixes: list[list[int]]) -> tuple[list[int], list[list[int]]]:
@@ -138,7 +139,7 @@ def pack(groups: list[tuple[list[int], list[list[int]]]], device, one_row: bool 
     seen = torch.arange(P, device=lens.device)[None, :] < lens[:, None]  # (c or 1, P)
     cand_mask = torch.cat([seen[:, None, :].expand(-1, S, -1), own.expand(len(lens), -1, -1)], dim=2)[:, None]
     layout = Layout(prefix_idx, cand_idx, cand_keys, cand_mask, back, read)
-    return Packed(input_ids, position_ids, layout, (rows, cols), [len(s) for _, s in groups])
+    return Packed(input_ids, position_ids, layout, (rows, cols), [len(s) for _, s in groups], widths)
 
 
 def ship(parts: list[torch.Tensor], device) -> list[torch.Tensor]:
