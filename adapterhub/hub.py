@@ -344,7 +344,8 @@ class Hub:
         if batcher is not None and batcher.hub is self and not torch.is_grad_enabled():
             return batcher.packed(key, groups)
         route, order = self._route(key)
-        packed = packing.pack(groups if order is None else [groups[i] for i in order], self.device, one_row=True)
+        packed = packing.pack(groups if order is None else [groups[i] for i in order], self.device, one_row=True,
+                              exact=not torch.is_grad_enabled())   # scores that do not depend on the batch
         if order is not None:  # a mixed batch: the one-adapter layout, each adapter's groups one span of tokens
             route = route.in_one_row(packed.widths, packed.sizes, packed.input_ids.shape[1])
         with self.routing.routed(route):

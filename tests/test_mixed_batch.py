@@ -164,25 +164,17 @@ SAME_LENGTH = [f"The user liked item {a}, item {b}. Will the user like item {c}?
 
 @pytest.mark.slow
 @pytest.mark.real_model
-@pytest.mark.parametrize("quant, texts", [("fp32", TEXTS), ("nf4", SAME_LENGTH)])
+@pytest.mark.parametrize("quant, texts", [("fp32", TEXTS), ("nf4", SAME_LENGTH), ("nf4", TEXTS)])
 def test_a_rows_p_yes_alone_and_in_a_batch_within_2e_3_on_smollm2(smol, quant, texts):
     """The issue's bound, |P(yes) alone - P(yes) in a batch| <= 2e-3, on SmolLM2-135M with four random
-    adapters: fp32 with rows of many lengths; the default quant (nf4: bf16 compute over the dequantized
-    weights) with rows of one length (rows of many lengths: the next test)."""
+    adapters: fp32, and the default quant (nf4: bf16 compute over the dequantized weights) with rows of
+    one length and of many (each group attended at its own shape: adapterhub.packing.Block)."""
     hub = smol(quant)
     if texts is SAME_LENGTH:
         assert len({len(hub.encode(t)) for t in texts}) == 1
+    else:
+        assert len({len(hub.encode(t)) for t in texts}) > 3
     assert dependence(hub, [hub.mix[i % 4] for i in range(len(texts))], texts) <= 2e-3
-
-
-@pytest.mark.slow
-@pytest.mark.real_model
-@pytest.mark.xfail(strict=True, reason="not met: on the bf16 path a row's attention is padded to the longest candidate "
-                   "of its batch (adapterhub.packing), and a longer neighbour moves its logit by ~0.02 even on the bare "
-                   "base; measured max |dP| 0.006 here (issue: 0.023 before)")
-def test_the_default_path_bound_with_rows_of_many_lengths_on_smollm2(smol):
-    hub = smol("nf4")
-    assert dependence(hub, [hub.mix[i % 4] for i in range(len(TEXTS))], TEXTS) <= 2e-3
 
 
 def test_mixed_batch_equals_each_adapters_own_batch(fp32_hub):

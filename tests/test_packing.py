@@ -190,3 +190,31 @@ def test_ship_pins_the_buffer_on_cuda(monkeypatch):
     assert pinned == [8] and moved == [True]
     assert [o.tolist() for o in out] == [p.tolist() for p in parts]
     assert packing.ship(parts, "cpu") is parts  # nothing to copy
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exact_packing_gives_a_group_what_it_gets_alone(hub, dtype):
+    """pack(exact=True), the scoring path: each group attended at its own shape, so a group's hidden
+    states inside a batch of longer and shorter neighbours equal its own batch's: bit for bit through
+    every layer, in bf16 too (padded to the longest, a bf16 row moved with its neighbours); with the
+    last layer's MLP on the read tokens only, to the rounding of a matmul over more rows."""
+    decoder = hub.decoder.to(dtype)
+
+    def hidden(groups, prune, exact=True):
+        return packing.last_hidden(decoder, packing.pack(groups, hub.device, one_row=True, exact=exact), prune).float()
+    try:
+        with torch.no_grad(), hub.use(None):
+            for prune in (False, True):
+                batch, alone = hidden(GROUPS, prune), torch.cat([hidden([g], prune) for g in GROUPS])
+                if prune:
+                    assert torch.allclose(batch, alone, atol=1e-6 if dtype == torch.float32 else 1e-2, rtol=0)
+                else:
+                    assert torch.equal(batch, alone)
+            padded = hidden(GROUPS, False, exact=False)
+    finally:
+        hub.decoder.to(torch.float32)
+    assert torch.allclose(batch, padded, atol=1e-5 if dtype == torch.float32 else 0.1)
+    lay = packing.pack(GROUPS, "cpu", exact=True).layout
+    assert [tuple(b.cand_keys.shape) for b in lay.blocks] == [(3, 9), (1, 7), (2, 11), (3, 7)]
+    two = packing.pack([GROUPS[1], GROUPS[1]], "cpu", exact=True).layout.blocks   # one shape: one block
+    assert len(two) == 1 and two[0].prefix.shape == (2, 3)
