@@ -353,3 +353,22 @@ def test_kill_9_mid_job_and_restart_writes_every_row_once(kill_job, tmp_path):
         early = _kill_and_finish(reg, src, out, delays)
         assert early >= 1, f"trial {trial}: the job ended before the kill; make it longer"
         _check_once(out, clean, 240, [8])
+
+
+@pytest.mark.slow   # two spawned processes each import torch and build a hub: ~15 s here
+def test_workers_give_the_local_engines_output(hub, tmp_path):
+    """workers=2: the parts scored by two spawned processes, each with its own Hub of the same base (one
+    thread each, as this process here), committed in order: the local engine's bytes, bad rows included."""
+    publish_random(hub, "news", seed=0)
+    publish_random(hub, "music", seed=1)
+    rows = make_rows(60, seed=3)
+    rows[7] = {"user": "u7", "history": [], "candidates": [], "adapter": "news"}
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    opts = dict(k=4, part_rows=10, skip_bad=True)
+    local = hub.score_file(src, tmp_path / "local", **opts)
+    pooled = hub.score_file(src, tmp_path / "pool", workers=2, threads=1, **opts)
+    assert (pooled["scored"], pooled["bad"], pooled["parts"]) == (local["scored"], local["bad"], 6) == (59, 1, 6)
+    for name in [p.name for p in sorted((tmp_path / "local").glob("part-*"))] + ["_bad_rows.jsonl"]:
+        assert (tmp_path / "pool" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    with pytest.raises(ConfigError, match="actors"):
+        hub.score_file(src, tmp_path / "x", engine="ray", workers=2)

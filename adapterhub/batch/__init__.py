@@ -57,7 +57,7 @@ def score_file(hub, src, dst, adapter: str | None = None, *, k: int = 10, raw: b
                scenario: str | None = None, catalog=None, skip_bad: bool = False, engine: str = "local",
                in_format: str | None = None, out_format: str = "jsonl", part_rows: int = PART_ROWS,
                batch_tokens: int = BATCH_TOKENS, group_size: int = GROUP_SIZE, overwrite: bool = False,
-               progress: bool = False, actors: int = 1, threads: int | None = None) -> dict:
+               progress: bool = False, actors: int = 1, workers: int = 1, threads: int | None = None) -> dict:
     """Rank every row of `src` into the folder `dst`; resumable (call it again after a kill). -> a
     summary: rows, scored, bad, parts, resumed_parts, seconds, rows_per_s, out, bad_file.
 
@@ -66,12 +66,16 @@ def score_file(hub, src, dst, adapter: str | None = None, *, k: int = 10, raw: b
     skip_bad: set bad rows aside in dst/_bad_rows.jsonl instead of stopping at the first.
     part_rows: records per committed part. batch_tokens, group_size: how rows are batched
     (adapterhub.batch.scorer). engine: "local" or "ray" (actors: the Ray actor pool's size, each
-    actor a Hub using `threads` torch threads; default: this process's)."""
+    actor a Hub using `threads` torch threads; default: this process's). workers: the local engine
+    on this many processes, each with its own Hub and `threads` torch threads (default: the cores
+    shared out; adapterhub.batch.workers)."""
     from .scorer import Options, Scorer, bad_row_error
     if engine not in ENGINES:
         raise ConfigError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+    if workers != 1 and engine != "local":
+        raise ConfigError(f"workers={workers!r} is the local engine's; the Ray engine's pool is actors=")
     for name, value in (("k", k), ("part_rows", part_rows), ("batch_tokens", batch_tokens),
-                        ("group_size", group_size), ("actors", actors)):
+                        ("group_size", group_size), ("actors", actors), ("workers", workers)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name}={value!r} must be an integer >= 1")
     src = Path(src)
@@ -104,9 +108,12 @@ def score_file(hub, src, dst, adapter: str | None = None, *, k: int = 10, raw: b
         with tqdm(total=sc.rows, initial=already, unit="row", desc="score-file", smoothing=0.1,
                   disable=None if progress else True, dynamic_ncols=True) as bar:
             ticks = _Ticks(bar)
-            if engine == "local":  # the bar moves with each forward; under Ray, with each part
+            if engine == "local" and workers == 1:  # the bar moves with each forward; else with each part
                 scorer = Scorer(hub, options, pins, facts, progress=None if bar.disable else ticks.advance)
                 results = _local(scorer, sc, pending, skip_bad)
+            elif engine == "local":
+                from .workers import run as run_workers
+                results = run_workers(hub, sc, pending, options, pins, facts, workers, threads)
             else:
                 from .ray_engine import run as run_ray
                 results = run_ray(hub, sc, pending, options, pins, facts, actors, threads)

@@ -14,54 +14,28 @@ they do locally, and each part's rows are identical to the local engine's.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 
 from ..errors import ConfigError
-from .readers import Part, PartReader, Scan
+from .readers import Part, Scan
 from .scorer import Options, PartResult
+from .workers import PartScorer, scorer_args
 
 log = logging.getLogger(__name__)
 
 
-class PartScorer:
-    """A Ray Data actor: one Hub (built once, on the actor's node), then one part per call."""
-
-    def __init__(self, hub_args: dict, scan: dict, options: dict, pins: dict, facts: dict | None, fingerprint: str,
-                 threads: int | None):
-        import torch
-        from ..base import load_base
-        from ..hub import Hub
-        from .scorer import Scorer
-        if threads:
-            torch.set_num_threads(threads)
-        base = load_base(hub_args.pop("spec"), quant=hub_args.pop("quant"), device=hub_args.pop("device"),
-                         seed=hub_args.pop("seed"), compute=hub_args.pop("compute"))
-        if base.fingerprint != fingerprint:
-            raise ConfigError(f"the actor's base {base.spec!r} has fingerprint {base.fingerprint}, the driver's "
-                              f"{fingerprint}: every node needs the same base files")
-        hub = Hub(base=base, **hub_args)
-        self.scan = Scan(**scan)
-        self.reader = PartReader(self.scan)
-        self.scorer = Scorer(hub, Options(**options), pins, facts)
+class RayPartScorer(PartScorer):
+    """A Ray Data actor: one Hub (built once, on the actor's node), then the parts of each batch."""
 
     def __call__(self, batch: dict) -> dict:
         out = {"part": [], "result": []}
         for values in zip(*(batch[k] for k in ("index", "first", "rows", "offset", "line"))):
-            part = Part(*(int(v) for v in values))
-            res = self.scorer.score_part(part.index, self.reader.rows(part), file=self.scan.path)
-            out["part"].append(part.index)
+            res = self.score(Part(*(int(v) for v in values)))
+            out["part"].append(res.index)
             out["result"].append(json.dumps({"records": res.records, "bad": res.bad, "pins": res.pins}))
         return out
-
-
-def hub_args(hub) -> dict:
-    """What an actor needs to build the same Hub."""
-    b = hub.base
-    return {"spec": b.spec, "quant": b.quant, "device": str(b.device), "seed": b.seed, "compute": b.compute,
-            "registry": str(hub.registry.root), "max_resident": hub.max_resident, "batch_size": hub.batch_size}
 
 
 def run(hub, scan: Scan, pending: list[Part], options: Options, pins: dict, facts: dict | None, actors: int = 1,
@@ -87,12 +61,8 @@ def run(hub, scan: Scan, pending: list[Part], options: Options, pins: dict, fact
     ctx.enable_progress_bars = False
     items = [{"index": p.index, "first": p.first, "rows": p.rows, "offset": p.offset, "line": p.line} for p in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    scan_args = {"path": scan.path, "fmt": scan.fmt, "rows": scan.rows, "parts": [], "header": scan.header}
-    ds = ds.map_batches(PartScorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
-                        fn_constructor_kwargs={"hub_args": hub_args(hub), "scan": scan_args,
-                                               "options": dataclasses.asdict(options),
-                                               "pins": pins, "facts": facts,
-                                               "fingerprint": hub.fingerprint, "threads": threads})
+    ds = ds.map_batches(RayPartScorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
+                        fn_constructor_kwargs=scorer_args(hub, scan, options, pins, facts, threads))
     for row in ds.iter_rows():
         res = json.loads(row["result"])
         yield PartResult(int(row["part"]), res["records"], res["bad"], res["pins"])

@@ -38,7 +38,7 @@ def cmd_score_file(args) -> int:
                              engine=args.engine, in_format=args.in_format, out_format=args.out_format,
                              part_rows=args.part_rows, batch_tokens=args.batch_tokens, group_size=args.group_size,
                              overwrite=args.overwrite, progress=not args.no_progress, actors=args.actors,
-                             threads=args.threads)
+                             workers=args.workers, threads=args.threads)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -76,8 +76,11 @@ def add_commands(sub, parents: dict) -> None:
                    "Data actor pool, on the cluster at $RAY_ADDRESS or a local Ray (pip install 'adapterhub[ray]')")
     s.add_argument("--actors", type=_positive, default=1, metavar="N",
                    help="--engine ray: actors in the pool, each holding one Hub (default 1)")
-    s.add_argument("--threads", type=_positive, default=None, metavar="N", help="--engine ray: torch threads (and "
-                   "CPUs reserved) per actor (default: as many as this process uses)")
+    s.add_argument("--workers", type=_positive, default=1, metavar="N", help="the local engine on N processes, "
+                   "each with its own copy of the base (on a CPU, more processes of fewer threads each score faster; "
+                   "default 1: this process)")
+    s.add_argument("--threads", type=_positive, default=None, metavar="N", help="torch threads per --workers "
+                   "process (default: the cores shared out) or per Ray actor (default: as many as this process uses)")
     s.add_argument("--in-format", choices=IN_FORMATS, help="IN's format when its extension does not say")
     s.add_argument("--out-format", choices=OUT_FORMATS, default="jsonl", help="parts as JSONL (default) or Parquet")
     s.add_argument("--part-rows", type=_positive, default=PART_ROWS, metavar="N",

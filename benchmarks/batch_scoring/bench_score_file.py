@@ -12,7 +12,8 @@
    `hub.recommend(row's adapter, history, candidates, k=10)` and as `hub.score_file` (local engine,
    default batching), in alternating rounds (loop, file, loop, file); rows/s of each over its rounds
    and the ratio. The agreement of the two (top-k sets and order, largest score difference) is
-   recorded beside.
+   recorded beside. With --workers N, each round at the largest thread count also runs
+   `score_file(workers=N, threads=1)` (N processes of one thread, the pool's start included).
 4. Memory: `score_file` on a --mem-rows file and on a 10x longer one (the same users repeated), each
    in a fresh process, with --mem-part-rows rows per part (so the long file is ten times as many
    parts, not one bigger part); peak RSS (ru_maxrss) of each and the ratio.
@@ -144,8 +145,9 @@ def child_rss(args) -> None:
                       "rows": summary["rows"], "seconds": time.perf_counter() - t0}))
 
 
-def speed(hub, rec, rows, src: Path, work: Path, rounds: int, threads: list[int]) -> None:
-    """The recommend loop and score_file on the same rows, alternating, at each torch thread count."""
+def speed(hub, rec, rows, src: Path, work: Path, rounds: int, threads: list[int], workers: int = 0) -> None:
+    """The recommend loop and score_file on the same rows, alternating, at each torch thread count;
+    workers: also score_file(workers=N, threads=1) in each round (at the largest thread count)."""
     import torch
     base_params = {"rows": len(rows), "candidates": sum(len(r["candidates"]) for r in rows),
                    "scenarios": list(SCENARIOS), "k": K, "rounds": rounds}
@@ -154,6 +156,7 @@ def speed(hub, rec, rows, src: Path, work: Path, rounds: int, threads: list[int]
     hub.score_file(write_jsonl(work / "warm.jsonl", rows[:8]), work / "warm-out", k=K)
     loop_s, file_s, load = defaultdict(float), defaultdict(float), defaultdict(list)
     loop_out, file_out = {}, {}
+    pool_s, first_commit, pool_out = [], [], None
     for rnd in range(rounds):
         for nt in threads:
             torch.set_num_threads(nt)
@@ -166,6 +169,13 @@ def speed(hub, rec, rows, src: Path, work: Path, rounds: int, threads: list[int]
             hub.score_file(src, work / f"out-{nt}-{rnd}", k=K)
             file_s[nt] += time.perf_counter() - t0
             file_out[nt] = read_parts(work / f"out-{nt}-{rnd}")
+            if workers > 1 and nt == max(threads):   # the pool's start (spawn, a base per process) included
+                t0 = time.perf_counter()
+                _, commits = timed_commits(lambda: hub.score_file(src, work / f"out-w{rnd}", k=K, workers=workers,
+                                                                  threads=1))
+                pool_s.append(time.perf_counter() - t0)
+                first_commit.append(commits[0] - t0)
+                pool_out = read_parts(work / f"out-w{rnd}")
             load[nt].append(os.getloadavg()[0])
             print(f"round {rnd}, {nt} threads: loop {loop_s[nt]:.1f} s, score-file {file_s[nt]:.1f} s (cumulative)",
                   flush=True)
@@ -181,6 +191,14 @@ def speed(hub, rec, rows, src: Path, work: Path, rounds: int, threads: list[int]
         rec.record("rows_per_s", {**params, "path": "score-file (local)"}, n / file_s[nt], "rows/s",
                    {**extra, "speedup_vs_loop": loop_s[nt] / file_s[nt], "top_k_same_set": same_set / len(rows),
                     "top_k_same_order": same_order / len(rows), "max_abs_score_diff": max(diffs)})
+    if pool_s:
+        nt = max(threads)
+        n = len(rows) * rounds
+        rec.record("rows_per_s", {**base_params, "threads": 1, "workers": workers, "path": "score-file (workers)"},
+                   n / sum(pool_s), "rows/s",
+                   {"speedup_vs_loop": loop_s[nt] / sum(pool_s), "loop_threads": nt,
+                    "speedup_vs_score_file": file_s[nt] / sum(pool_s), "first_part_s": first_commit,
+                    "identical_to_local": pool_out == file_out[nt]})
     torch.set_num_threads(max(threads))
 
 
@@ -248,6 +266,9 @@ def main(argv=None) -> None:
     ap.add_argument("--mem-candidates", type=int, default=8, help="candidates per user in the memory files")
     ap.add_argument("--engine-part-rows", type=int, default=8, help="rows per part in the local-vs-Ray run")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray engine")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory runs")
+    ap.add_argument("--workers", type=int, default=2, help="also time score-file with this many 1-thread worker "
+                    "processes in each speed round (0: no)")
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--adapters", default="adapters", help="the registry to copy (read only)")
     ap.add_argument("--out", default=str(Path(__file__).parent))
@@ -270,8 +291,9 @@ def main(argv=None) -> None:
                        compute=hub.base.compute)
         for name in SCENARIOS:
             hub.load(name)
-        speed(hub, rec, rows, src, work, args.rounds, [int(t) for t in args.threads.split(",")])
-        memory(args, rec, reg, work)
+        speed(hub, rec, rows, src, work, args.rounds, [int(t) for t in args.threads.split(",")], args.workers)
+        if not args.no_memory:
+            memory(args, rec, reg, work)
         if not args.no_ray:
             engines(args, hub, rec, rows, src, work)
         rec.print_table()
