@@ -43,7 +43,7 @@ def protocol_table(card: dict, split: str = "test") -> str:
     metric = card.get("primary_metric")
     tables = {"sampled": ((card.get("metrics") or {}).get(split) or {})}
     for name, rows in ((card.get("protocols") or {}).get(split) or {}).items():
-        tables[name] = rows or {}
+        tables[name] = rows or {}   # a 'sampled' here was measured with the others, on their sample (eval --n)
     pointwise = (card.get("data") or {}).get("task") == "pointwise"
     columns = [("sampled", m) for m in (metric, "user_auc")] if pointwise else [(p, metric) for p in tables]
     methods = list(dict.fromkeys(m for rows in tables.values() for m, r in rows.items() if isinstance(r, dict)))

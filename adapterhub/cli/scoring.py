@@ -52,9 +52,9 @@ def cmd_eval(args) -> int:
         found = f"only label {labels[0]} in its {len(examples)} examples" if labels else "no examples"
         raise DataError(f"the {args.split} split of scenario '{data.scenario}' has {found}; its metrics need both "
                         "labels 0 and 1: evaluate another split (--split) or more examples (--n)")
-    if args.update_card and (args.ref == "base" or args.n is not None or args.catalog):
+    if args.update_card and (args.ref == "base" or args.catalog):
         raise ConfigError("--update-card writes a version's figures on its own examples and facts: give a version "
-                          "(not 'base'), and leave --n and --catalog out")
+                          "(not 'base'), and leave --catalog out")
     hub = make_hub(args)
     if args.ref == "base":
         result = {"ref": "base", "split": args.split, "n_examples": len(examples),
@@ -66,7 +66,7 @@ def cmd_eval(args) -> int:
                                    progress=True, catalog=args.catalog)
             if args.update_card:
                 from ..cards import refresh
-                refresh(hub.registry, one["ref"], one, "adapterhub " + " ".join(sys.argv[1:]))
+                refresh(hub.registry, one["ref"], one, "adapterhub " + " ".join(sys.argv[1:]), subset=args.n is not None)
             result = one if result is None else {**result, "protocols": {**result["protocols"], **one["protocols"]}}
     if args.json:
         print(json.dumps({**result, "n": result["n_examples"], "metrics": result["protocols"].get("sampled")}, indent=2))
@@ -164,7 +164,8 @@ def add_commands(sub, parents: dict) -> None:
     s.add_argument("--catalog", default=None, metavar="FILE", help="score with item facts from this catalog "
                    "(adapterhub catalog build) instead of the version's own")
     s.add_argument("--update-card", action="store_true", help="also write the figures into the version's card "
-                   "(card.json only; 'adapterhub show REF --table' prints them)")
+                   "(card.json only; 'adapterhub show REF --table' prints them); with --n, a sample of the card's "
+                   "examples: every protocol, sampled too, goes beside the card's own figures, which stay")
     s.add_argument("--json", action="store_true", help="print {ref, split, n, metrics, protocols} as JSON instead of tables")
     s.set_defaults(func=cmd_eval)
 
