@@ -157,3 +157,10 @@ def test_a_card_reports_every_protocol_and_show_prints_them(hub, tmp_path, capsy
     hub.registry.load(adapter.key)   # weights untouched: their sha256 still matches
     table = protocol_table(refreshed)
     assert "sampled ndcg@10" in table and "catalog ndcg@10" in table and "adapter (fused)" in table
+    # a refresh on a sample of the card's examples (eval --n) keeps the card's own figures
+    sample = evaluate_version(hub, adapter.key, data, "test", ("sampled",), n=len(data.splits["test"]) // 2)
+    assert sample["n_examples"] < result["n_examples"]
+    kept = refresh(hub.registry, adapter.key, sample, "test", subset=True)
+    assert kept["metrics"]["test"] == refreshed["metrics"]["test"]
+    assert kept["protocols"]["test"]["sampled"] == sample["protocols"]["sampled"]
+    assert kept["refreshed"][-1]["subset"] is True
