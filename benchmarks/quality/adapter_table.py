@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 
+from adapterhub.protocols import PROTOCOLS
 from adapterhub.registry import Registry
 
 RULE = {"video": "like-share+rate", "news": "category-overlap", "ecommerce": "brand-overlap",
@@ -81,10 +82,12 @@ def protocol_rows(reg: Registry) -> list[str]:
             continue
         metric, scenario = card["primary_metric"], card.get("scenario", name)
         rule = RULE.get(scenario) or next((k for k in test if k.endswith("-overlap")), None)
-        tables = [("sampled", test, metric)]
+        protocols = (card.get("protocols") or {}).get("test") or {}
+        sampled = protocols.get("sampled") or test   # measured with the others on their sample (eval --n)
+        tables = [("sampled", sampled, metric)]
         if card.get("data", {}).get("task") == "pointwise":
-            tables.append(("per-user AUC", test, "user_auc"))
-        tables += [(p, rows or {}, metric) for p, rows in ((card.get("protocols") or {}).get("test") or {}).items()]
+            tables.append(("per-user AUC", sampled, "user_auc"))
+        tables += [(p, protocols[p] or {}, metric) for p in PROTOCOLS[1:] if p in protocols]
         for protocol, rows, m in tables:
             if "adapter" not in rows:
                 out.append(f"| {scenario} | {protocol} | no group kept | - | - | - | - | - | - | - | - |")
