@@ -163,23 +163,32 @@ def pack(groups: list[tuple[list[int], list[list[int]]]], device, one_row: bool 
 
 
 def by_shape(groups, prefix_idx, cand_idx, cand_group: list[int], n_tokens: int):
-    """pack(exact=True): the groups by (prefix length, longest suffix) -> (shapes, [prefix, cands,
-    cand_keys] per shape flattened, back), `back` indexing the blocks' outputs in order: each
-    block's prefix tokens, then its candidates' (S per candidate, pads included and never read)."""
-    members: dict[tuple[int, int], list[int]] = {}
+    """pack(exact=True): the candidates by shape -> (shapes, [prefix, cands, cand_keys] per shape
+    flattened, back), `back` indexing the blocks' outputs in order: each block's prefix tokens, then
+    its candidates' (S per candidate, pads included and never read). A group with a prefix (one
+    user's candidates) is one shape, (prefix length, its longest suffix); without one, each of its
+    candidates is a plain prompt of its own length (the batcher packs several callers' rows into one
+    such group: padded to the longest, a row would depend on its neighbours)."""
+    members: dict[tuple[int, int], tuple[list[int], list[int]]] = {}   # shape -> (groups, candidates)
+    c = 0
     for g, (prefix, suffixes) in enumerate(groups):
-        members.setdefault((len(prefix), max(map(len, suffixes))), []).append(g)
+        P, longest = len(prefix), max(map(len, suffixes))
+        for suf in suffixes:
+            gs, cs = members.setdefault((P, longest) if P else (0, len(suf)), ([], []))
+            if P and (not gs or gs[-1] != g):
+                gs.append(g)
+            cs.append(c)
+            c += 1
     owner = torch.tensor(cand_group, dtype=torch.long)
     lengths = torch.tensor([len(s) for _, sufs in groups for s in sufs], dtype=torch.long)
     back, parts, at = torch.zeros(n_tokens, dtype=torch.long), [], 0
-    for (P_b, S_b), gs in members.items():
-        gs = torch.tensor(gs, dtype=torch.long)
-        mine = torch.isin(owner, gs).nonzero().view(-1)
-        prefix, cands = prefix_idx[gs, :P_b], cand_idx[mine, :S_b]
-        parts += [prefix, cands, torch.cat([prefix_idx[owner[mine], :P_b], cands], dim=1)]
+    for (P_b, S_b), (gs, cs) in members.items():
+        gs, cs = torch.tensor(gs, dtype=torch.long), torch.tensor(cs, dtype=torch.long)
+        prefix, cands = prefix_idx[gs, :P_b], cand_idx[cs, :S_b]
+        parts += [prefix, cands, torch.cat([prefix_idx[owner[cs], :P_b], cands], dim=1)]
         back[prefix.reshape(-1)] = torch.arange(at, at + prefix.numel())
         at += prefix.numel()
-        real = torch.arange(S_b)[None, :] < lengths[mine][:, None]  # a shorter candidate's pads point at token 0
+        real = torch.arange(S_b)[None, :] < lengths[cs][:, None]  # a shorter candidate's pads point at token 0
         back[cands[real]] = (at + torch.arange(cands.numel())).view_as(cands)[real]
         at += cands.numel()
     return list(members), parts, back

@@ -218,3 +218,19 @@ def test_exact_packing_gives_a_group_what_it_gets_alone(hub, dtype):
     assert [tuple(b.cand_keys.shape) for b in lay.blocks] == [(3, 9), (1, 7), (2, 11), (3, 7)]
     two = packing.pack([GROUPS[1], GROUPS[1]], "cpu", exact=True).layout.blocks   # one shape: one block
     assert len(two) == 1 and two[0].prefix.shape == (2, 3)
+
+
+def test_exact_packing_keeps_plain_rows_packed_together_apart(hub):
+    """Rows without a prefix packed side by side as one group (the batcher's score rows): under exact
+    each is attended at its own length, so a row gets what it gets alone whoever shares its group."""
+    rows = [[1, 5, 9, 14, 3, 7], [2, 8], [1, 40, 41, 42, 43, 44, 45, 46, 47, 48], [3]]
+    decoder = hub.decoder.to(torch.bfloat16)
+    try:
+        with torch.no_grad(), hub.use(None):
+            together = packing.last_hidden(decoder, packing.pack([([], rows)], hub.device, exact=True), False)
+            alone = torch.cat([packing.last_hidden(decoder, packing.pack([([], [r])], hub.device, exact=True), False)
+                               for r in rows])
+    finally:
+        hub.decoder.to(torch.float32)
+    assert torch.equal(together, alone)
+    assert len(packing.pack([([], rows)], "cpu", exact=True).layout.blocks) == 4
