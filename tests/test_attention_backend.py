@@ -104,8 +104,9 @@ def test_training_stays_bf16_on_cuda_and_fp32_on_cpu(calls, monkeypatch):
 
 
 def test_the_hubs_forward_uses_it(hub, calls, monkeypatch):
-    """Through the model: a hub's score (plain prompts) makes only causal, mask-free calls."""
+    """Through the model: a hub's score (plain prompts) makes only causal, mask-free calls, one per
+    layer and prompt length (each row attended at its own shape)."""
     monkeypatch.setattr(packing, "_is_cuda", lambda t: True)
     hub.score([(None, "a plain prompt"), (None, "another one, longer than the first")])
     n_layers = hub.model.config.num_hidden_layers
-    assert len(calls) == n_layers and all(c["causal"] and c["mask"] is None for c in calls)
+    assert len(calls) == 2 * n_layers and all(c["causal"] and c["mask"] is None for c in calls)
