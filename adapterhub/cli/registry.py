@@ -41,9 +41,11 @@ def protocol_table(card: dict, split: str = "test") -> str:
     """The card's primary metric per method (rows) and candidate protocol (columns), with intervals;
     a pointwise card shows its pooled and per-user AUC instead."""
     metric = card.get("primary_metric")
+    from ..protocols import PROTOCOLS
     tables = {"sampled": ((card.get("metrics") or {}).get(split) or {})}
-    for name, rows in ((card.get("protocols") or {}).get(split) or {}).items():
-        tables[name] = rows or {}   # a 'sampled' here was measured with the others, on their sample (eval --n)
+    measured = (card.get("protocols") or {}).get(split) or {}
+    for name in sorted(measured, key=lambda p: PROTOCOLS.index(p) if p in PROTOCOLS else len(PROTOCOLS)):
+        tables[name] = measured[name] or {}   # a 'sampled' here was measured with the others, on their sample (eval --n)
     pointwise = (card.get("data") or {}).get("task") == "pointwise"
     columns = [("sampled", m) for m in (metric, "user_auc")] if pointwise else [(p, metric) for p in tables]
     methods = list(dict.fromkeys(m for rows in tables.values() for m, r in rows.items() if isinstance(r, dict)))
