@@ -13,7 +13,8 @@
    default batching), in alternating rounds (loop, file, loop, file); rows/s of each over its rounds
    and the ratio. The agreement of the two (top-k sets and order, largest score difference) is
    recorded beside. With --workers N, each round at the largest thread count also runs
-   `score_file(workers=N, threads=1)` (N processes of one thread, the pool's start included).
+   `score_file(workers=N, threads=1)` (N processes of one thread, the pool's start included; parts of
+   rows / 2N rows, so that every worker has parts: a part is one worker's task).
 4. Memory: `score_file` on a --mem-rows file and on a 10x longer one (the same users repeated), each
    in a fresh process, with --mem-part-rows rows per part (so the long file is ten times as many
    parts, not one bigger part); peak RSS (ru_maxrss) of each and the ratio.
@@ -171,8 +172,9 @@ def speed(hub, rec, rows, src: Path, work: Path, rounds: int, threads: list[int]
             file_out[nt] = read_parts(work / f"out-{nt}-{rnd}")
             if workers > 1 and nt == max(threads):   # the pool's start (spawn, a base per process) included
                 t0 = time.perf_counter()
+                part_rows = max(1, len(rows) // (2 * workers))   # parts for every worker: a part is one task
                 _, commits = timed_commits(lambda: hub.score_file(src, work / f"out-w{rnd}", k=K, workers=workers,
-                                                                  threads=1))
+                                                                  threads=1, part_rows=part_rows))
                 pool_s.append(time.perf_counter() - t0)
                 first_commit.append(commits[0] - t0)
                 pool_out = read_parts(work / f"out-w{rnd}")
@@ -198,6 +200,7 @@ def speed(hub, rec, rows, src: Path, work: Path, rounds: int, threads: list[int]
                    n / sum(pool_s), "rows/s",
                    {"speedup_vs_loop": loop_s[nt] / sum(pool_s), "loop_threads": nt,
                     "speedup_vs_score_file": file_s[nt] / sum(pool_s), "first_part_s": first_commit,
+                    "part_rows": max(1, len(rows) // (2 * workers)),
                     "identical_to_local": pool_out == file_out[nt]})
     torch.set_num_threads(max(threads))
 
