@@ -77,8 +77,8 @@ def add_commands(sub, parents: dict) -> None:
     s.add_argument("--actors", type=_positive, default=1, metavar="N",
                    help="--engine ray: actors in the pool, each holding one Hub (default 1)")
     s.add_argument("--workers", type=_positive, default=1, metavar="N", help="the local engine on N processes, "
-                   "each with its own copy of the base (on a CPU, more processes of fewer threads each score faster; "
-                   "default 1: this process)")
+                   "each with its own copy of the base, loaded first (on a CPU, for long jobs of many parts: several "
+                   "processes of fewer threads score more once started; default 1: this process)")
     s.add_argument("--threads", type=_positive, default=None, metavar="N", help="torch threads per --workers "
                    "process (default: the cores shared out) or per Ray actor (default: as many as this process uses)")
     s.add_argument("--in-format", choices=IN_FORMATS, help="IN's format when its extension does not say")
