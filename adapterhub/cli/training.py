@@ -5,7 +5,8 @@ import logging
 import os
 
 from ..errors import ConfigError
-from .common import add_config_options, check_refs, config_overrides, make_hub, load_data, print_metrics
+from .common import (add_config_options, check_refs, config_overrides, make_hub, load_data, open_registry,
+                     print_metrics)
 
 
 CPU_DEFAULT_MINUTES = 30   # a first run on CPU ends, evaluates and publishes in about this long
@@ -56,6 +57,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_reblend(args) -> int:
+    from ..protocols import check
+    from ..train import load_card_data
+    from ..train.reblend import reblend
+    check_refs(args, args.ref)
+    protocols = [check(p.strip()) for p in args.valid_protocols.split(",") if p.strip()]
+    card = open_registry(args).card(args.ref)
+    data = load_card_data(card, args.data)   # the data it was trained on, as its card recorded it
+    hub = make_hub(args)
+    promote = True if args.force else None
+    adapter, card = reblend(hub, args.ref, data, protocols, promote=promote, progress=True)
+    state = "current" if hub.registry.current(adapter.name) == adapter.version else "not promoted"
+    print(f"published {adapter.key} ({state}): the weights of {card['reblend']['from']} with its blend refit on valid "
+          f"under {', '.join(protocols)}")
+    print(f"valid, {card['reblend']['n_valid_examples']} examples: the refits cross-fitted (each fold of groups scored by a "
+          f"blend fit on the others), its own blend and the rules as they are; chosen: {card['reblend']['chosen']}")
+    for method, row in card["reblend"]["cross_fitted"].items():
+        print(f"  {method:<22} " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
+    print(f"measure it on test: adapterhub eval {adapter.key} --scenario {card['scenario']} --protocol all --update-card")
+    return 0
+
+
 def add_commands(sub, parents: dict) -> None:
     from ..config import TrainConfig
     common, model, data = parents["common"], parents["model"], parents["data"]
@@ -68,4 +91,15 @@ def add_commands(sub, parents: dict) -> None:
                    "from its last check, saved in REGISTRY/.runs/NAME/ (the same options; --max-minutes may change)")
     add_config_options(s.add_argument_group("training options (TrainConfig fields)"), TrainConfig)
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("reblend", parents=[common, model], help="refit a version's fused blend on valid groups drawn "
+                       "under several candidate protocols; publish it as a new version (same weights and facts)")
+    s.add_argument("ref", help="the version whose blend to refit: name or name@vN (its facts rebuilt here)")
+    s.add_argument("--data", default=None, help="the folder of the data it was trained on (default: "
+                   "$ADAPTERHUB_DATA or ../shared/data)")
+    s.add_argument("--valid-protocols", default="sampled,catalog,popular", help="candidate protocols the valid "
+                   "groups are drawn under, pooled (default sampled,catalog,popular; a pointwise scenario: sampled)")
+    s.add_argument("--force", action="store_true", help="make the new version current even if its blend does "
+                   "not beat the old one on cross-fitted valid")
+    s.set_defaults(func=cmd_reblend)
 

@@ -1,0 +1,160 @@
+"""Refitting a published version's fused blend on valid groups drawn under several candidate
+protocols (adapterhub reblend): the same weights and facts, a new blend, published as a new
+version whose card says where it came from.
+
+A blend fit on the loader's negatives only learns what holds there (popularity, mostly), which a
+client's whole-catalog or popular candidates turn against it. Here the version's valid examples
+are redrawn under each protocol and pooled; three blends compete on them (the rules beside them,
+for reference): the version's own, one
+fit pointwise and one fit within groups (fused.fit(groups=...)). The two refits are judged
+cross-fitted (fit on the other folds of valid groups, scored on the held-out fold), by the mean
+over protocols of the primary metric, so none is judged on what it was fit on. The new version is
+promoted only when the winner is a refit that beats the version's own blend there. Test is not
+touched; `adapterhub eval --update-card` measures it afterwards.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from .. import facts as facts_mod
+from ..errors import ConfigError, DataError
+from ..baselines import popularity
+from ..protocols import RANKING_TASKS, check, regroup, with_catalog
+from ..scoring import blend_rows, encode_examples, fused_scores, primary_metric, score_examples
+
+log = logging.getLogger(__name__)
+
+FOLDS = 5
+POINTWISE_VIEWS = ("auc", "user_auc")   # a pointwise scenario's blend is judged on both AUCs
+
+
+def reblend(hub, ref: str, data, protocols=("sampled", "catalog", "popular"), promote: bool | None = None,
+            progress: bool = False) -> tuple[object, dict]:
+    """Refit `ref`'s fused blend on its valid examples under `protocols` (pooled) and publish the
+    same weights and facts with the winning blend as a new version -> (its Adapter, its card).
+    data: what `ref` was trained on (train.load_card_data). promote=None: promoted only if a refit
+    blend beats the version's own on cross-fitted valid."""
+    from ..recommend import facts_of
+    from .publish import card_splits, peft_adapter_config
+    adapter = hub.load(ref)
+    key, card, reg = adapter.key, adapter.card, hub.registry
+    if card.get("scenarios"):
+        raise ConfigError(f"{key} was trained on several scenarios: reblend a one-scenario version")
+    if (card.get("data") or {}).get("sha256") != data.sha256:
+        raise DataError(f"{key} was trained on other data (sha256 {card['data']['sha256'][:12]}...): load the "
+                        "data it was trained on (the same --data-option values; see adapters/README.md)")
+    facts = facts_of(reg, key)
+    if facts is None or not card.get("fused"):
+        raise ConfigError(f"{key} has no facts here or no fused blend: rebuild its facts first "
+                          f"(adapterhub facts {key}), or it was trained without them")
+    protocols = [check(p) for p in protocols]
+    if data.task not in RANKING_TASKS and protocols != ["sampled"]:
+        raise ConfigError(f"scenario '{data.scenario}' is {data.task}: its candidates are not groups to redraw; "
+                          "give --valid-protocols sampled (the blend is judged on pooled and per-user AUC)")
+    t0 = time.perf_counter()
+    seed = card["train"]["seed"]
+    _, valid, _ = card_splits(card, data)
+    data = with_catalog(data) if protocols != ["sampled"] else data
+    counts = popularity(data) if data.task in RANKING_TASKS else None
+    views = {p: regroup(data, valid, p, seed, counts) for p in protocols}
+    pooled = [ex for p in protocols for ex in views[p]]
+    probs = score_examples(hub, key, encode_examples(hub, data, pooled, facts), progress=progress,
+                           desc=f"scoring {key} on valid ({', '.join(protocols)})")
+    X = blend_rows(probs, facts, data.scenario, pooled)
+    names = ["llm_logit", *facts_mod.feature_names(data.scenario)]
+    groups = [_group(ex, data.task) for ex in pooled]
+    scores = {"its own blend": fused_scores(card["fused"], facts, data.scenario, pooled, probs),
+              "refit, pointwise": cross_fitted(X, pooled, groups, names, within_groups=False),
+              "refit, within groups": cross_fitted(X, pooled, groups, names, within_groups=True),
+              "raw": probs}
+    from ..baselines import for_scenario
+    rules = {name: fn(data, pooled, seed=seed) for name, fn in for_scenario(data).items() if name != "random"}
+    table = {method: judge(data.task, views, pooled, s) for method, s in {**scores, **rules}.items()}
+    best = max(("its own blend", "refit, pointwise", "refit, within groups"), key=lambda m: table[m]["mean"])
+    from ..fused import fit
+    fused = fit(X, [ex.label for ex in pooled], names=names,
+                groups=groups if best == "refit, within groups" else None)
+    if best == "its own blend":
+        log.info("%s: its own blend stays best on cross-fitted valid; the new version gets the pointwise refit, "
+                 "not promoted", key)
+    won = best != "its own blend"
+    record = {"from": key, "valid_protocols": protocols, "n_valid_examples": len(pooled), "folds": FOLDS,
+              "cross_fitted": table, "chosen": best if won else "refit, pointwise",
+              "promoted_because": "beats its own blend" if won else None, "s": round(time.perf_counter() - t0, 1)}
+    metric = primary_metric(data.task)
+    new = {k: v for k, v in card.items() if k not in _NOT_INHERITED}
+    new["parents"] = [key]
+    new["description"] = f"{card.get('description', '')} | blend refit on valid under {', '.join(protocols)}".strip(" |")
+    new["fused"] = {**fused, "fit_on": "valid", "valid_protocols": protocols,
+                    "note": "valid metrics of the fused score are cross-fitted (reblend)"}
+    new["reblend"] = record
+    # metrics.valid: the pooled valid groups (the refit judged cross-fitted); test is measured by eval --update-card
+    new["metrics"] = {"valid": {"adapter": _flat(table["raw"], metric),
+                                "adapter (fused)": _flat(table[record["chosen"]], metric),
+                                "adapter (fused, its own blend)": _flat(table["its own blend"], metric)}}
+    config, tensors, _, _ = reg.load(key)
+    files = {facts_mod.FACTS_FILE: facts_mod.dumps(facts)}
+    promote = (won if promote is None else promote)
+    version = reg.publish(card["name"], tensors, config, new, promote=promote, metric=metric, files=files)
+    log.info("published %s@%s (%s): %s", card["name"], version, "current" if promote else "not promoted",
+             "; ".join(f"{m} {t['mean']:.4f}" for m, t in table.items()))
+    return hub.load(f"{card['name']}@{version}"), reg.card(f"{card['name']}@{version}")
+
+
+_NOT_INHERITED = {"name", "version", "weights_sha256", "files", "created", "adapterhub_version", "promotion",
+                  "refreshed", "protocols", "verdict", "metrics", "eval_s", "weights_dtype", "fused", "reblend"}
+
+
+def _group(ex, task: str) -> str:
+    """What a blend is ranked within: the candidate group, or a pointwise scenario's user."""
+    return ex.user if task not in RANKING_TASKS else (ex.group or ex.user)
+
+
+def folds_of(groups: list[str], k: int = FOLDS) -> list[int]:
+    """Each row's fold: whole groups, dealt round-robin in order of first appearance (deterministic)."""
+    index: dict[str, int] = {}
+    for g in groups:
+        index.setdefault(g, len(index) % k)
+    return [index[g] for g in groups]
+
+
+def cross_fitted(X, examples, groups: list[str], names, within_groups: bool, k: int = FOLDS) -> list[float]:
+    """Each row's fused P(yes) from a blend fit on the other folds' groups."""
+    from ..fused import apply, fit, sigmoid
+    fold = folds_of(groups, k)
+    out = [0.0] * len(X)
+    for f in range(k):
+        fit_rows = [i for i, g in enumerate(fold) if g != f]
+        rows = [i for i, g in enumerate(fold) if g == f]
+        if not rows:
+            continue
+        model = fit([X[i] for i in fit_rows], [examples[i].label for i in fit_rows], names=names,
+                    groups=[groups[i] for i in fit_rows] if within_groups else None)
+        for i, z in zip(rows, apply(model, [X[i] for i in rows])):
+            out[i] = sigmoid(z)
+    return out
+
+
+def judge(task: str, views: dict, pooled: list, scores: list[float]) -> dict:
+    """One method's primary metric under each protocol (a pointwise scenario: pooled and per-user
+    AUC) and their mean."""
+    from ..evaluation import evaluate
+    metric, out, at = primary_metric(task), {}, 0
+    for protocol, examples in views.items():
+        m = evaluate(task, examples, scores[at:at + len(examples)])
+        at += len(examples)
+        if task in RANKING_TASKS:
+            out[protocol] = round(m[metric], 4)
+        else:
+            out.update({view: round(m[view], 4) for view in POINTWISE_VIEWS if view in m})
+    out["mean"] = round(sum(out.values()) / len(out), 4)
+    return out
+
+
+def _flat(row: dict, metric: str) -> dict:
+    """A judged row as a card metrics row: a pointwise scenario's AUCs as they are; a ranking
+    scenario's mean over protocols as its primary metric, each protocol's beside it."""
+    if metric in row:
+        return {k: v for k, v in row.items() if k != "mean"}
+    return {metric: row["mean"], **{f"{metric} ({k})": v for k, v in row.items() if k != "mean"}}

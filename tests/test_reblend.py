@@ -1,0 +1,54 @@
+"""Refitting a version's fused blend on valid groups under several protocols (adapterhub reblend)."""
+import pytest
+
+from adapterhub.config import TrainConfig
+from adapterhub.errors import DataError
+from adapterhub.fused import apply, fit, sigmoid
+from adapterhub.train.reblend import cross_fitted, folds_of, reblend
+from test_protocols import ranking_data
+
+
+def test_folds_keep_groups_whole_and_a_row_is_scored_by_a_blend_that_never_saw_its_group():
+    groups = ["a", "a", "b", "c", "b", "d", "e", "f", "f"]
+    fold = folds_of(groups, k=3)
+    for g in set(groups):
+        assert len({f for f, h in zip(fold, groups) if h == g}) == 1
+    assert fold[:4] == [0, 0, 1, 2] and fold[5] == 0   # dealt round-robin in order of first appearance
+    X = [[float(i % 3), float(i % 2)] for i in range(len(groups))]
+    examples = [type("E", (), {"label": i % 2})() for i in range(len(groups))]
+    out = cross_fitted(X, examples, groups, ["a", "b"], within_groups=False, k=3)
+    rows = [i for i, f in enumerate(fold) if f != 1]
+    held = fit([X[i] for i in rows], [examples[i].label for i in rows], names=["a", "b"])
+    assert out[2] == pytest.approx(sigmoid(apply(held, [X[2]])[0]))
+
+
+def test_reblend_publishes_the_same_weights_with_a_blend_judged_cross_fitted(hub):
+    data = ranking_data()
+    cfg = TrainConfig(max_steps=2, eval_every=2, batch_size=12, group_size=6, n_valid=None, n_test=None)
+    adapter, card = hub.train("music", data, cfg, progress=False, force=True)
+    new, new_card = reblend(hub, adapter.key, data, ("sampled", "catalog", "popular"))
+    assert new.key == "music@v2" and new_card["parents"] == [adapter.key]
+    assert new_card["weights_sha256"] == card["weights_sha256"]
+    assert new_card["files"] == card["files"]   # the same facts
+    record = new_card["reblend"]
+    assert record["valid_protocols"] == ["sampled", "catalog", "popular"]
+    assert record["n_valid_examples"] > len(data.splits["valid"])   # the three protocols' groups, pooled
+    table = record["cross_fitted"]
+    assert {"its own blend", "refit, pointwise", "refit, within groups", "raw", "most-popular"} <= set(table)
+    for row in table.values():
+        assert set(row) == {"sampled", "catalog", "popular", "mean"}
+        assert row["mean"] == pytest.approx(sum(row[p] for p in ("sampled", "catalog", "popular")) / 3, abs=1e-4)
+    best_refit = max(table["refit, pointwise"]["mean"], table["refit, within groups"]["mean"])
+    promoted = hub.registry.current("music") == "v2"
+    assert promoted == (best_refit > table["its own blend"]["mean"])
+    assert new_card["fused"]["valid_protocols"] == ["sampled", "catalog", "popular"]
+    assert new_card["metrics"]["valid"]["adapter"]["ndcg@10"] == table["raw"]["mean"]
+    assert "protocols" not in new_card and "test" not in new_card["metrics"]   # test: eval --update-card
+
+
+def test_reblend_refuses_data_the_version_was_not_trained_on(hub):
+    data = ranking_data()
+    cfg = TrainConfig(max_steps=2, eval_every=2, batch_size=12, group_size=6, n_valid=None, n_test=None)
+    adapter, _ = hub.train("music", data, cfg, progress=False, force=True)
+    with pytest.raises(DataError, match="other data"):
+        reblend(hub, adapter.key, ranking_data(seed=1).__class__(**{**ranking_data().__dict__, "sha256": "y"}))
