@@ -52,3 +52,18 @@ def test_reblend_refuses_data_the_version_was_not_trained_on(hub):
     adapter, _ = hub.train("music", data, cfg, progress=False, force=True)
     with pytest.raises(DataError, match="other data"):
         reblend(hub, adapter.key, ranking_data(seed=1).__class__(**{**ranking_data().__dict__, "sha256": "y"}))
+
+
+def test_a_pointwise_version_is_judged_on_pooled_and_per_user_auc_and_refuses_redrawn_groups(hub):
+    from conftest import toy_data
+    from adapterhub.errors import ConfigError
+    data = toy_data()
+    cfg = TrainConfig(max_steps=2, eval_every=2, batch_size=8, n_valid=None, n_test=None)
+    adapter, _ = hub.train("toy", data, cfg, progress=False, force=True)
+    with pytest.raises(ConfigError, match="pointwise"):
+        reblend(hub, adapter.key, data, ("sampled", "catalog"))
+    _, card = reblend(hub, adapter.key, data, ("sampled",))
+    for row in card["reblend"]["cross_fitted"].values():
+        assert {"auc", "user_auc", "mean"} <= set(row)
+        assert row["mean"] == pytest.approx((row["auc"] + row["user_auc"]) / 2, abs=1e-4)
+    assert set(card["metrics"]["valid"]["adapter"]) == {"auc", "user_auc"}

@@ -58,13 +58,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_reblend(args) -> int:
-    from ..protocols import check
+    from ..protocols import RANKING_TASKS, check
     from ..train import load_card_data
     from ..train.reblend import reblend
     check_refs(args, args.ref)
-    protocols = [check(p.strip()) for p in args.valid_protocols.split(",") if p.strip()]
     card = open_registry(args).card(args.ref)
     data = load_card_data(card, args.data)   # the data it was trained on, as its card recorded it
+    given = args.valid_protocols or ("sampled,catalog,popular" if data.task in RANKING_TASKS else "sampled")
+    protocols = [check(p.strip()) for p in given.split(",") if p.strip()]
     hub = make_hub(args)
     promote = True if args.force else None
     adapter, card = reblend(hub, args.ref, data, protocols, promote=promote, progress=True)
@@ -97,7 +98,7 @@ def add_commands(sub, parents: dict) -> None:
     s.add_argument("ref", help="the version whose blend to refit: name or name@vN (its facts rebuilt here)")
     s.add_argument("--data", default=None, help="the folder of the data it was trained on (default: "
                    "$ADAPTERHUB_DATA or ../shared/data)")
-    s.add_argument("--valid-protocols", default="sampled,catalog,popular", help="candidate protocols the valid "
+    s.add_argument("--valid-protocols", default=None, help="candidate protocols the valid "
                    "groups are drawn under, pooled (default sampled,catalog,popular; a pointwise scenario: sampled)")
     s.add_argument("--force", action="store_true", help="make the new version current even if its blend does "
                    "not beat the old one on cross-fitted valid")
