@@ -9,17 +9,14 @@
 
 A call runs the hub's own `score` / `recommend` in the caller's thread (references resolved,
 prompts rendered, tokenized and checked there), up to the forward: that is handed to one worker
-thread, which runs the waiting requests' items (score rows, or ranking groups of one history prefix
-and its candidates) through Hub.packed_logits, one adapter per packed group:
-- score rows of one adapter are packed side by side into rows of about the longest prompt's width
-  (first-fit, longest first), each attending only to itself with its own positions: no padding,
-  and each row's answer is what it would be alone;
-- a ranking group keeps its own packed row: a call's history prefix is shared by its own candidates.
+thread, which runs the waiting requests' items (score rows, packed side by side; or ranking groups
+of one history prefix and its candidates) through Hub.packed_logits (adapterhub.side_by_side).
 
 Each forward holds at most `max_rows` items and `max_batch_tokens` tokens (one item over the budget
 runs alone). A request too big for one forward runs over several, its items in order, and the
 forwards in between serve other requests (Batcher._pick): a heavy request neither stalls light ones
-for more than about one forward nor starves.
+for more than about one forward nor starves. With `bulk_tokens`, requests over it run on a second
+worker whose forwards pause between decoder layers while the first has work.
 
 Before each forward the worker drops the requests whose deadline has passed or whose caller gave up
 (`cancelled`), unstarted items and all; their callers get `Refused`. While a forward runs, new
@@ -36,16 +33,19 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import side_by_side
 from .errors import AdapterHubError, ConfigError, DataError
 from .hub import BATCHER, Hub
 
 WINDOW_MS = 2.0
 MAX_ROWS = 32             # score rows (or ranking groups) per forward
 MAX_BATCH_TOKENS = 4096   # tokens per forward (an item over it runs alone)
-MIN_PACK_WIDTH = 256      # tokens: a packed row holds at least this many, or the longest prompt
 STARVE_FORWARDS = 3       # a request passed over this many forwards in a row goes first in the next
+GIVE_WAY_S = 0.05         # the longest a bulk forward waits for the main lane at one decoder layer
 # (deadline, cancelled event, start_by) of the call running in this thread, set by Batcher.joined
 _CALL: contextvars.ContextVar = contextvars.ContextVar("adapterhub_batcher_call", default=(None, None, None))
+# set in a bulk lane's worker thread: the main lane its forwards give way to (_give_way)
+_GIVE_WAY_TO: contextvars.ContextVar = contextvars.ContextVar("adapterhub_give_way_to", default=None)
 
 
 class Refused(AdapterHubError, RuntimeError):
@@ -96,14 +96,18 @@ class Batcher:
     """Gathers concurrent `score` / `recommend` calls on one hub into mixed batches."""
 
     def __init__(self, hub: Hub, window_ms: float = WINDOW_MS, max_rows: int | None = None,
-                 max_batch_tokens: int | None = None, on_batch=None):
+                 max_batch_tokens: int | None = None, on_batch=None, bulk_tokens: int | None = None,
+                 _main: "Batcher | None" = None):
         """window_ms: how long the oldest waiting request waits for others to join its batch.
         max_rows: score rows or ranking groups per forward (default MAX_ROWS); max_batch_tokens: tokens
         per forward (default MAX_BATCH_TOKENS). on_batch(items, tokens, forward_s, queue_waits_s):
-        called after each forward (the server's metrics)."""
+        called after each forward (the server's metrics). bulk_tokens: a request of more tokens runs
+        on a second worker (the bulk lane), whose forwards pause between decoder layers while this
+        lane has work: a light request waits for one layer of a heavy forward, not for all of it.
+        None: one worker for all."""
         if window_ms < 0:
             raise ConfigError(f"window_ms={window_ms} must be >= 0")
-        for name, value in (("max_rows", max_rows), ("max_batch_tokens", max_batch_tokens)):
+        for name, value in (("max_rows", max_rows), ("max_batch_tokens", max_batch_tokens), ("bulk_tokens", bulk_tokens)):
             if value is not None and value < 1:
                 raise ConfigError(f"{name}={value} must be >= 1")
         self.hub = hub
@@ -116,9 +120,13 @@ class Batcher:
         self._cv = threading.Condition()
         self._closed = False
         self._coming = 0   # callers inside score/recommend that have not handed over their rows yet
-        self.batches = 0   # forwards run
-        self.requests = 0  # requests answered
-        self._worker = threading.Thread(target=self._run, name="adapterhub-batcher", daemon=True)
+        self._batches = self._requests = 0   # forwards run, requests answered (this lane)
+        self.main, self.bulk_tokens, self.bulk = _main, bulk_tokens, None
+        if bulk_tokens is not None:
+            _pause_points(hub)
+            self.bulk = Batcher(hub, 0, max_rows, max_batch_tokens, on_batch, _main=self)
+        name = "adapterhub-batcher" + ("-bulk" if _main is not None else "")
+        self._worker = threading.Thread(target=self._run, name=name, daemon=True)
         self._worker.start()
 
     # ------------------------------------------------------------ the callers' side
@@ -170,18 +178,21 @@ class Batcher:
 
     def _submit(self, req: _Request):
         counted = BATCHER.get() is self  # inside joined(): counted in _coming
+        lane = self.bulk if self.bulk is not None and req.left > self.bulk_tokens else self
         with self._cv:
             if self._closed:
                 raise Refused("closed", "the batcher is closed")
-            self._queue.append(req)
             self._coming -= counted  # this caller no longer holds up a batch
             self._cv.notify_all()
+        with lane._cv:
+            lane._queue.append(req)
+            lane._cv.notify_all()
         try:
             # the caller watches its own deadlines too: the worker only looks between forwards
             poll = None if req.deadline is None and req.cancelled is None and req.start_by is None else 0.05
             while not req.done.wait(poll):
-                with self._cv:
-                    self._drop_if_dead(req, time.monotonic())
+                with lane._cv:
+                    lane._drop_if_dead(req, time.monotonic())
         finally:
             with self._cv:
                 self._coming += counted  # (joined() counts it out again; a recommend may submit twice)
@@ -189,22 +200,31 @@ class Batcher:
             raise req.error
         return req.result
 
+    batches = property(lambda self: self._batches + (self.bulk.batches if self.bulk else 0), doc="forwards run")
+    requests = property(lambda self: self._requests + (self.bulk.requests if self.bulk else 0), doc="requests answered")
+
     def depth(self) -> tuple[int, int]:
-        """(requests waiting or running, their tokens not yet run)."""
+        """(requests waiting or running, their tokens not yet run), both lanes."""
+        n, left = self.bulk.depth() if self.bulk is not None else (0, 0)
         with self._cv:
-            return len(self._queue) + len(self._running), sum(r.left for r in self._queue)
+            return n + len(self._queue) + len(self._running), left + sum(r.left for r in self._queue)
 
     def close(self) -> None:
-        """Answer what is queued, then stop the worker."""
+        """Answer what is queued, then stop the worker(s)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+        if self.bulk is not None:
+            self.bulk.close()
         if threading.current_thread() is not self._worker:
             self._worker.join()
 
     def abort(self, message: str = "the server is shutting down") -> int:
         """Refuse every request queued or running now (a running forward finishes, its answers are
         dropped) and close. -> how many were refused."""
+        return self._abort(message) + (self.bulk._abort(message) if self.bulk is not None else 0)
+
+    def _abort(self, message: str) -> int:
         with self._cv:
             self._closed = True
             victims = [r for r in self._queue + self._running if not r.done.is_set()]
@@ -222,6 +242,8 @@ class Batcher:
 
     # ------------------------------------------------------------ the worker
     def _run(self) -> None:
+        if self.main is not None:   # the bulk lane's worker: its forwards give way to the main lane's
+            _GIVE_WAY_TO.set(self.main)
         while True:
             with self._cv:
                 while not self._queue and not self._closed:
@@ -235,18 +257,20 @@ class Batcher:
                     if left <= 0:
                         break
                     self._cv.wait(left)
-                self._drop_dead()
+                now = time.monotonic()
+                for r in list(self._queue):
+                    self._drop_if_dead(r, now)
                 picks = self._pick()
                 self._running = [r for r, _, _ in picks]
             if picks:
                 self._forward(picks)
             with self._cv:
                 self._running = []
+                self._cv.notify_all()   # a bulk forward paused for this lane goes on
 
-    def _drop_dead(self) -> None:
-        now = time.monotonic()
-        for r in list(self._queue):
-            self._drop_if_dead(r, now)
+    def _wait_idle(self, timeout: float) -> None:  # until this lane has nothing queued or running
+        with self._cv:
+            self._cv.wait_for(lambda: not (self._queue or self._running) or self._closed, timeout)
 
     def _drop_if_dead(self, r: _Request, now: float) -> None:
         """(Under the lock.) Refuse `r`, and drop its unstarted items, once past a deadline or cancelled;
@@ -326,7 +350,7 @@ class Batcher:
                         r.result = (sum(r.parts, []) if kind == "rows" else
                                     r.parts[0] if len(r.parts) == 1 else torch.cat(r.parts))
                         self._finish(r, None)
-        self.batches += 1
+        self._batches += 1
         if self.on_batch is not None:
             self.on_batch(sum(e - s for _, s, e in picks), sum(sum(r.tokens[s:e]) for r, s, e in picks),
                           time.perf_counter() - t, waits)
@@ -334,7 +358,7 @@ class Batcher:
     def _finish(self, r: _Request, error: BaseException | None) -> None:
         r.error = error
         if error is None:
-            self.requests += 1
+            self._requests += 1
         r.done.set()
 
     @torch.inference_mode()
@@ -343,10 +367,10 @@ class Batcher:
         keys = [k for r, s, e in slices for k in r.keys[s:e]]
         items = [x for r, s, e in slices for x in r.items[s:e]]
         if kind == "rows":
-            flat = self._score_rows(keys, items)
+            flat = side_by_side.score_rows(self.hub, keys, items)
             sizes = [e - s for _, s, e in slices]
         else:
-            flat = self._chunked(keys, items)
+            flat = side_by_side.chunked(self.hub, keys, items)
             sizes = [sum(len(suffixes) for _, suffixes in r.items[s:e]) for r, s, e in slices]
         out, at = [], 0
         for n in sizes:
@@ -354,27 +378,20 @@ class Batcher:
             at += n
         return out
 
-    def _score_rows(self, keys: list, ids: list[list[int]]) -> list[float]:
-        """P(yes) per row: rows of one adapter packed side by side (first-fit, longest first)."""
-        width = max(MIN_PACK_WIDTH, max(len(x) for x in ids))
-        bins: list[tuple[object, list[int], list[int]]] = []  # (key, [tokens used], row indices)
-        for i in sorted(range(len(ids)), key=lambda i: -len(ids[i])):
-            for key, used, rows in bins:
-                if key == keys[i] and used[0] + len(ids[i]) <= width:
-                    used[0] += len(ids[i])
-                    rows.append(i)
-                    break
-            else:
-                bins.append((keys[i], [len(ids[i])], [i]))
-        probs = torch.sigmoid(self._chunked([key for key, _, _ in bins],
-                                            [([], [ids[i] for i in rows]) for _, _, rows in bins])).tolist()
-        out = [0.0] * len(ids)
-        for p, i in zip(probs, (i for _, _, rows in bins for i in rows)):
-            out[i] = p
-        return out
 
-    def _chunked(self, keys: list, groups: list) -> torch.Tensor:
-        """Hub.packed_logits over at most hub.batch_size packed rows per forward (bounds the masks)."""
-        bs = self.hub.batch_size
-        parts = [self.hub.packed_logits(keys[i:i + bs], groups[i:i + bs]) for i in range(0, len(groups), bs)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+def _pause_points(hub: Hub) -> None:
+    """A hook before each decoder layer of the hub's base (once per base): a forward run by a bulk
+    lane's worker waits there while its main lane has work, up to GIVE_WAY_S per layer, so that it
+    always moves on. Other threads' forwards pass it by (one context-variable read per layer)."""
+    decoder = hub.decoder
+    if getattr(decoder, "_adapterhub_pause_points", False):
+        return
+    for layer in decoder.layers:
+        layer.register_forward_pre_hook(_give_way)
+    decoder._adapterhub_pause_points = True
+
+
+def _give_way(module, args) -> None:
+    main = _GIVE_WAY_TO.get()
+    if main is not None:
+        main._wait_idle(GIVE_WAY_S)

@@ -255,3 +255,38 @@ def test_concurrency_benchmark_suite(tmp_path, monkeypatch):
     assert all(r["value"] > 0 and r["max_abs_diff"] < 1e-4 for r in mixed)
     assert {r["params"]["way"] for r in rows if r["metric"] == "routing_us"} == {"contextvar", "lock"}
     assert len({r["run"] for r in rows}) == 1
+
+
+@pytest.mark.parametrize("bulk_tokens", [None, 64])
+def test_a_light_request_overtakes_a_heavy_forward_only_with_a_bulk_lane(four, bulk_tokens):
+    """A heavy row (one item: it cannot be split over forwards) is slowed down to 20 ms per decoder
+    layer; a light request sent while it runs finishes first only when heavy requests have their
+    own lane, whose forwards give way between layers. Both answers stay each row's own."""
+    import time
+    from adapterhub.batcher import Batcher
+    hub = four
+    heavy = ("news", " ".join(["red thing blue thing"] * 40))
+    light = ("music", PROMPTS[0])
+    want = {row: hub.score([row])[0] for row in (heavy, light)}
+    in_heavy = threading.Event()
+
+    def slow(module, args):
+        if threading.current_thread().name.startswith("adapterhub-batcher") and len(args[0][0]) > 100:
+            in_heavy.set()
+            time.sleep(0.02)
+    hooks = [layer.register_forward_pre_hook(slow) for layer in hub.decoder.layers]
+    done = {}
+    try:
+        with Batcher(hub, window_ms=0, bulk_tokens=bulk_tokens) as batcher:
+            def call(name, row):
+                done[name] = (batcher.score([row])[0], time.monotonic())
+            t = threading.Thread(target=call, args=("heavy", heavy))
+            t.start()
+            assert in_heavy.wait(10)
+            call("light", light)
+            t.join(30)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert close([done["heavy"][0], done["light"][0]], [want[heavy], want[light]])
+    assert (done["light"][1] < done["heavy"][1]) == (bulk_tokens is not None)

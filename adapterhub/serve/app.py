@@ -94,7 +94,7 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
 
     def start(h: Hub) -> None:
         state["batcher"] = (Batcher(h, window_ms=window_ms, max_rows=max_rows, max_batch_tokens=limits.max_batch_tokens,
-                                    on_batch=metrics.on_batch) if batch else _Direct(h))
+                                    on_batch=metrics.on_batch, bulk_tokens=limits.bulk_tokens) if batch else _Direct(h))
         state["hub"] = h
         app.state.hub, app.state.batcher = h, state["batcher"]
         app.state.redact = Redactor(h.registry.root)
