@@ -27,7 +27,7 @@ def test_reblend_publishes_the_same_weights_with_a_blend_judged_cross_fitted(hub
     cfg = TrainConfig(max_steps=2, eval_every=2, batch_size=12, group_size=6, n_valid=None, n_test=None)
     adapter, card = hub.train("music", data, cfg, progress=False, force=True)
     new, new_card = reblend(hub, adapter.key, data, ("sampled", "catalog", "popular"))
-    assert new.key == "music@v2" and new_card["parents"] == [adapter.key]
+    assert new.key == "music@v2" and [p["ref"] for p in new_card["parents"]] == [adapter.key]
     assert new_card["weights_sha256"] == card["weights_sha256"]
     assert new_card["files"] == card["files"]   # the same facts
     record = new_card["reblend"]

@@ -36,7 +36,7 @@ def reblend(hub, ref: str, data, protocols=("sampled", "catalog", "popular"), pr
     data: what `ref` was trained on (train.load_card_data). promote=None: promoted only if a refit
     blend beats the version's own on cross-fitted valid."""
     from ..recommend import facts_of
-    from .publish import card_splits, peft_adapter_config
+    from .publish import card_splits, lineage
     adapter = hub.load(ref)
     key, card, reg = adapter.key, adapter.card, hub.registry
     if card.get("scenarios"):
@@ -84,7 +84,7 @@ def reblend(hub, ref: str, data, protocols=("sampled", "catalog", "popular"), pr
               "promoted_because": "beats its own blend" if won else None, "s": round(time.perf_counter() - t0, 1)}
     metric = primary_metric(data.task)
     new = {k: v for k, v in card.items() if k not in _NOT_INHERITED}
-    new["parents"] = [key]
+    new["parents"] = [{**lineage(reg, key), "role": "blend refit (same weights and facts)"}]
     new["description"] = f"{card.get('description', '')} | blend refit on valid under {', '.join(protocols)}".strip(" |")
     new["fused"] = {**fused, "fit_on": "valid", "valid_protocols": protocols,
                     "note": "valid metrics of the fused score are cross-fitted (reblend)"}

@@ -60,12 +60,13 @@ def rows(reg: Registry, all_versions: bool = False) -> list[str]:
             metric, scenario = card["primary_metric"], card.get("scenario", name)
             rule = RULE.get(scenario) or next((k for k in test if k.endswith("-overlap")), None)
             train_min = card.get("train", {}).get("train_s", 0) / 60
-            eval_min = sum((card.get("eval_s") or {}).values()) / 60
+            eval_s = card.get("eval_s")   # (a reblended version's card was measured by eval --update-card)
+            eval_min = f"{sum(eval_s.values()) / 60:.1f}" if eval_s else "-"
             out.append(f"| {scenario} | {name}@{v} | {metric} | {cell(test.get('adapter'), metric)} | "
                        f"{cell(test.get('adapter (fused)'), metric)} | {cell(test.get('base'), metric)} | "
                        f"{rule} {cell(test.get(rule), metric)} | {cell(test.get('most-popular'), metric)} | "
                        f"{cell(test.get('random'), metric)} | {auc(test)} | {size(card, test)} | {train_min:.1f} | "
-                       f"{eval_min:.1f} | {verdict(test, metric, 'adapter')} | {verdict(test, metric, 'adapter (fused)')} |")
+                       f"{eval_min} | {verdict(test, metric, 'adapter')} | {verdict(test, metric, 'adapter (fused)')} |")
     return out
 
 
