@@ -34,13 +34,14 @@ def test_reblend_publishes_the_same_weights_with_a_blend_judged_cross_fitted(hub
     assert record["valid_protocols"] == ["sampled", "catalog", "popular"]
     assert record["n_valid_examples"] > len(data.splits["valid"])   # the three protocols' groups, pooled
     table = record["cross_fitted"]
-    assert {"its own blend", "refit, pointwise", "refit, within groups", "raw", "most-popular"} <= set(table)
+    assert {"its own blend", "its own recipe", "refit, pointwise", "refit, within groups", "raw",
+            "most-popular"} <= set(table)
     for row in table.values():
         assert set(row) == {"sampled", "catalog", "popular", "mean"}
         assert row["mean"] == pytest.approx(sum(row[p] for p in ("sampled", "catalog", "popular")) / 3, abs=1e-4)
     best_refit = max(table["refit, pointwise"]["mean"], table["refit, within groups"]["mean"])
     promoted = hub.registry.current("music") == "v2"
-    assert promoted == (best_refit > table["its own blend"]["mean"])
+    assert promoted == (best_refit > table["its own recipe"]["mean"])
     assert new_card["fused"]["valid_protocols"] == ["sampled", "catalog", "popular"]
     assert new_card["metrics"]["valid"]["adapter"]["ndcg@10"] == table["raw"]["mean"]
     assert "protocols" not in new_card and "test" not in new_card["metrics"]   # test: eval --update-card
@@ -62,6 +63,8 @@ def test_a_pointwise_version_is_judged_on_pooled_and_per_user_auc_and_refuses_re
     adapter, _ = hub.train("toy", data, cfg, progress=False, force=True)
     with pytest.raises(ConfigError, match="pointwise"):
         reblend(hub, adapter.key, data, ("sampled", "catalog"))
+    with pytest.raises(ConfigError, match="include sampled"):
+        reblend(hub, adapter.key, data, ("catalog",))
     _, card = reblend(hub, adapter.key, data, ("sampled",))
     for row in card["reblend"]["cross_fitted"].values():
         assert {"auc", "user_auc", "mean"} <= set(row)

@@ -4,13 +4,14 @@ version whose card says where it came from.
 
 A blend fit on the loader's negatives only learns what holds there (popularity, mostly), which a
 client's whole-catalog or popular candidates turn against it. Here the version's valid examples
-are redrawn under each protocol and pooled; three blends compete on them (the rules beside them,
-for reference): the version's own, one
-fit pointwise and one fit within groups (fused.fit(groups=...)). The two refits are judged
-cross-fitted (fit on the other folds of valid groups, scored on the held-out fold), by the mean
-over protocols of the primary metric, so none is judged on what it was fit on. The new version is
-promoted only when the winner is a refit that beats the version's own blend there. Test is not
-touched; `adapterhub eval --update-card` measures it afterwards.
+are redrawn under each protocol and pooled; three recipes compete on them: the version's own (a
+pointwise fit on the sampled groups only), a pointwise refit on all of them and one fit within
+groups (fused.fit(groups=...)). Each is judged cross-fitted (fit on the other folds of valid
+groups, scored on the held-out fold), by the mean over protocols of the primary metric, so none is
+judged on what it was fit on. The version's stored blend and the rules are in the table for
+reference (the stored blend saw some of these groups). The new version is promoted only when a
+refit beats the version's own recipe. Test is not touched; `adapterhub eval --update-card`
+measures it afterwards.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from ..scoring import blend_rows, encode_examples, fused_scores, primary_metric,
 log = logging.getLogger(__name__)
 
 FOLDS = 5
+OWN = "its own recipe"   # the version's blend refit as it was first fit (pointwise, sampled groups), cross-fitted
 POINTWISE_VIEWS = ("auc", "user_auc")   # a pointwise scenario's blend is judged on both AUCs
 
 
@@ -49,6 +51,9 @@ def reblend(hub, ref: str, data, protocols=("sampled", "catalog", "popular"), pr
         raise ConfigError(f"{key} has no facts here or no fused blend: rebuild its facts first "
                           f"(adapterhub facts {key}), or it was trained without them")
     protocols = [check(p) for p in protocols]
+    if "sampled" not in protocols:
+        raise ConfigError(f"valid protocols {protocols}: include sampled, the groups {key}'s own blend was fit on "
+                          "(its recipe is judged beside the refits)")
     if data.task not in RANKING_TASKS and protocols != ["sampled"]:
         raise ConfigError(f"scenario '{data.scenario}' is {data.task}: its candidates are not groups to redraw; "
                           "give --valid-protocols sampled (the blend is judged on pooled and per-user AUC)")
@@ -64,24 +69,26 @@ def reblend(hub, ref: str, data, protocols=("sampled", "catalog", "popular"), pr
     X = blend_rows(probs, facts, data.scenario, pooled)
     names = ["llm_logit", *facts_mod.feature_names(data.scenario)]
     groups = [_group(ex, data.task) for ex in pooled]
+    sampled = [flag for p in protocols for flag in [p == "sampled"] * len(views[p])]
     scores = {"its own blend": fused_scores(card["fused"], facts, data.scenario, pooled, probs),
+              OWN: cross_fitted(X, pooled, groups, names, within_groups=False, fit_rows=sampled),
               "refit, pointwise": cross_fitted(X, pooled, groups, names, within_groups=False),
               "refit, within groups": cross_fitted(X, pooled, groups, names, within_groups=True),
               "raw": probs}
     from ..baselines import for_scenario
     rules = {name: fn(data, pooled, seed=seed) for name, fn in for_scenario(data).items() if name != "random"}
     table = {method: judge(data.task, views, pooled, s) for method, s in {**scores, **rules}.items()}
-    best = max(("its own blend", "refit, pointwise", "refit, within groups"), key=lambda m: table[m]["mean"])
+    best = max((OWN, "refit, pointwise", "refit, within groups"), key=lambda m: table[m]["mean"])
+    won = best != OWN
     from ..fused import fit
     fused = fit(X, [ex.label for ex in pooled], names=names,
                 groups=groups if best == "refit, within groups" else None)
-    if best == "its own blend":
-        log.info("%s: its own blend stays best on cross-fitted valid; the new version gets the pointwise refit, "
+    if not won:
+        log.info("%s: its own recipe stays best on cross-fitted valid; the new version gets the pointwise refit, "
                  "not promoted", key)
-    won = best != "its own blend"
     record = {"from": key, "valid_protocols": protocols, "n_valid_examples": len(pooled), "folds": FOLDS,
               "cross_fitted": table, "chosen": best if won else "refit, pointwise",
-              "promoted_because": "beats its own blend" if won else None, "s": round(time.perf_counter() - t0, 1)}
+              "promoted_because": "beats its own recipe" if won else None, "s": round(time.perf_counter() - t0, 1)}
     metric = primary_metric(data.task)
     new = {k: v for k, v in card.items() if k not in _NOT_INHERITED}
     new["parents"] = [{**lineage(reg, key), "role": "blend refit (same weights and facts)"}]
@@ -119,18 +126,20 @@ def folds_of(groups: list[str], k: int = FOLDS) -> list[int]:
     return [index[g] for g in groups]
 
 
-def cross_fitted(X, examples, groups: list[str], names, within_groups: bool, k: int = FOLDS) -> list[float]:
-    """Each row's fused P(yes) from a blend fit on the other folds' groups."""
+def cross_fitted(X, examples, groups: list[str], names, within_groups: bool, k: int = FOLDS,
+                 fit_rows: list[bool] | None = None) -> list[float]:
+    """Each row's fused P(yes) from a blend fit on the other folds' groups (of those, only the rows
+    where fit_rows is true, when given)."""
     from ..fused import apply, fit, sigmoid
     fold = folds_of(groups, k)
     out = [0.0] * len(X)
     for f in range(k):
-        fit_rows = [i for i, g in enumerate(fold) if g != f]
+        fit_rows_f = [i for i, g in enumerate(fold) if g != f and (fit_rows is None or fit_rows[i])]
         rows = [i for i, g in enumerate(fold) if g == f]
         if not rows:
             continue
-        model = fit([X[i] for i in fit_rows], [examples[i].label for i in fit_rows], names=names,
-                    groups=[groups[i] for i in fit_rows] if within_groups else None)
+        model = fit([X[i] for i in fit_rows_f], [examples[i].label for i in fit_rows_f], names=names,
+                    groups=[groups[i] for i in fit_rows_f] if within_groups else None)
         for i, z in zip(rows, apply(model, [X[i] for i in rows])):
             out[i] = sigmoid(z)
     return out
