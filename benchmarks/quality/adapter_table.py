@@ -35,7 +35,9 @@ def auc(test: dict) -> str:
 def size(card: dict, test: dict) -> str:
     first = next(iter(test.values()))
     n = card.get("data", {}).get("used", {}).get("test")
-    return f"{first['n_groups']} groups ({n} cands)" if "n_groups" in first else f"{n} examples"
+    if "n_groups" not in first:
+        return f"{first.get('n', n)} examples"
+    return f"{first['n_groups']} groups ({n} cands)"
 
 
 def verdict(test: dict, metric: str, who: str) -> str:
@@ -54,7 +56,8 @@ def rows(reg: Registry, all_versions: bool = False) -> list[str]:
         versions = reg.versions(name) if all_versions else [reg.current(name)]
         for v in versions:
             card = reg.card(f"{name}@{v}")
-            test = (card.get("metrics") or {}).get("test") or {}
+            # a reblended version measured on a sample of its card's examples only (eval --n): that sample
+            test = (card.get("metrics") or {}).get("test") or ((card.get("protocols") or {}).get("test") or {}).get("sampled") or {}
             if "adapter" not in test or card.get("scenarios"):  # a joint adapter: per-scenario rows in its card
                 continue
             metric, scenario = card["primary_metric"], card.get("scenario", name)
@@ -78,12 +81,12 @@ def protocol_rows(reg: Registry) -> list[str]:
            "most-popular | random | fused beats most-popular and rule |", "|" + "---|" * 11]
     for name in reg.names():
         card = reg.card(f"{name}@{reg.current(name)}")
-        test = (card.get("metrics") or {}).get("test") or {}
+        protocols = (card.get("protocols") or {}).get("test") or {}
+        test = (card.get("metrics") or {}).get("test") or protocols.get("sampled") or {}
         if "adapter" not in test or card.get("scenarios"):
             continue
         metric, scenario = card["primary_metric"], card.get("scenario", name)
         rule = RULE.get(scenario) or next((k for k in test if k.endswith("-overlap")), None)
-        protocols = (card.get("protocols") or {}).get("test") or {}
         sampled = protocols.get("sampled") or test   # measured with the others on their sample (eval --n)
         tables = [("sampled", sampled, metric)]
         if card.get("data", {}).get("task") == "pointwise":
