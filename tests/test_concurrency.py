@@ -260,33 +260,42 @@ def test_concurrency_benchmark_suite(tmp_path, monkeypatch):
 @pytest.mark.parametrize("bulk_tokens", [None, 64])
 def test_a_light_request_overtakes_a_heavy_forward_only_with_a_bulk_lane(four, bulk_tokens):
     """A heavy row (one item: it cannot be split over forwards) is slowed down to 20 ms per decoder
-    layer; a light request sent while it runs finishes first only when heavy requests have their
-    own lane, whose forwards give way between layers. Both answers stay each row's own."""
+    layer; a light request sent while it runs is answered before the heavy forward has passed its
+    last layer only when heavy requests have their own lane, whose forwards give way between
+    layers. Both answers stay each row's own."""
     import time
     from adapterhub.batcher import Batcher
     hub = four
     heavy = ("news", " ".join(["red thing blue thing"] * 40))
     light = ("music", PROMPTS[0])
     want = {row: hub.score([row])[0] for row in (heavy, light)}
-    in_heavy = threading.Event()
+    in_heavy, heavy_done, mine = threading.Event(), threading.Event(), threading.local()
 
     def slow(module, args):
-        if threading.current_thread().name.startswith("adapterhub-batcher") and len(args[0][0]) > 100:
+        if not threading.current_thread().name.startswith("adapterhub-batcher"):
+            return
+        if module is hub.decoder.layers[0]:
+            mine.heavy = len(args[0][0]) > 100   # this thread's forward is the heavy row's
+        if mine.heavy:
             in_heavy.set()
             time.sleep(0.02)
+
+    def passed_last(module, args, output):
+        if threading.current_thread().name.startswith("adapterhub-batcher") and mine.heavy:
+            heavy_done.set()
     hooks = [layer.register_forward_pre_hook(slow) for layer in hub.decoder.layers]
-    done = {}
+    hooks.append(hub.decoder.layers[-1].register_forward_hook(passed_last))
+    out = {}
     try:
         with Batcher(hub, window_ms=0, bulk_tokens=bulk_tokens) as batcher:
-            def call(name, row):
-                done[name] = (batcher.score([row])[0], time.monotonic())
-            t = threading.Thread(target=call, args=("heavy", heavy))
+            t = threading.Thread(target=lambda: out.update(heavy=batcher.score([heavy])[0]))
             t.start()
             assert in_heavy.wait(10)
-            call("light", light)
+            out["light"] = batcher.score([light])[0]
+            out["heavy_done_first"] = heavy_done.is_set()
             t.join(30)
     finally:
         for h in hooks:
             h.remove()
-    assert close([done["heavy"][0], done["light"][0]], [want[heavy], want[light]])
-    assert (done["light"][1] < done["heavy"][1]) == (bulk_tokens is not None)
+    assert close([out["heavy"], out["light"]], [want[heavy], want[light]])
+    assert out["heavy_done_first"] == (bulk_tokens is None)
