@@ -72,7 +72,7 @@ def cmd_reblend(args) -> int:
     state = "current" if hub.registry.current(adapter.name) == adapter.version else "not promoted"
     print(f"published {adapter.key} ({state}): the weights of {card['reblend']['from']} with its blend refit on valid "
           f"under {', '.join(protocols)}")
-    print(f"valid, {card['reblend']['n_valid_examples']} examples: the refits cross-fitted (each fold of groups scored by a "
+    print(f"valid, {card['reblend']['n_valid_examples']} examples: the recipes cross-fitted (each fold of groups scored by a "
           f"blend fit on the others), its own blend and the rules as they are; chosen: {card['reblend']['chosen']}")
     for method, row in card["reblend"]["cross_fitted"].items():
         print(f"  {method:<22} " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))

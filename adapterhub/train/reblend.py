@@ -36,7 +36,7 @@ def reblend(hub, ref: str, data, protocols=("sampled", "catalog", "popular"), pr
     """Refit `ref`'s fused blend on its valid examples under `protocols` (pooled) and publish the
     same weights and facts with the winning blend as a new version -> (its Adapter, its card).
     data: what `ref` was trained on (train.load_card_data). promote=None: promoted only if a refit
-    blend beats the version's own on cross-fitted valid."""
+    blend beats the version's own recipe, both cross-fitted on valid."""
     from ..recommend import facts_of
     from .publish import card_splits, lineage
     adapter = hub.load(ref)
