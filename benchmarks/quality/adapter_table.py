@@ -32,6 +32,13 @@ def auc(test: dict) -> str:
     return "-" if raw is None or base is None else f"{raw:.3f} / {base:.3f} ({raw - base:+.3f})"
 
 
+def test_rows(card: dict) -> dict:
+    """The card's test figures under `sampled`: on its own examples, or, for a version measured on a
+    sample of them only (a reblended version, eval --n), on that sample."""
+    return ((card.get("metrics") or {}).get("test")
+            or ((card.get("protocols") or {}).get("test") or {}).get("sampled") or {})
+
+
 def size(card: dict, test: dict) -> str:
     first = next(iter(test.values()))
     n = card.get("data", {}).get("used", {}).get("test")
@@ -56,8 +63,7 @@ def rows(reg: Registry, all_versions: bool = False) -> list[str]:
         versions = reg.versions(name) if all_versions else [reg.current(name)]
         for v in versions:
             card = reg.card(f"{name}@{v}")
-            # a reblended version measured on a sample of its card's examples only (eval --n): that sample
-            test = (card.get("metrics") or {}).get("test") or ((card.get("protocols") or {}).get("test") or {}).get("sampled") or {}
+            test = test_rows(card)
             if "adapter" not in test or card.get("scenarios"):  # a joint adapter: per-scenario rows in its card
                 continue
             metric, scenario = card["primary_metric"], card.get("scenario", name)
@@ -82,7 +88,7 @@ def protocol_rows(reg: Registry) -> list[str]:
     for name in reg.names():
         card = reg.card(f"{name}@{reg.current(name)}")
         protocols = (card.get("protocols") or {}).get("test") or {}
-        test = (card.get("metrics") or {}).get("test") or protocols.get("sampled") or {}
+        test = test_rows(card)
         if "adapter" not in test or card.get("scenarios"):
             continue
         metric, scenario = card["primary_metric"], card.get("scenario", name)
