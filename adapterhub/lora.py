@@ -14,9 +14,15 @@ a Routing object, which holds
 
 Every served row takes one arithmetic (add_lora): y += (x A^T) B^T, both products in the pair's
 dtype (the base's compute dtype), the sum in y's. A mixed batch (rows of one forward routed to
-different adapters) runs it once per adapter, on that adapter's contiguous tokens: the kernels one
-adapter takes, on fewer rows. On CPU those matmuls give a row the same bits whatever else is in
-the batch (bf16 at any size; fp32 from 8 rows), so a row's LoRA term does not depend on its batch.
+different adapters) takes one of two forms of it (LoraLinear.mixed):
+- up to STACK_TOKENS tokens, *stacked*: every adapter's A and B stacked, one product each, each
+  token keeping only its own adapter's columns (a mask of 0 and 1): two matmuls whatever the number
+  of adapters, for (adapters - 1) x more of the small LoRA flops;
+- past that, *by segments*: add_lora once per adapter on its contiguous tokens, the kernels one
+  adapter takes on fewer rows (each call's fixed cost is paid per adapter).
+The crossover was measured (benchmarks/mixed_batch/). On CPU both give a row the same bits
+whatever else is in the batch (bf16; tests/test_mixed_batch.py), so a row's LoRA term does not
+depend on its batch.
 
 Where each adapter's tokens are (Route): `groups` = [(pairs, first row, end row)] over the input's
 rows (the hub orders a batch's rows so that each adapter's rows are one slice), or `spans` =
@@ -39,18 +45,42 @@ from torch import nn
 TRAIN = "__train__"  # routing key of the adapter being trained (nn.Parameters, scaled in forward)
 SERVABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+STACK_TOKENS = 2048  # a mixed batch over at most this many tokens takes the stacked product (LoraLinear.mixed)
+STACKS_KEPT = 4  # adapter combinations whose stacked weights Routing keeps
+
 Pairs = tuple  # one (A (r, in), B*scale (out, r)) or None per wrapper, indexed by LoraLinear.index
+
+
+def plain_tensors():
+    """Tensors made in the body are ordinary ones even under inference_mode: cached stacks and masks
+    are also used by forwards that run with autograd (which refuses inference tensors)."""
+    return contextlib.ExitStack() if not torch.is_inference_mode_enabled() else torch.inference_mode(False)
 
 
 class Route:
     """One forward's adapter choice: `pairs` (one adapter for every row), a mixed batch (`groups`
     over rows or `spans` over tokens, see above), the trained pair (`key` TRAIN) or none (the base)."""
-    __slots__ = ("key", "pairs", "groups", "full", "spans")
+    __slots__ = ("key", "pairs", "groups", "full", "spans", "stacks", "masks")
 
     def __init__(self, key: str | None = None, pairs: Pairs | None = None, groups: list | None = None,
                  full: bool = False, spans: dict | None = None):
         self.key, self.pairs, self.groups, self.spans = key, pairs, groups, spans
         self.full = full  # the groups cover every row (no row runs on the bare base)
+        self.stacks = None  # this forward's Routing.stacks entry (a mixed batch's adapters stacked)
+        self.masks = {}  # (tokens, ranks) -> which stacked columns each token keeps
+
+    def mask(self, n: int, spans: list, ranks: tuple, like: torch.Tensor) -> torch.Tensor:
+        """(n tokens, sum(ranks)): 1 where a token's own span's adapter's columns are, 0 elsewhere."""
+        m = self.masks.get((n, ranks))
+        if m is None:
+            with plain_tensors():
+                m = torch.zeros(n, sum(ranks), dtype=like.dtype, device=like.device)
+                col = 0
+                for (_, a, b), r in zip(spans, ranks):
+                    m[a:b, col:col + r] = 1
+                    col += r
+            self.masks[(n, ranks)] = m
+        return m
 
     def in_one_row(self, tokens: list[int], reads: list[int], width: int) -> "Route":
         """This mixed route (`groups` over packed groups, in order) for the same groups packed back to
@@ -92,6 +122,9 @@ class Routing:
         # none): a thread with no route of its own, inside a backward pass, trains.
         self.training = 0
         self._training_lock = threading.Lock()
+        # (ids of a mixed batch's pairs, in span order) -> (those pairs, per wrapper: (A stack, B stack, ranks))
+        self._stacks: dict[tuple, tuple] = {}
+        self._stacks_lock = threading.Lock()
 
     def current(self) -> Route:
         route = self._route.get()
@@ -113,6 +146,32 @@ class Routing:
                 with self._training_lock:
                     self.training -= 1
             self._route.reset(token)
+
+    def stacked(self, route: Route, spans: list, index: int) -> tuple | None:
+        """Wrapper `index`'s A of every adapter of the mixed batch `spans`, stacked (sum r, in), its B
+        (out, sum r) and each adapter's rank there (0: it skips this wrapper); None if all skip it.
+        Built once per adapter combination (the last STACKS_KEPT are kept; an entry holds its pairs, so
+        their ids are not reused while it lives) and filled one wrapper at a time."""
+        entry = route.stacks
+        if entry is None:
+            pairs = tuple(p for p, _, _ in spans)
+            key = tuple(map(id, pairs))
+            with self._stacks_lock:
+                entry = self._stacks.get(key)
+                if entry is None:
+                    entry = self._stacks[key] = (pairs, [False] * self.size)
+                    for old in list(self._stacks)[:-STACKS_KEPT]:
+                        del self._stacks[old]
+            route.stacks = entry
+        slot = entry[1][index]
+        if slot is False:  # two threads may both build it: equal values, the last write stays
+            ps = [pairs[index] for pairs in entry[0]]
+            ranks = tuple(0 if p is None else p[0].shape[0] for p in ps)
+            with plain_tensors():
+                slot = None if not any(ranks) else (torch.cat([p[0] for p in ps if p is not None]),
+                                                    torch.cat([p[1] for p in ps if p is not None], 1), ranks)
+            entry[1][index] = slot
+        return slot
 
     def single(self, wkey: str | None) -> Route:
         """The route for one wrapper key on every row (None = the base; TRAIN = the trained pair)."""
@@ -181,6 +240,8 @@ class LoraLinear(nn.Module):
             spans = [(pairs, a * w, b * w) for pairs, a, b in route.groups]
         grad = torch.is_grad_enabled()
         y = y.clone() if grad else y.contiguous()  # (with autograd, the base's output may be needed as it is)
+        if n <= STACK_TOKENS and len(spans) > 1:
+            return self.add_stacked(x, y, route, spans, n)
         xs, ys = x.reshape(n, -1), y.view(n, -1)
         for pairs, a, b in spans:
             pair = pairs[self.index]
@@ -190,6 +251,20 @@ class LoraLinear(nn.Module):
                 ys[a:b] = add_lora(ys[a:b], xs[a:b], *pair)
             else:
                 add_lora(ys[a:b], xs[a:b], *pair)  # in place, into y
+        return y
+
+    def add_stacked(self, x: torch.Tensor, y: torch.Tensor, route: Route, spans: list, n: int) -> torch.Tensor:
+        """y += ((x A^T) * mask) B^T with every adapter's A and B stacked, each token keeping its own
+        adapter's columns only: two matmuls and a multiply whatever the number of adapters, against two
+        per adapter by segments. It does (adapters - 1) x more LoRA flops, so it pays on short batches
+        only (STACK_TOKENS; benchmarks/mixed_batch). A token's other columns are exact zeros."""
+        stack = self.routing.stacked(route, spans, self.index)
+        if stack is None:
+            return y
+        A, B, ranks = stack
+        xs = x.reshape(n, -1)
+        h = F.linear(xs if xs.dtype == A.dtype else xs.to(A.dtype), A).mul_(route.mask(n, spans, ranks, A))
+        y.view(n, -1).add_(F.linear(h, B))
         return y
 
     # ------------------------------------------------------------ training pair

@@ -15,6 +15,16 @@ GROUPS = [([1, 5, 9, 14, 3, 7], [[20, 21], [22], [23, 24, 25]]), ([1, 8, 8], [[3
 NAMES = ("r4", "r8", "qv", "mlp")
 
 
+@pytest.fixture(autouse=True, params=["stacked", "segments"])
+def engine(request, monkeypatch):
+    """Every test runs both ways lora adds a mixed batch's LoRA term: stacked (one product over every
+    adapter's stacked weights, each token masked to its own: batches up to STACK_TOKENS) and by
+    segments (each adapter's product on its own tokens: longer batches)."""
+    from adapterhub import lora
+    monkeypatch.setattr(lora, "STACK_TOKENS", 10**9 if request.param == "stacked" else 0)
+    return request.param
+
+
 def publish_mix(hub) -> list[str]:
     """Adapters that differ in rank and in the modules they target (the MLP too: the last layer's MLP
     runs on the read tokens only, so the engine's spans there are over those)."""
@@ -218,3 +228,31 @@ def test_mixed_batch_under_autograd_equals_inference_and_has_the_right_gradient(
         A, B = route.groups[group][0][q.index]
         W = q.base.weight + B @ A
         torch.testing.assert_close(x.grad[row], 2 * y[row].detach() @ W, rtol=1e-5, atol=1e-3)  # (|grad| ~ 100)
+
+
+def test_stacked_weights_follow_a_reload_and_stay_bounded(tmp_path, engine):
+    """The stacked weights are cached per adapter combination: a new version loaded under the same name
+    is used at once (no stale stack), and only the last few combinations are kept."""
+    from adapterhub import lora
+    from adapterhub.hub import Hub
+    hub = Hub(base="random:tiny", registry=tmp_path / "adapters", quant="fp32", device="cpu")
+    names = [f"a{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        publish_random(hub, name, seed=i)
+    keys = [hub.load(n).key for n in names]
+    groups = [([1, 5, 9], [[20, 21], [22]]), ([1, 8], [[30, 31]])]
+
+    def mixed_vs_alone(pair):
+        got = hub.packed_logits(list(pair), groups)
+        want = torch.cat([hub.packed_logits(k, [g]) for k, g in zip(pair, groups)])
+        assert torch.allclose(got, want, atol=1e-6, rtol=0), (pair, got, want)
+        return got
+    with torch.inference_mode():
+        before = mixed_vs_alone((keys[0], keys[1]))
+        publish_random(hub, "a1", seed=99)  # a new version of a1, then reloaded under the same name
+        keys[1] = hub.load("a1", reload=True).key
+        after = mixed_vs_alone((keys[0], keys[1]))
+        assert not torch.equal(before[2:], after[2:]) and torch.equal(before[:2], after[:2])
+        for i in range(1, 6):
+            mixed_vs_alone((keys[0], keys[i]))
+    assert len(hub.routing._stacks) <= lora.STACKS_KEPT

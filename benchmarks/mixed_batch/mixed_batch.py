@@ -13,7 +13,11 @@ speed: the ways below and `single` (the same rows on one adapter, Hub.packed_log
   their order rotating, `pairs` times in one process; value = the median over turns of
   single ms / way ms (1.0: mixing adapters costs nothing).
     mixed           Hub.packed_logits with each row's own adapter: the hub's path (the rows packed back to
-                    back in one row as `single` packs them, each adapter's tokens one span: lora.Route.in_one_row)
+                    back in one row as `single` packs them, each adapter's tokens one span: lora.Route.in_one_row;
+                    up to lora.STACK_TOKENS tokens the LoRA term is one product over the adapters' stacked
+                    weights, each token masked to its own, past that one product per adapter's span)
+    mixed_segments  `mixed` with one product per adapter's span at every size (the hub's path before stacking)
+    mixed_stacked   `mixed` with the stacked product at every size
     mixed_rows      the layout the hub used before: a padded row per prompt, each adapter's rows one slice,
                     lora's per-adapter segments
     mixed_gathered  mixed_rows's layout with the LoRA term by gathered stacks (each row's A and B stacked, two
@@ -37,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from adapterhub import packing
+from adapterhub import lora, packing
 from adapterhub.bench.common import Recorder, publish_random_adapters
 from adapterhub.bench.concurrency import load
 from adapterhub.hub import Hub
@@ -49,7 +53,7 @@ SHIPPED = ("music", "news", "video", "ecommerce")
 PAIRS = 8
 CELL_S = 300.0      # a speed cell stops adding turns past this (at least 3 turns)
 SHUFFLES = 3
-WAYS = ("mixed", "mixed_rows", "mixed_gathered")
+WAYS = ("mixed", "mixed_segments", "mixed_stacked")
 
 
 def make_prompts(hub, n: int, tokens: int, seed: int) -> list[list[int]]:
@@ -107,6 +111,16 @@ def engine(mixed):
         LoraLinear.mixed = SEGMENTS
 
 
+@contextlib.contextmanager
+def stack_tokens(n: int):
+    """lora.STACK_TOKENS is n for the body of the `with`."""
+    kept, lora.STACK_TOKENS = lora.STACK_TOKENS, n
+    try:
+        yield
+    finally:
+        lora.STACK_TOKENS = kept
+
+
 def ways(hub, keys, rows) -> dict:
     row_keys = [keys[i % len(keys)] for i in range(len(rows))]
     groups = [([], [r]) for r in rows]
@@ -114,8 +128,16 @@ def ways(hub, keys, rows) -> dict:
     def with_gathered():
         with engine(gathered):
             return rows_logits(hub, row_keys, rows)
+
+    def with_stack_tokens(n):
+        def run():
+            with stack_tokens(n):
+                return hub.packed_logits(row_keys, groups)
+        return run
     return {"single": lambda: hub.packed_logits(keys[0], groups),
             "mixed": lambda: hub.packed_logits(row_keys, groups),
+            "mixed_segments": with_stack_tokens(0),
+            "mixed_stacked": with_stack_tokens(10**9),
             "mixed_rows": lambda: rows_logits(hub, row_keys, rows),
             "mixed_gathered": with_gathered,
             "control": lambda: hub.packed_logits(keys[0], groups)}

@@ -1,7 +1,8 @@
-"""video@v8 on its card's 4,000 test rows: the raw and fused AUC minus the rule's (like-share+rate),
-with a PAIRED bootstrap 95% interval (the same resample for both scores), over rows and over whole
-users (a user's rows are not independent, so that interval is the honest one). The card's intervals
-are per score and overlap; this says whether the difference itself is distinguishable from 0.
+"""A video version (default: the registry's current one; paired.txt has video@v8's run) on its
+card's test rows: the raw and fused AUC minus the rule's (like-share+rate), with a PAIRED bootstrap
+95% interval (the same resample for both scores), over rows and over whole users (a user's rows are
+not independent, so that interval is the honest one). The card's
+intervals are per score and overlap; this says whether the difference itself is distinguishable from 0.
 
     python benchmarks/quality/video_more_users/paired.py [DATA_DIR] [REF]   # ~8 min; from the repo root
     ... --cached   # the bootstrap again from the scores the last run kept in /tmp (data-derived: not committed)
@@ -19,7 +20,7 @@ from adapterhub.scoring import cap_examples, encode_examples, fused_scores, scor
 CACHED = "--cached" in sys.argv
 args = [a for a in sys.argv[1:] if a != "--cached"]
 DATA = args[0] if args else None
-REF = args[1] if len(args) > 1 else "video@v8"
+REF = args[1] if len(args) > 1 else "video"
 KEPT = f"/tmp/{REF.replace('@', '_')}_test_scores.json"   # data-derived: not committed
 hub = Hub(base="smollm2-135m", registry="adapters")
 card = hub.registry.card(REF)
