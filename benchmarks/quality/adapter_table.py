@@ -94,9 +94,11 @@ def protocol_rows(reg: Registry) -> list[str]:
         metric, scenario = card["primary_metric"], card.get("scenario", name)
         rule = RULE.get(scenario) or next((k for k in test if k.endswith("-overlap")), None)
         sampled = protocols.get("sampled") or test   # measured with the others on their sample (eval --n)
-        tables = [("sampled", sampled, metric)]
-        if card.get("data", {}).get("task") == "pointwise":
-            tables.append(("per-user AUC", sampled, "user_auc"))
+        if card.get("data", {}).get("task") == "pointwise":   # no other protocol: its own examples if measured
+            sampled = test if "user_auc" in (test.get("adapter") or {}) else sampled
+            tables = [("sampled", sampled, metric), ("per-user AUC", sampled, "user_auc")]
+        else:
+            tables = [("sampled", sampled, metric)]
         tables += [(p, protocols[p] or {}, metric) for p in PROTOCOLS[1:] if p in protocols]
         for protocol, rows, m in tables:
             if "adapter" not in rows:
