@@ -46,25 +46,27 @@ TRAIN = "__train__"  # routing key of the adapter being trained (nn.Parameters, 
 SERVABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 STACK_TOKENS = 2048  # a mixed batch over at most this many tokens takes the stacked product (LoraLinear.mixed)
+STACKS_KEPT = 4  # adapter combinations whose stacked weights Routing keeps
 
 Pairs = tuple  # one (A (r, in), B*scale (out, r)) or None per wrapper, indexed by LoraLinear.index
 
 
 def plain_tensors():
-    """Tensors made in the body are ordinary ones even under inference_mode: a route's cached masks
-    may also serve a forward that runs with autograd (which refuses inference tensors)."""
+    """Tensors made in the body are ordinary ones even under inference_mode: cached stacks and masks
+    are also used by forwards that run with autograd (which refuses inference tensors)."""
     return contextlib.ExitStack() if not torch.is_inference_mode_enabled() else torch.inference_mode(False)
 
 
 class Route:
     """One forward's adapter choice: `pairs` (one adapter for every row), a mixed batch (`groups`
     over rows or `spans` over tokens, see above), the trained pair (`key` TRAIN) or none (the base)."""
-    __slots__ = ("key", "pairs", "groups", "full", "spans", "masks")
+    __slots__ = ("key", "pairs", "groups", "full", "spans", "stacks", "masks")
 
     def __init__(self, key: str | None = None, pairs: Pairs | None = None, groups: list | None = None,
                  full: bool = False, spans: dict | None = None):
         self.key, self.pairs, self.groups, self.spans = key, pairs, groups, spans
         self.full = full  # the groups cover every row (no row runs on the bare base)
+        self.stacks = None  # this forward's Routing.stacks entry (a mixed batch's adapters stacked)
         self.masks = {}  # (tokens, ranks) -> which stacked columns each token keeps
 
     def mask(self, n: int, spans: list, ranks: tuple, like: torch.Tensor) -> torch.Tensor:
@@ -120,6 +122,9 @@ class Routing:
         # none): a thread with no route of its own, inside a backward pass, trains.
         self.training = 0
         self._training_lock = threading.Lock()
+        # (ids of a mixed batch's pairs, in span order) -> (those pairs, per wrapper: (A stack, B stack, ranks))
+        self._stacks: dict[tuple, tuple] = {}
+        self._stacks_lock = threading.Lock()
 
     def current(self) -> Route:
         route = self._route.get()
@@ -141,6 +146,32 @@ class Routing:
                 with self._training_lock:
                     self.training -= 1
             self._route.reset(token)
+
+    def stacked(self, route: Route, spans: list, index: int) -> tuple | None:
+        """Wrapper `index`'s A of every adapter of the mixed batch `spans`, stacked (sum r, in), its B
+        (out, sum r) and each adapter's rank there (0: it skips this wrapper); None if all skip it.
+        Built once per adapter combination (the last STACKS_KEPT are kept; an entry holds its pairs, so
+        their ids are not reused while it lives) and filled one wrapper at a time."""
+        entry = route.stacks
+        if entry is None:
+            pairs = tuple(p for p, _, _ in spans)
+            key = tuple(map(id, pairs))
+            with self._stacks_lock:
+                entry = self._stacks.get(key)
+                if entry is None:
+                    entry = self._stacks[key] = (pairs, [False] * self.size)
+                    for old in list(self._stacks)[:-STACKS_KEPT]:
+                        del self._stacks[old]
+            route.stacks = entry
+        slot = entry[1][index]
+        if slot is False:  # two threads may both build it: equal values, the last write stays
+            ps = [pairs[index] for pairs in entry[0]]
+            ranks = tuple(0 if p is None else p[0].shape[0] for p in ps)
+            with plain_tensors():
+                slot = None if not any(ranks) else (torch.cat([p[0] for p in ps if p is not None]),
+                                                    torch.cat([p[1] for p in ps if p is not None], 1), ranks)
+            entry[1][index] = slot
+        return slot
 
     def single(self, wkey: str | None) -> Route:
         """The route for one wrapper key on every row (None = the base; TRAIN = the trained pair)."""
@@ -226,14 +257,11 @@ class LoraLinear(nn.Module):
         """y += ((x A^T) * mask) B^T with every adapter's A and B stacked, each token keeping its own
         adapter's columns only: two matmuls and a multiply whatever the number of adapters, against two
         per adapter by segments. It does (adapters - 1) x more LoRA flops, so it pays on short batches
-        only (STACK_TOKENS; benchmarks/mixed_batch). A token's other columns are exact zeros. The
-        stacks are built per call (~15 us a module: not worth a cache that would hold weights)."""
-        ps = [pairs[self.index] for pairs, _, _ in spans]
-        ranks = tuple(0 if p is None else p[0].shape[0] for p in ps)  # 0: that adapter skips this module
-        if not any(ranks):
+        only (STACK_TOKENS; benchmarks/mixed_batch). A token's other columns are exact zeros."""
+        stack = self.routing.stacked(route, spans, self.index)
+        if stack is None:
             return y
-        A = torch.cat([p[0] for p in ps if p is not None])
-        B = torch.cat([p[1] for p in ps if p is not None], 1)
+        A, B, ranks = stack
         xs = x.reshape(n, -1)
         h = F.linear(xs if xs.dtype == A.dtype else xs.to(A.dtype), A).mul_(route.mask(n, spans, ranks, A))
         y.view(n, -1).add_(F.linear(h, B))

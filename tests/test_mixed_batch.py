@@ -230,9 +230,10 @@ def test_mixed_batch_under_autograd_equals_inference_and_has_the_right_gradient(
         torch.testing.assert_close(x.grad[row], 2 * y[row].detach() @ W, rtol=1e-5, atol=1e-3)  # (|grad| ~ 100)
 
 
-def test_a_mixed_batch_uses_a_reloaded_adapters_new_weights(tmp_path, engine):
-    """A new version loaded under the same name is what the next mixed batch uses (no stale weights),
-    and every pair of adapters in a mixed batch gets what each gives alone."""
+def test_stacked_weights_follow_a_reload_and_stay_bounded(tmp_path, engine):
+    """The stacked weights are cached per adapter combination: a new version loaded under the same name
+    is used at once (no stale stack), and only the last few combinations are kept."""
+    from adapterhub import lora
     from adapterhub.hub import Hub
     hub = Hub(base="random:tiny", registry=tmp_path / "adapters", quant="fp32", device="cpu")
     names = [f"a{i}" for i in range(6)]
@@ -254,3 +255,4 @@ def test_a_mixed_batch_uses_a_reloaded_adapters_new_weights(tmp_path, engine):
         assert not torch.equal(before[2:], after[2:]) and torch.equal(before[:2], after[:2])
         for i in range(1, 6):
             mixed_vs_alone((keys[0], keys[i]))
+    assert len(hub.routing._stacks) <= lora.STACKS_KEPT
