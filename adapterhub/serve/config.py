@@ -28,8 +28,8 @@ class Limits:
                                          "packed row of candidates); more is a 400 before any work")
     max_batch_tokens: int = _f(1024, "tokens per forward: a bigger request runs over several forwards, with other "
                                      "requests served in between")
-    bulk_tokens: int | None = _f(4096, "a request of more tokens runs on a second worker at the lowest OS priority, "
-                                       "beside the lighter requests instead of ahead of them; none: one worker")
+    bulk_tokens: int | None = _f(4096, "a request of more tokens runs on a second worker whose forwards pause between "
+                                       "layers while lighter requests wait; none: one worker")
     max_queue: int = _f(64, "requests admitted at once (waiting or running); more get 503 + Retry-After")
     max_queue_tokens: int = _f(131_072, "tokens admitted at once; more get 503 + Retry-After")
     queue_timeout_s: float = _f(10.0, "a request whose forward has not started after this long is dropped "
