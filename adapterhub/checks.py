@@ -1,8 +1,12 @@
 """What the hub refuses before it runs anything: an adapter whose tensors it cannot serve, and a row
 whose text would give a wrong score (no tokens: the forward would read a neighbour's token; a lone
 surrogate: the tokenizer fails; more tokens than the base has positions). Each error names the row.
+Candidate texts' token ids are kept per hub (an LRU), since a catalog's items recur in every ranking.
 """
 from __future__ import annotations
+
+import functools
+from array import array
 
 import torch
 
@@ -10,6 +14,8 @@ from .errors import DataError, IncompatibleAdapterError
 from .lora import SERVABLE, group_pairs, scale_of
 
 MAX_RANK = 256
+SUFFIX_CACHE = 16_384  # candidate texts whose token ids a hub keeps: a catalog's items recur in every ranking
+SUFFIX_CHARS = 256     # longer candidate texts are tokenized each time: the cache holds at most ~20 MB
 
 
 def max_positions(model) -> int | None:
@@ -33,13 +39,25 @@ def check_text(text, where: str) -> str:
 def encode_row(hub, text, where: str, special: bool = True, extra: int = 0) -> list[int]:
     """`text` -> token ids, refused when it has no token or when, with `extra` tokens before it (a
     shared prefix), it is longer than the base's positions."""
-    ids = hub.encode(check_text(text, where), special=special)
+    text = check_text(text, where)
+    ids = list(_suffix_ids(hub)(text)) if not special and len(text) <= SUFFIX_CHARS else hub.encode(text, special)
     if not ids:
         raise DataError(f"{where}: {text!r:.60} has no tokens; send a non-empty prompt")
     if hub.max_model_len is not None and extra + len(ids) > hub.max_model_len:
         raise DataError(f"{where}: {extra + len(ids)} tokens, over the base's {hub.max_model_len} positions "
                         f"({hub.base.spec}); shorten it")
     return ids
+
+
+def _suffix_ids(hub):
+    """The hub's cache of candidate token ids (a thread-safe LRU; made on first use). Re-ranking the same
+    items, a server counts a request's tokens, and refuses one over budget, without the tokenizer."""
+    cache = getattr(hub, "_suffix_ids", None)
+    if cache is None:
+        tokenizer = hub.tokenizer
+        cache = hub._suffix_ids = functools.lru_cache(maxsize=SUFFIX_CACHE)(
+            lambda text: array("i", tokenizer.encode(text, add_special_tokens=False)))  # 4 bytes an id
+    return cache
 
 
 class OverBudget(DataError):

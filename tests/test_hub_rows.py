@@ -104,3 +104,25 @@ def test_plan_then_run_is_recommend(hub):
     assert planned.tokens == sum(len(p) + sum(map(len, s)) for p, s in planned.groups) > 0
     with torch.no_grad():
         assert ranking.run(hub, planned, k=3) == hub.recommend("news", HISTORY, CANDIDATES, k=3)
+
+
+def test_a_candidate_is_tokenized_once_and_gets_the_tokenizers_ids(hub, monkeypatch):
+    """Candidate texts' token ids are kept (a catalog's items recur in every ranking): a second plan of
+    the same candidates does not call the tokenizer for them, and the ids are the tokenizer's own.
+    A text longer than checks.SUFFIX_CHARS is tokenized each time, and the cache is bounded."""
+    from adapterhub import checks, ranking
+    publish_random(hub, "news")
+    first = ranking.plan(hub, "news", HISTORY, CANDIDATES)
+    calls = []
+    encode = hub.tokenizer.encode
+    monkeypatch.setattr(hub.tokenizer, "encode", lambda text, **kw: calls.append(text) or encode(text, **kw))
+    again = ranking.plan(hub, "news", HISTORY, CANDIDATES)
+    assert again.groups == first.groups
+    assert len(calls) == 1   # the history prefix only: the candidates came from the cache
+    texts = again.plan.suffixes
+    assert [s for _, ss in again.groups for s in ss] == [encode(t, add_special_tokens=False) for t in texts]
+    long = "thing " * (checks.SUFFIX_CHARS // 6 + 1)
+    for _ in range(2):
+        assert checks.encode_row(hub, long, "candidates[0]", False) == encode(long, add_special_tokens=False)
+    assert calls.count(long) == 2
+    assert hub._suffix_ids.cache_info().maxsize == checks.SUFFIX_CACHE
