@@ -158,6 +158,7 @@ def test_the_load_test_on_the_tiny_base(tmp_path, monkeypatch):
     assert s["wrong"] == 0 and s["errors"] == 0 and s["checked"] > 100, s["error_examples"]
     assert s["heavy_requests"] >= 1 and s["over_limit"] >= 5 and s["over_limit_refused"] == s["over_limit"]
     assert s["promotion"]["loaded"] == "news@v2" and s["unload"]["unloaded"] == ["music@v1"]
+    assert s["single_after_score_ms"] > 0 and s["p99_vs_single_after"] > 0   # the baseline timed again after the load
     assert {"news@v1", "news@v2", "music@v1", "video@v1", "ecommerce@v1"} <= set(s["versions"])
     row = json.loads((tmp_path / "loadtest.jsonl").read_text().splitlines()[-1])
     assert row["metric"] == "light_p99_vs_single" and row["wrong"] == 0

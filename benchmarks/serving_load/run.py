@@ -11,7 +11,8 @@
    admin API; at 60% it unloads 'music' (later requests load it again).
 4. Checks every answer against the adapter it names scored alone (a hub in this process), and reports:
    wrong answers, errors, light p50/p99 while the heavy client runs against the single call (after
-   the ramp: locust starts the users over --ramp-s; the ramp's own p99 is reported apart), the heavy
+   the ramp: locust starts the users over --ramp-s; the ramp's own p99 is reported apart; the single
+   call is timed again after the load, to show how far the machine's speed drifted), the heavy
    requests' latency, the over-limit refusals' latency, the server's RSS. One JSON line goes to
    results/loadtest.jsonl.
 Goals (exit code 1 when missed): 0 wrong, 0 errors, light p99 <= 3x the single call, refusals fast.
@@ -272,6 +273,7 @@ def main(argv=None) -> dict:
             sampling.set()
             threads[1].join(60)
             rss.append(rss_of(server.pid))
+            after = single_calls(client, url, p, args.singles)  # the same, idle again: how far the machine drifted
             metrics = client.get(url + "/metrics").text
             t = time.monotonic()
             server.send_signal(signal.SIGTERM)
@@ -298,6 +300,9 @@ def main(argv=None) -> dict:
     single_ms = {"/score": baseline["score_ms"], "/v1/rerank": baseline["rerank_ms"]}
     ratios = {path: (pct([a["ms"] for a in during if a["path"] == path], 0.99) or 0) / single_ms[path]
               for path in single_ms}
+    after_ms = {"/score": after["score_ms"], "/v1/rerank": after["rerank_ms"]}
+    ratios_after = {path: (pct([a["ms"] for a in during if a["path"] == path], 0.99) or 0) / after_ms[path]
+                    for path in after_ms}
     summary = {
         "base": args.base, "quant": args.quant, "compute_dtype": str(checker.base.compute_dtype), "users": args.users,
         "duration_s": args.duration_s, "think_s": args.think_s, "max_request_tokens": args.max_request_tokens,
@@ -308,6 +313,8 @@ def main(argv=None) -> dict:
         "checked": sum(a["status"] == 200 for a in light), "max_abs_diff": result["max_abs_diff"], "tol": tol,
         "versions": result["versions"], "min_gap_between_versions": result["min_gap_between_versions"],
         "single_score_ms": baseline["score_ms"], "single_rerank_ms": baseline["rerank_ms"],
+        "single_after_score_ms": after["score_ms"], "single_after_rerank_ms": after["rerank_ms"],
+        "p99_vs_single_after": max(ratios_after.values()),
         "heavy_alone_ms": baseline["heavy_alone_ms"], "ramp_s": args.ramp_s, "light_during_heavy": len(during),
         "ramp_light": len(ramp), "ramp_light_p99_ms": pct([a["ms"] for a in ramp], 0.99),
         "score_p50_ms": pct([a["ms"] for a in during if a["path"] == "/score"], 0.5),
