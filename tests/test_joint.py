@@ -152,6 +152,7 @@ def test_joint_data_options_are_scoped_by_scenario(capsys):
     assert "not scenarios of this run" in capsys.readouterr().err
 
 
+@pytest.mark.slow   # ~15 s on 2 cores: keeps the default run under 5 minutes (test_train.py covers distillation)
 def test_each_scenario_is_distilled_from_its_own_teacher(hub, monkeypatch):
     """per_scenario teacher=...: a joint run distils each scenario's groups from that scenario's own
     adapter, and a scenario without a teacher keeps its hard labels; the card names each teacher."""
