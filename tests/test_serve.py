@@ -132,6 +132,24 @@ def test_serve_command_refuses_a_missing_registry_and_bad_preload(tmp_path, caps
     assert "unknown preset 'random:nope'" in capsys.readouterr().err
     assert main(["serve", "--registry", str(tmp_path / "reg"), "--max-queue", "0"]) == 2
     assert "max_queue=0" in capsys.readouterr().err
+    assert main(["serve", "--registry", str(tmp_path / "reg"), "--gil-switch-ms", "0"]) == 2
+    assert "--gil-switch-ms must be in (0, 100]" in capsys.readouterr().err
+
+
+def test_serve_command_sets_the_gil_switch_interval_while_it_serves(tmp_path, monkeypatch):
+    """While the server runs, the process's GIL switch interval is --gil-switch-ms when given (else
+    Python's stays); the caller's comes back after."""
+    import sys
+    from adapterhub import serve as serve_mod
+    from adapterhub.cli import main
+    (tmp_path / "reg").mkdir()
+    seen = []
+    monkeypatch.setattr(serve_mod, "serve", lambda *a, **k: seen.append(sys.getswitchinterval()))
+    before = sys.getswitchinterval()
+    assert main(["serve", "--registry", str(tmp_path / "reg")]) == 0
+    assert main(["serve", "--registry", str(tmp_path / "reg"), "--gil-switch-ms", "2"]) == 0
+    assert seen == [pytest.approx(before), pytest.approx(0.002)]
+    assert sys.getswitchinterval() == before
 
 
 def test_a_ranking_of_no_candidates_answers_at_once(client):

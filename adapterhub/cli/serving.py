@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError, RegistryError
@@ -23,6 +24,11 @@ def cmd_serve(args) -> int:
     for name in ("drain_delay_s", "drain_timeout_s"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
+    if args.gil_switch_ms is not None and not 0 < args.gil_switch_ms <= 100:
+        raise ConfigError(f"--gil-switch-ms must be in (0, 100], got {args.gil_switch_ms}")
+    # A forward is hundreds of small ops, each giving the GIL back and taking it again; beside a thread
+    # running Python each take-back waits up to this interval (benchmarks/serving_load/gil_convoy.py)
+    before = sys.getswitchinterval()
     from ..serve import Auth, serve  # before the base loads: a missing 'serve' extra costs nothing
     auth = Auth(api_keys=keys_from(args.api_key, API_KEY_ENV), admin_keys=keys_from(args.admin_key, ADMIN_KEY_ENV),
                 allow_runtime_loading=args.allow_runtime_loading)
@@ -43,9 +49,14 @@ def cmd_serve(args) -> int:
         return hub
     print(f"adapterhub serving {args.registry}/ over {args.base} on http://{args.host}:{args.port} "
           f"(GET /ready says when the base is loaded; Ctrl-C or SIGTERM drains and stops)", flush=True)
-    serve(build_hub, host=args.host, port=args.port, window_ms=args.window_ms, batch=not args.no_batch, limits=limits,
-          auth=auth, drain_delay_s=args.drain_delay_s, drain_timeout_s=args.drain_timeout_s,
-          limit_concurrency=args.limit_concurrency)
+    if args.gil_switch_ms is not None:
+        sys.setswitchinterval(args.gil_switch_ms / 1000)
+    try:
+        serve(build_hub, host=args.host, port=args.port, window_ms=args.window_ms, batch=not args.no_batch,
+              limits=limits, auth=auth, drain_delay_s=args.drain_delay_s, drain_timeout_s=args.drain_timeout_s,
+              limit_concurrency=args.limit_concurrency)
+    finally:
+        sys.setswitchinterval(before)  # main() called in a process of the caller's: it gets its own back
     return 0
 
 
@@ -81,4 +92,7 @@ def add_commands(sub, parents: dict) -> None:
     s.add_argument("--limit-concurrency", type=int, default=None, help="uvicorn's bound on connections + tasks, "
                    "past which it answers 503 (default 4 x max-queue + 64)")
     s.add_argument("--no-access-log", action="store_true", help="no per-request log line (adapterhub.access)")
+    s.add_argument("--gil-switch-ms", type=float, default=None, help="the process's GIL switch interval (default: "
+                   "Python's, 5): how long a forward may wait to take the GIL back from a thread running Python. "
+                   "0.1 guards forwards from long Python work beside them, and slows that work (docs/SERVING.md)")
     s.set_defaults(func=cmd_serve)
