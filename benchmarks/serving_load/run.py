@@ -114,14 +114,20 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def single_calls(client, url: str, p: dict, n: int) -> dict:
-    """Latency of light calls one at a time on the idle server (the baseline), and of the heavy one."""
-    out = {"score": [], "rerank": []}
+    """Latency of light calls one at a time on the idle server (the baseline), and of the heavy one.
+    `/score` is timed as the light users send it (1-3 rows over the adapters, locustfile.py), and
+    with one row (`score_one_row_ms`, the baseline before 2026-12-06 night)."""
+    import random
+    rng = random.Random(1)
+    out = {"score": [], "score_one_row": [], "rerank": []}
     for i in range(n):
-        for kind in ("score", "rerank"):
-            body = ({"rows": [{"model": REFS[i % 4], "prompt": p["prompts"][i % len(p["prompts"])]}]} if kind == "score"
+        for kind in ("score", "score_one_row", "rerank"):
+            rows = ([(REFS[i % 4], i % len(p["prompts"]))] if kind == "score_one_row" else
+                    [(rng.choice(REFS), rng.randrange(len(p["prompts"]))) for _ in range(rng.randint(1, 3))])
+            body = ({"rows": [{"model": ref, "prompt": p["prompts"][j]} for ref, j in rows]} if kind != "rerank"
                     else {"model": REFS[i % 4], "query": p["histories"][i % 2], "documents": p["documents"]})
             t = time.perf_counter()
-            r = client.post(url + ("/score" if kind == "score" else "/v1/rerank"), json=body)
+            r = client.post(url + ("/v1/rerank" if kind == "rerank" else "/score"), json=body)
             out[kind].append(1000 * (time.perf_counter() - t))
             assert r.status_code == 200, r.text
     t = time.perf_counter()
@@ -129,6 +135,7 @@ def single_calls(client, url: str, p: dict, n: int) -> dict:
                                               "documents": p["heavy_documents"], "top_n": 10})
     assert r.status_code == 200, r.text
     return {"score_ms": statistics.median(out["score"]), "rerank_ms": statistics.median(out["rerank"]),
+            "score_one_row_ms": statistics.median(out["score_one_row"]),
             "heavy_alone_ms": 1000 * (time.perf_counter() - t)}
 
 
@@ -313,6 +320,8 @@ def main(argv=None) -> dict:
         "checked": sum(a["status"] == 200 for a in light), "max_abs_diff": result["max_abs_diff"], "tol": tol,
         "versions": result["versions"], "min_gap_between_versions": result["min_gap_between_versions"],
         "single_score_ms": baseline["score_ms"], "single_rerank_ms": baseline["rerank_ms"],
+        "single_score_one_row_ms": baseline["score_one_row_ms"],
+        "p99_vs_single_one_row_score": ratios["/score"] * baseline["score_ms"] / baseline["score_one_row_ms"],
         "single_after_score_ms": after["score_ms"], "single_after_rerank_ms": after["rerank_ms"],
         "p99_vs_single_after": max(ratios_after.values()),
         "heavy_alone_ms": baseline["heavy_alone_ms"], "ramp_s": args.ramp_s, "light_during_heavy": len(during),
