@@ -26,9 +26,6 @@ def cmd_serve(args) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
     if args.gil_switch_ms is not None and not 0 < args.gil_switch_ms <= 100:
         raise ConfigError(f"--gil-switch-ms must be in (0, 100], got {args.gil_switch_ms}")
-    # A forward is hundreds of small ops, each giving the GIL back and taking it again; beside a thread
-    # running Python each take-back waits up to this interval (benchmarks/serving_load/gil_convoy.py)
-    before = sys.getswitchinterval()
     from ..serve import Auth, serve  # before the base loads: a missing 'serve' extra costs nothing
     auth = Auth(api_keys=keys_from(args.api_key, API_KEY_ENV), admin_keys=keys_from(args.admin_key, ADMIN_KEY_ENV),
                 allow_runtime_loading=args.allow_runtime_loading)
@@ -49,6 +46,9 @@ def cmd_serve(args) -> int:
         return hub
     print(f"adapterhub serving {args.registry}/ over {args.base} on http://{args.host}:{args.port} "
           f"(GET /ready says when the base is loaded; Ctrl-C or SIGTERM drains and stops)", flush=True)
+    # A forward is hundreds of small ops, each giving the GIL back and taking it again; beside a thread
+    # running Python each take-back waits up to this interval (benchmarks/serving_load/gil_convoy.py)
+    before = sys.getswitchinterval()
     if args.gil_switch_ms is not None:
         sys.setswitchinterval(args.gil_switch_ms / 1000)
     try:
