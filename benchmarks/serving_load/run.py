@@ -106,6 +106,16 @@ def rss_of(pid: int) -> int:
     return 0
 
 
+def cpu_s_of(pid: int) -> float:
+    """CPU seconds the process has used (user + system, all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -113,19 +123,25 @@ def pct(values: list[float], q: float) -> float | None:
     return v[min(len(v) - 1, int(len(v) * q))]
 
 
-def single_calls(client, url: str, p: dict, n: int) -> dict:
+def single_calls(client, url: str, p: dict, n: int, pause_s: float = 0.0, pid: int | None = None) -> dict:
     """Latency of light calls one at a time on the idle server (the baseline), and of the heavy one.
     `/score` is timed as the light users send it (1-3 rows over the adapters, locustfile.py), and
     with one row (`score_one_row_ms`, the baseline before 2026-12-06 night)."""
     import random
     rng = random.Random(1)
     out = {"score": [], "score_one_row": [], "rerank": []}
+    if pid:  # the server's CPU while idle, taken out of what the calls used (its timers tick in the pauses)
+        cpu = cpu_s_of(pid)
+        time.sleep(2.0)
+        idle_per_s = (cpu_s_of(pid) - cpu) / 2.0
+        cpu = cpu_s_of(pid)
     for i in range(n):
         for kind in ("score", "score_one_row", "rerank"):
             rows = ([(REFS[i % 4], i % len(p["prompts"]))] if kind == "score_one_row" else
                     [(rng.choice(REFS), rng.randrange(len(p["prompts"]))) for _ in range(rng.randint(1, 3))])
             body = ({"rows": [{"model": ref, "prompt": p["prompts"][j]} for ref, j in rows]} if kind != "rerank"
                     else {"model": REFS[i % 4], "query": p["histories"][i % 2], "documents": p["documents"]})
+            time.sleep(pause_s)
             t = time.perf_counter()
             r = client.post(url + ("/v1/rerank" if kind == "rerank" else "/score"), json=body)
             out[kind].append(1000 * (time.perf_counter() - t))
@@ -135,8 +151,30 @@ def single_calls(client, url: str, p: dict, n: int) -> dict:
                                               "documents": p["heavy_documents"], "top_n": 10})
     assert r.status_code == 200, r.text
     return {"score_ms": statistics.median(out["score"]), "rerank_ms": statistics.median(out["rerank"]),
-            "score_one_row_ms": statistics.median(out["score_one_row"]),
+            "score_one_row_ms": statistics.median(out["score_one_row"]), "samples": out,
+            "server_cpu_ms": 1000 * (cpu_s_of(pid) - cpu - idle_per_s * 3 * n * pause_s) / (3 * n) if pid else None,
+            "server_idle_cpu_share": idle_per_s if pid else None,
             "heavy_alone_ms": 1000 * (time.perf_counter() - t)}
+
+
+def fifo_floor(samples: dict, per_s: float, busy_share: float = 1.0, n: int = 20000, seed: int = 0) -> float:
+    """The p99 latency, over the median single call, of a server that runs one request at a time in
+    arrival order with no other cost: Poisson arrivals at `per_s`; each request takes a single call's
+    time (drawn from the single calls, /score and /v1/rerank 3:1, as the light users send them), of
+    which `busy_share` holds the server (its CPU time; the rest is the client and the network, which
+    overlap other requests). What queueing alone costs the light users, with no heavy client."""
+    import random
+    rng = random.Random(seed)
+    calls = samples["score"] * 3 + samples["rerank"]
+    t = free = 0.0
+    latencies = []
+    for _ in range(n):
+        t += rng.expovariate(per_s)
+        call = rng.choice(calls) / 1000
+        start = max(t, free)
+        free = start + busy_share * call
+        latencies.append(1000 * (start - t + call))
+    return pct(latencies, 0.99) / statistics.median(calls)
 
 
 def check(answers: list[dict], p: dict, hub) -> dict:
@@ -197,6 +235,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--server-threads", type=int, default=1, help="the server's torch threads (OMP_NUM_THREADS; "
                     "default 1: locust needs a core of its own, and torch's threads spin when they share one)")
     ap.add_argument("--singles", type=int, default=20, help="single calls of each kind timed on the idle server")
+    ap.add_argument("--single-pause-s", type=float, default=0.2, help="the pause before each single call of the "
+                    "paced baseline")
     ap.add_argument("--scale", type=float, default=0.1, help="std of the random LoRA weights")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for loadtest.jsonl")
     args = ap.parse_args(argv)
@@ -250,6 +290,7 @@ def main(argv=None) -> dict:
                 client.post(url + "/score", json={"model": ref, "prompts": p["prompts"][:2]})
                 client.post(url + "/v1/rerank", json={"model": ref, "query": p["histories"][0], "documents": p["documents"]})
             baseline = single_calls(client, url, p, args.singles)
+            paced = single_calls(client, url, p, args.singles, pause_s=args.single_pause_s, pid=server.pid)
             rss = [rss_of(server.pid)]
             sampling = threading.Event()
 
@@ -304,6 +345,9 @@ def main(argv=None) -> dict:
     # together (a burst of up to --users at once): reported apart, as the ramp's
     ramp = [a for a in light if a["status"] == 200 and a["t0"] < steady_from]
     during = [a for a in light if a["status"] == 200 and a["t0"] >= steady_from and overlaps_heavy(a, heavy_spans)]
+    steady = [a for a in light if a["t0"] >= steady_from]
+    all_paced = sum(paced["samples"].values(), [])
+    busy = min(1.0, (paced["server_cpu_ms"] or 0) / statistics.median(all_paced)) if paced["server_cpu_ms"] else 1.0
     single_ms = {"/score": baseline["score_ms"], "/v1/rerank": baseline["rerank_ms"]}
     ratios = {path: (pct([a["ms"] for a in during if a["path"] == path], 0.99) or 0) / single_ms[path]
               for path in single_ms}
@@ -325,6 +369,13 @@ def main(argv=None) -> dict:
                                        / baseline["score_one_row_ms"],
         "single_after_score_ms": after["score_ms"], "single_after_rerank_ms": after["rerank_ms"],
         "p99_vs_single_after": max(ratios_after.values()),
+        "single_paced_score_ms": paced["score_ms"], "single_paced_rerank_ms": paced["rerank_ms"],
+        "server_cpu_ms_per_single": paced["server_cpu_ms"], "server_idle_cpu_share": paced["server_idle_cpu_share"],
+        "server_busy_share": busy,
+        "fifo_floor_p99_vs_single": fifo_floor(paced["samples"], len(steady) / max(1e-9, max(a["t0"] for a in steady)
+                                                                                 - steady_from), busy) if steady else None,
+        "p99_vs_single_paced": max((pct([a["ms"] for a in during if a["path"] == path], 0.99) or 0) / paced[k]
+                                   for path, k in (("/score", "score_ms"), ("/v1/rerank", "rerank_ms"))),
         "heavy_alone_ms": baseline["heavy_alone_ms"], "ramp_s": args.ramp_s, "light_during_heavy": len(during),
         "ramp_light": len(ramp), "ramp_light_p99_ms": pct([a["ms"] for a in ramp], 0.99),
         "score_p50_ms": pct([a["ms"] for a in during if a["path"] == "/score"], 0.5),
