@@ -162,24 +162,24 @@ def test_a_ranking_of_no_candidates_answers_at_once(client):
 
 
 def test_the_load_tests_queueing_floor_matches_the_one_server_queue(monkeypatch):
-    """run.fifo_floor, the p99 that queueing alone gives: with arrivals rare, the service times' own
+    """measures.fifo_floor, the p99 that queueing alone gives: with arrivals rare, the service times' own
     p99 over their median; with exponential service at load 0.5 (M/M/1), the known p99 of the time in
     the system, ln(100) / (service rate - arrival rate)."""
     import math
     import random
     from pathlib import Path
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks" / "serving_load"))
-    import run
+    import measures
     flat = {"score": [10.0] * 10, "rerank": [10.0] * 10}
-    assert run.fifo_floor(flat, 0.001) == pytest.approx(1.0, abs=1e-3)
+    assert measures.fifo_floor(flat, 0.001) == pytest.approx(1.0, abs=1e-3)
     rng = random.Random(3)
     service = [rng.expovariate(1 / 10) for _ in range(4000)]   # ms: 100 a second at most
     samples = {"score": service, "rerank": service}
     want = 1000 * math.log(100) / (100 - 50) / (10 * math.log(2))   # over the median service time
-    assert run.fifo_floor(samples, 50.0, n=100_000) == pytest.approx(want, rel=0.12)
-    assert run.fifo_floor(samples, 20.0) < run.fifo_floor(samples, 50.0)
+    assert measures.fifo_floor(samples, 50.0, n=100_000) == pytest.approx(want, rel=0.12)
+    assert measures.fifo_floor(samples, 20.0) < measures.fifo_floor(samples, 50.0)
     spread = {"score": [float(x) for x in range(1, 101)], "rerank": []}   # no server time: no queue at any rate
-    assert run.fifo_floor(spread, 500.0, busy_share=0.0) == pytest.approx(99 / 50.5, rel=0.02)
+    assert measures.fifo_floor(spread, 500.0, busy_share=0.0) == pytest.approx(99 / 50.5, rel=0.02)
 
 
 @pytest.mark.slow

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from measures import cpu_s_of, fifo_floor, free_port, pct, rss_of
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("video", "music", "news", "ecommerce")
@@ -89,40 +90,6 @@ def plan(hub, args) -> dict:
             "too_long_prompt": "1" * n, "too_many_documents": too_many}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_s_of(pid: int) -> float:
-    """CPU seconds the process has used (user + system, all its threads)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return 0.0
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return v[min(len(v) - 1, int(len(v) * q))]
-
-
 def single_calls(client, url: str, p: dict, n: int, pause_s: float = 0.0, pid: int | None = None) -> dict:
     """Latency of light calls one at a time on the idle server (the baseline), and of the heavy one.
     `/score` is timed as the light users send it (1-3 rows over the adapters, locustfile.py), and
@@ -155,26 +122,6 @@ def single_calls(client, url: str, p: dict, n: int, pause_s: float = 0.0, pid: i
             "server_cpu_ms": 1000 * (cpu_s_of(pid) - cpu - idle_per_s * 3 * n * pause_s) / (3 * n) if pid else None,
             "server_idle_cpu_share": idle_per_s if pid else None,
             "heavy_alone_ms": 1000 * (time.perf_counter() - t)}
-
-
-def fifo_floor(samples: dict, per_s: float, busy_share: float = 1.0, n: int = 20000, seed: int = 0) -> float:
-    """The p99 latency, over the median single call, of a server that runs one request at a time in
-    arrival order with no other cost: Poisson arrivals at `per_s`; each request takes a single call's
-    time (drawn from the single calls, /score and /v1/rerank 3:1, as the light users send them), of
-    which `busy_share` holds the server (its CPU time; the rest is the client and the network, which
-    overlap other requests). What queueing alone costs the light users, with no heavy client."""
-    import random
-    rng = random.Random(seed)
-    calls = samples["score"] * 3 + samples["rerank"]
-    t = free = 0.0
-    latencies = []
-    for _ in range(n):
-        t += rng.expovariate(per_s)
-        call = rng.choice(calls) / 1000
-        start = max(t, free)
-        free = start + busy_share * call
-        latencies.append(1000 * (start - t + call))
-    return pct(latencies, 0.99) / statistics.median(calls)
 
 
 def check(answers: list[dict], p: dict, hub) -> dict:
