@@ -1,5 +1,5 @@
 """Measures for the load test (run.py): a free loopback port, a process's RSS and CPU time, a
-percentile, and what queueing alone costs (fifo_floor)."""
+percentile, and what queueing alone would cost (fifo_estimate)."""
 from __future__ import annotations
 
 import os
@@ -41,12 +41,14 @@ def pct(values: list[float], q: float) -> float | None:
     return v[min(len(v) - 1, int(len(v) * q))]
 
 
-def fifo_floor(samples: dict, per_s: float, busy_share: float = 1.0, n: int = 20000, seed: int = 0) -> float:
+def fifo_estimate(samples: dict, per_s: float, busy_share: float = 1.0, n: int = 20000, seed: int = 0) -> float:
     """The p99 latency, over the median single call, of a server that runs one request at a time in
     arrival order with no other cost: Poisson arrivals at `per_s`; each request takes a single call's
     time (drawn from the single calls, /score and /v1/rerank 3:1, as the light users send them), of
     which `busy_share` holds the server (its CPU time; the rest is the client and the network, which
-    overlap other requests). What queueing alone costs the light users, with no heavy client."""
+    overlap other requests). What queueing alone would cost the light users, with no heavy client:
+    an open-loop estimate (locust's users think between requests, so they arrive less bunched than
+    Poisson), not a bound."""
     import random
     rng = random.Random(seed)
     calls = samples["score"] * 3 + samples["rerank"]

@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from measures import cpu_s_of, fifo_floor, free_port, pct, rss_of
+from measures import cpu_s_of, fifo_estimate, free_port, pct, rss_of
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("video", "music", "news", "ecommerce")
@@ -97,11 +97,7 @@ def single_calls(client, url: str, p: dict, n: int, pause_s: float = 0.0, pid: i
     import random
     rng = random.Random(1)
     out = {"score": [], "score_one_row": [], "rerank": []}
-    if pid:  # the server's CPU while idle, taken out of what the calls used (its timers tick in the pauses)
-        cpu = cpu_s_of(pid)
-        time.sleep(2.0)
-        idle_per_s = (cpu_s_of(pid) - cpu) / 2.0
-        cpu = cpu_s_of(pid)
+    cpu = cpu_s_of(pid) if pid else 0.0
     for i in range(n):
         for kind in ("score", "score_one_row", "rerank"):
             rows = ([(REFS[i % 4], i % len(p["prompts"]))] if kind == "score_one_row" else
@@ -113,14 +109,15 @@ def single_calls(client, url: str, p: dict, n: int, pause_s: float = 0.0, pid: i
             r = client.post(url + ("/v1/rerank" if kind == "rerank" else "/score"), json=body)
             out[kind].append(1000 * (time.perf_counter() - t))
             assert r.status_code == 200, r.text
+    # the server's CPU per call (pid given; with no pause, so no idle time is counted), before the heavy call
+    cpu_ms = 1000 * (cpu_s_of(pid) - cpu) / (3 * n) if pid else None
     t = time.perf_counter()
     r = client.post(url + "/v1/rerank", json={"model": "video", "query": p["heavy_history"],
                                               "documents": p["heavy_documents"], "top_n": 10})
     assert r.status_code == 200, r.text
     return {"score_ms": statistics.median(out["score"]), "rerank_ms": statistics.median(out["rerank"]),
             "score_one_row_ms": statistics.median(out["score_one_row"]), "samples": out,
-            "server_cpu_ms": 1000 * (cpu_s_of(pid) - cpu - idle_per_s * 3 * n * pause_s) / (3 * n) if pid else None,
-            "server_idle_cpu_share": idle_per_s if pid else None,
+            "server_cpu_ms": cpu_ms, "mean_ms": statistics.mean(sum(out.values(), [])),
             "heavy_alone_ms": 1000 * (time.perf_counter() - t)}
 
 
@@ -236,8 +233,8 @@ def main(argv=None) -> dict:
             for ref in REFS:  # warm-up: the first call of each adapter is not a figure
                 client.post(url + "/score", json={"model": ref, "prompts": p["prompts"][:2]})
                 client.post(url + "/v1/rerank", json={"model": ref, "query": p["histories"][0], "documents": p["documents"]})
-            baseline = single_calls(client, url, p, args.singles)
-            paced = single_calls(client, url, p, args.singles, pause_s=args.single_pause_s, pid=server.pid)
+            baseline = single_calls(client, url, p, args.singles, pid=server.pid)
+            paced = single_calls(client, url, p, args.singles, pause_s=args.single_pause_s)
             rss = [rss_of(server.pid)]
             sampling = threading.Event()
 
@@ -293,8 +290,9 @@ def main(argv=None) -> dict:
     ramp = [a for a in light if a["status"] == 200 and a["t0"] < steady_from]
     during = [a for a in light if a["status"] == 200 and a["t0"] >= steady_from and overlaps_heavy(a, heavy_spans)]
     steady = [a for a in light if a["t0"] >= steady_from]
-    all_paced = sum(paced["samples"].values(), [])
-    busy = min(1.0, (paced["server_cpu_ms"] or 0) / statistics.median(all_paced)) if paced["server_cpu_ms"] else 1.0
+    # the share of a single call's time that holds the server: its CPU over its latency, both the mean of
+    # the same back-to-back calls (/proc counts CPU in 10 ms ticks: ~60 calls give a few % precision)
+    busy = min(1.0, max(0.0, baseline["server_cpu_ms"] / baseline["mean_ms"]))
     single_ms = {"/score": baseline["score_ms"], "/v1/rerank": baseline["rerank_ms"]}
     ratios = {path: (pct([a["ms"] for a in during if a["path"] == path], 0.99) or 0) / single_ms[path]
               for path in single_ms}
@@ -317,9 +315,8 @@ def main(argv=None) -> dict:
         "single_after_score_ms": after["score_ms"], "single_after_rerank_ms": after["rerank_ms"],
         "p99_vs_single_after": max(ratios_after.values()),
         "single_paced_score_ms": paced["score_ms"], "single_paced_rerank_ms": paced["rerank_ms"],
-        "server_cpu_ms_per_single": paced["server_cpu_ms"], "server_idle_cpu_share": paced["server_idle_cpu_share"],
-        "server_busy_share": busy,
-        "fifo_floor_p99_vs_single": fifo_floor(paced["samples"], len(steady) / max(1e-9, max(a["t0"] for a in steady)
+        "server_cpu_ms_per_single": baseline["server_cpu_ms"], "server_busy_share": busy,
+        "fifo_estimate_p99_vs_single": fifo_estimate(paced["samples"], len(steady) / max(1e-9, max(a["t0"] for a in steady)
                                                                                  - steady_from), busy) if steady else None,
         "p99_vs_single_paced": max((pct([a["ms"] for a in during if a["path"] == path], 0.99) or 0) / paced[k]
                                    for path, k in (("/score", "score_ms"), ("/v1/rerank", "rerank_ms"))),
