@@ -24,14 +24,14 @@ def rss_of(pid: int) -> int:
     return 0
 
 
-def cpu_s_of(pid: int) -> float:
-    """CPU seconds the process has used (user + system, all its threads)."""
+def cpu_s_of(pid: int) -> float | None:
+    """CPU seconds the process has used (user + system, all its threads); None without /proc."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except OSError:
-        return 0.0
+        return None
 
 
 def pct(values: list[float], q: float) -> float | None:

@@ -97,7 +97,7 @@ def single_calls(client, url: str, p: dict, n: int, pause_s: float = 0.0, pid: i
     import random
     rng = random.Random(1)
     out = {"score": [], "score_one_row": [], "rerank": []}
-    cpu = cpu_s_of(pid) if pid else 0.0
+    cpu = cpu_s_of(pid) if pid else None
     for i in range(n):
         for kind in ("score", "score_one_row", "rerank"):
             rows = ([(REFS[i % 4], i % len(p["prompts"]))] if kind == "score_one_row" else
@@ -110,7 +110,7 @@ def single_calls(client, url: str, p: dict, n: int, pause_s: float = 0.0, pid: i
             out[kind].append(1000 * (time.perf_counter() - t))
             assert r.status_code == 200, r.text
     # the server's CPU per call (pid given; with no pause, so no idle time is counted), before the heavy call
-    cpu_ms = 1000 * (cpu_s_of(pid) - cpu) / (3 * n) if pid else None
+    cpu_ms = 1000 * (cpu_s_of(pid) - cpu) / (3 * n) if cpu is not None else None
     t = time.perf_counter()
     r = client.post(url + "/v1/rerank", json={"model": "video", "query": p["heavy_history"],
                                               "documents": p["heavy_documents"], "top_n": 10})
@@ -187,6 +187,8 @@ def main(argv=None) -> dict:
     args.think_s = [float(x) for x in args.think_s.split(",")]
     from adapterhub.serve.config import Limits
     args.max_batch_tokens = args.max_batch_tokens or Limits().max_batch_tokens  # the server's, to plan as it does
+    if args.singles < 1:
+        ap.error("--singles must be at least 1")
     if not 3 <= args.users <= MAX_USERS or not 0 < args.duration_s <= MAX_DURATION_S:
         ap.error(f"--users must be 3..{MAX_USERS} and --duration-s 0..{MAX_DURATION_S}")
     import httpx
@@ -292,7 +294,10 @@ def main(argv=None) -> dict:
     steady = [a for a in light if a["t0"] >= steady_from]
     # the share of a single call's time that holds the server: its CPU over its latency, both the mean of
     # the same back-to-back calls (/proc counts CPU in 10 ms ticks: ~60 calls give a few % precision)
-    busy = min(1.0, max(0.0, baseline["server_cpu_ms"] / baseline["mean_ms"]))
+    cpu_ms = baseline["server_cpu_ms"]   # None where /proc cannot be read
+    busy = None if cpu_ms is None else min(1.0, max(0.0, cpu_ms / baseline["mean_ms"]))
+    # the FIFO estimate draws paced calls: each holds the server for the measured CPU on average
+    hold = None if cpu_ms is None else min(1.0, max(0.0, cpu_ms / paced["mean_ms"]))
     single_ms = {"/score": baseline["score_ms"], "/v1/rerank": baseline["rerank_ms"]}
     ratios = {path: (pct([a["ms"] for a in during if a["path"] == path], 0.99) or 0) / single_ms[path]
               for path in single_ms}
@@ -315,9 +320,9 @@ def main(argv=None) -> dict:
         "single_after_score_ms": after["score_ms"], "single_after_rerank_ms": after["rerank_ms"],
         "p99_vs_single_after": max(ratios_after.values()),
         "single_paced_score_ms": paced["score_ms"], "single_paced_rerank_ms": paced["rerank_ms"],
-        "server_cpu_ms_per_single": baseline["server_cpu_ms"], "server_busy_share": busy,
+        "server_cpu_ms_per_single": baseline["server_cpu_ms"], "server_busy_share": busy, "fifo_hold_share": hold,
         "fifo_estimate_p99_vs_single": fifo_estimate(paced["samples"], len(steady) / max(1e-9, max(a["t0"] for a in steady)
-                                                                                 - steady_from), busy) if steady else None,
+                                                                                 - steady_from), hold) if steady and hold is not None else None,
         "p99_vs_single_paced": max((pct([a["ms"] for a in during if a["path"] == path], 0.99) or 0) / paced[k]
                                    for path, k in (("/score", "score_ms"), ("/v1/rerank", "rerank_ms"))),
         "heavy_alone_ms": baseline["heavy_alone_ms"], "ramp_s": args.ramp_s, "light_during_heavy": len(during),
