@@ -377,7 +377,7 @@ def last_hidden(decoder, packed: Packed, prune: bool = True) -> torch.Tensor:
 def _unused_mask(device) -> torch.Tensor:
     """A 4-D mask that transformers hands on as it is. The packed attention reads the layout, never a
     mask; without one, every forward built a causal mask and searched the position ids for packed
-    sequences (~9% of a light forward on a small base), only for the attention to ignore it."""
+    sequences (~10% of a light request on a small base), only for the attention to ignore it."""
     return torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device)
 
 
