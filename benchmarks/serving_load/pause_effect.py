@@ -25,10 +25,8 @@ def main() -> None:
     from adapterhub.registry import Registry
     folder = Path(tempfile.mkdtemp()) / "adapters"
     hub = Hub(base="random:small", registry=folder, quant="fp32", device="cpu")
-    shapes = {path: (m.in_features, m.out_features) for path, m in hub.wrapped.items()
-              if path.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj")}
     for i, name in enumerate(NAMES):
-        publish(Registry(folder), shapes, hub.fingerprint, name, seed=i + 1, scale=0.1)
+        publish(Registry(folder), hub, name, seed=i + 1, scale=0.1)
     rng = random.Random(0)
     prompts = [f"The user liked item {rng.randrange(1000)}, item {rng.randrange(1000)}. Will the user like "
                f"item {rng.randrange(1000)}? Answer:" for _ in range(24)]

@@ -41,18 +41,20 @@ MAX_USERS, MAX_DURATION_S = 256, 900
 KEY, ADMIN_KEY = "load-test-key", "load-test-admin"
 
 
-def publish(registry, shapes: dict, fingerprint: str, name: str, seed: int, scale: float) -> str:
-    """A random LoRA (r=8 on q/k/v/o), large enough that adapters' answers differ clearly."""
+def publish(registry, hub, name: str, seed: int, scale: float) -> str:
+    """A random LoRA (r=8 on q/k/v/o of `hub`'s base), large enough that adapters' answers differ clearly."""
     import torch
     from adapterhub.lora import peft_key
     g = torch.Generator().manual_seed(seed)
     tensors = {}
+    shapes = {path: (m.in_features, m.out_features) for path, m in hub.wrapped.items()
+              if path.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj")}
     for path, (d_in, d_out) in shapes.items():
         tensors[peft_key(path, "A")] = torch.randn(8, d_in, generator=g) * scale
         tensors[peft_key(path, "B")] = torch.randn(d_out, 8, generator=g) * scale
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16,
               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "bias": "none"}
-    return registry.publish(name, tensors, config, {"scenario": name, "base": {"fingerprint": fingerprint}})
+    return registry.publish(name, tensors, config, {"scenario": name, "base": {"fingerprint": hub.fingerprint}})
 
 
 def plan(hub, args) -> dict:
@@ -199,11 +201,9 @@ def main(argv=None) -> dict:
         tmp = Path(tmp)
         registry = tmp / "adapters"
         checker = Hub(base=args.base, registry=registry, quant=args.quant, device=args.device)
-        shapes = {path: (m.in_features, m.out_features) for path, m in checker.wrapped.items()
-                  if path.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj")}
         reg = Registry(registry)
         for i, name in enumerate(NAMES):
-            publish(reg, shapes, checker.fingerprint, name, seed=i + 1, scale=args.scale)
+            publish(reg, checker, name, seed=i + 1, scale=args.scale)
         p = plan(checker, args)
         (tmp / "plan.json").write_text(json.dumps(p))
         tol = TOL.get(str(checker.base.compute_dtype).split(".")[-1], 1e-5)
@@ -247,7 +247,7 @@ def main(argv=None) -> dict:
             def admin():
                 admin_client = httpx.Client(headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=120)
                 time.sleep(0.4 * args.duration_s)
-                version = publish(reg, shapes, checker.fingerprint, "news", seed=99, scale=args.scale)
+                version = publish(reg, checker, "news", seed=99, scale=args.scale)
                 reg.promote(f"news@{version}")
                 r = admin_client.post(url + "/v1/load_lora_adapter", json={"lora_name": "news", "reload": True})
                 admin_log["promotion"] = {"status": r.status_code, "loaded": r.json().get("loaded")}
@@ -298,12 +298,13 @@ def main(argv=None) -> dict:
     busy = None if cpu_ms is None else min(1.0, max(0.0, cpu_ms / baseline["mean_ms"]))
     # the FIFO estimate draws paced calls: each holds the server for the measured CPU on average
     hold = None if cpu_ms is None else min(1.0, max(0.0, cpu_ms / paced["mean_ms"]))
-    single_ms = {"/score": baseline["score_ms"], "/v1/rerank": baseline["rerank_ms"]}
-    ratios = {path: (pct([a["ms"] for a in during if a["path"] == path], 0.99) or 0) / single_ms[path]
-              for path in single_ms}
-    after_ms = {"/score": after["score_ms"], "/v1/rerank": after["rerank_ms"]}
-    ratios_after = {path: (pct([a["ms"] for a in during if a["path"] == path], 0.99) or 0) / after_ms[path]
-                    for path in after_ms}
+    routes = {"/score": "score_ms", "/v1/rerank": "rerank_ms"}
+    ms = {path: [a["ms"] for a in during if a["path"] == path] for path in routes}
+    p99 = {path: pct(ms[path], 0.99) or 0 for path in routes}
+
+    def against(single: dict) -> dict:  # each route's p99 over a single call of that route
+        return {path: p99[path] / single[key] for path, key in routes.items()}
+    ratios = against(baseline)
     summary = {
         "base": args.base, "quant": args.quant, "compute_dtype": str(checker.base.compute_dtype), "users": args.users,
         "duration_s": args.duration_s, "think_s": args.think_s, "max_request_tokens": args.max_request_tokens,
@@ -315,22 +316,18 @@ def main(argv=None) -> dict:
         "versions": result["versions"], "min_gap_between_versions": result["min_gap_between_versions"],
         "single_score_ms": baseline["score_ms"], "single_rerank_ms": baseline["rerank_ms"],
         "single_score_one_row_ms": baseline["score_one_row_ms"],
-        "p99_vs_single_one_row_score": (pct([a["ms"] for a in during if a["path"] == "/score"], 0.99) or 0)
-                                       / baseline["score_one_row_ms"],
+        "p99_vs_single_one_row_score": p99["/score"] / baseline["score_one_row_ms"],
         "single_after_score_ms": after["score_ms"], "single_after_rerank_ms": after["rerank_ms"],
-        "p99_vs_single_after": max(ratios_after.values()),
+        "p99_vs_single_after": max(against(after).values()),
         "single_paced_score_ms": paced["score_ms"], "single_paced_rerank_ms": paced["rerank_ms"],
         "server_cpu_ms_per_single": baseline["server_cpu_ms"], "server_busy_share": busy, "fifo_hold_share": hold,
         "fifo_estimate_p99_vs_single": fifo_estimate(paced["samples"], len(steady) / max(1e-9, max(a["t0"] for a in steady)
                                                                                  - steady_from), hold) if steady and hold is not None else None,
-        "p99_vs_single_paced": max((pct([a["ms"] for a in during if a["path"] == path], 0.99) or 0) / paced[k]
-                                   for path, k in (("/score", "score_ms"), ("/v1/rerank", "rerank_ms"))),
+        "p99_vs_single_paced": max(against(paced).values()),
         "heavy_alone_ms": baseline["heavy_alone_ms"], "ramp_s": args.ramp_s, "light_during_heavy": len(during),
         "ramp_light": len(ramp), "ramp_light_p99_ms": pct([a["ms"] for a in ramp], 0.99),
-        "score_p50_ms": pct([a["ms"] for a in during if a["path"] == "/score"], 0.5),
-        "score_p99_ms": pct([a["ms"] for a in during if a["path"] == "/score"], 0.99),
-        "rerank_p50_ms": pct([a["ms"] for a in during if a["path"] == "/v1/rerank"], 0.5),
-        "rerank_p99_ms": pct([a["ms"] for a in during if a["path"] == "/v1/rerank"], 0.99),
+        "score_p50_ms": pct(ms["/score"], 0.5), "score_p99_ms": pct(ms["/score"], 0.99),
+        "rerank_p50_ms": pct(ms["/v1/rerank"], 0.5), "rerank_p99_ms": pct(ms["/v1/rerank"], 0.99),
         "p99_vs_single": max(ratios.values()), "p99_vs_single_by_route": ratios,
         "heavy_requests": len(heavy), "heavy_p50_ms": pct([a["ms"] for a in heavy], 0.5),
         "over_limit": len(over), "over_limit_refused": sum(a["status"] == 400 for a in over),
