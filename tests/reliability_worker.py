@@ -1,4 +1,5 @@
 """Child processes for tests/test_reliability.py: each publishes one adapter, maybe stopping half-way.
+(tests/test_hostile_input.py uses its tensors too.)
 
     python tests/reliability_worker.py SIGNAL_DIR ROOT,NAME,SEED[,POINT] ...
 

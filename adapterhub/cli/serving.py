@@ -54,7 +54,7 @@ def cmd_serve(args) -> int:
     try:
         serve(build_hub, host=args.host, port=args.port, window_ms=args.window_ms, batch=not args.no_batch,
               limits=limits, auth=auth, drain_delay_s=args.drain_delay_s, drain_timeout_s=args.drain_timeout_s,
-              limit_concurrency=args.limit_concurrency)
+              limit_concurrency=args.limit_concurrency, http=args.http, loop=args.loop)
     finally:
         sys.setswitchinterval(before)  # main() called in a process of the caller's: it gets its own back
     return 0
@@ -91,6 +91,10 @@ def add_commands(sub, parents: dict) -> None:
                    "finish before they get a 503 and the server exits (default 30)")
     s.add_argument("--limit-concurrency", type=int, default=None, help="uvicorn's bound on connections + tasks, "
                    "past which it answers 503 (default 4 x max-queue + 64)")
+    s.add_argument("--http", choices=("auto", "httptools", "h11"), default="auto", help="uvicorn's HTTP parser "
+                   "(default auto: httptools, in C, when installed, as the 'serve' extra does; else h11, in Python)")
+    s.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="uvicorn's event loop "
+                   "(default auto: uvloop when installed; else asyncio)")
     s.add_argument("--no-access-log", action="store_true", help="no per-request log line (adapterhub.access)")
     s.add_argument("--gil-switch-ms", type=float, default=None, help="the process's GIL switch interval (default: "
                    "Python's, 5): how long a forward may wait to take the GIL back from a thread running Python. "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -183,6 +184,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--singles", type=int, default=20, help="single calls of each kind timed on the idle server")
     ap.add_argument("--single-pause-s", type=float, default=0.2, help="the pause before each single call of the "
                     "paced baseline")
+    ap.add_argument("--server-args", default="", help="more options for `adapterhub serve`, e.g. '--http h11 --loop "
+                    "asyncio' (the pure-Python stack) or '--gil-switch-ms 1'")
     ap.add_argument("--scale", type=float, default=0.1, help="std of the random LoRA weights")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for loadtest.jsonl")
     args = ap.parse_args(argv)
@@ -210,7 +213,7 @@ def main(argv=None) -> dict:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server_args = ["--max-request-tokens", str(args.max_request_tokens), "--max-batch-tokens", str(args.max_batch_tokens),
-                       *(["--bulk-tokens", args.bulk_tokens] if args.bulk_tokens else [])]
+                       *(["--bulk-tokens", args.bulk_tokens] if args.bulk_tokens else []), *shlex.split(args.server_args)]
         server = subprocess.Popen(
             [sys.executable, "-m", "adapterhub", "serve", "--registry", str(registry), "--base", args.base,
              "--quant", args.quant, "--device", args.device, "--host", "127.0.0.1", "--port", str(port),
@@ -292,6 +295,7 @@ def main(argv=None) -> dict:
     ramp = [a for a in light if a["status"] == 200 and a["t0"] < steady_from]
     during = [a for a in light if a["status"] == 200 and a["t0"] >= steady_from and overlaps_heavy(a, heavy_spans)]
     steady = [a for a in light if a["t0"] >= steady_from]
+    over_steady = [a for a in over if a["t0"] >= steady_from]
     # the share of a single call's time that holds the server: its CPU over its latency, both the mean of
     # the same back-to-back calls (/proc counts CPU in 10 ms ticks: ~60 calls give a few % precision)
     cpu_ms = baseline["server_cpu_ms"]   # None where /proc cannot be read
@@ -331,7 +335,12 @@ def main(argv=None) -> dict:
         "p99_vs_single": max(ratios.values()), "p99_vs_single_by_route": ratios,
         "heavy_requests": len(heavy), "heavy_p50_ms": pct([a["ms"] for a in heavy], 0.5),
         "over_limit": len(over), "over_limit_refused": sum(a["status"] == 400 for a in over),
-        "over_limit_p99_ms": pct([a["ms"] for a in over], 0.99),
+        # judged after the ramp, as the light figure: the first refusal of each kind is a cold path
+        "over_limit_p50_ms": pct([a["ms"] for a in over_steady], 0.5),
+        "over_limit_p99_ms": pct([a["ms"] for a in over_steady], 0.99),
+        "ramp_over_limit_max_ms": max((a["ms"] for a in over if a["t0"] < steady_from), default=None),
+        "over_limit_slowest": [(round(a["ms"], 1), round(a["t0"] - min(b["t0"] for b in answers), 1), a["path"])
+                               for a in sorted(over, key=lambda a: -a["ms"])[:4]],  # (ms, s into the load, route)
         "promotion": admin_log.get("promotion"), "unload": admin_log.get("unload"), "drain_s": drain_s,
         "rss_start_mib": rss[0] / 2**20, "rss_peak_mib": max(rss) / 2**20,
         "error_examples": [f"{a['user']} {a['path']} {a['status']} {str(a['reply'])[:200]}" for a in light + heavy
@@ -341,7 +350,7 @@ def main(argv=None) -> dict:
     summary["goals_met"] = bool(summary["wrong"] == 0 and summary["errors"] == 0 and during
                                 and summary["p99_vs_single"] <= 3.0
                                 and summary["over_limit"] > 0 and summary["over_limit_refused"] == summary["over_limit"]
-                                and summary["over_limit_p99_ms"] <= baseline["rerank_ms"]
+                                and over_steady and summary["over_limit_p99_ms"] <= baseline["rerank_ms"]
                                 and (summary["promotion"] or {}).get("loaded") == "news@v2"
                                 and (summary["unload"] or {}).get("unloaded") == ["music@v1"])
     rec = Recorder("loadtest", args.out, base=args.base, device=args.device, quant=args.quant)
