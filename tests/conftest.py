@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random Llama base (no download) and a registry in tmp_path."""
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -130,3 +131,115 @@ def plain_logit(hub, key, ids: list[int]) -> torch.Tensor:
     with hub.use(key):
         h = hub.decoder(input_ids=torch.tensor([ids], device=hub.device)).last_hidden_state[:, -1]
     return hub.yes_logit(h)
+
+
+# ---- dataset sources: synthetic files in each source's format (test_datasets.py, test_dataset_sources.py)
+
+GENRE_FLAGS = 19
+
+
+@pytest.fixture
+def video_dir(tmp_path):
+    ml, tr = tmp_path / "movielens-100k", tmp_path / "tallrec-movie"
+    ml.mkdir(), tr.mkdir()
+    lines = []
+    for i in range(1, 41):
+        flags = ["0"] * GENRE_FLAGS
+        flags[1 + i % 5] = "1"
+        lines.append(f"{i}|Film {i} Caf\xe9 (1990)|01-Jan-1990||http://x|" + "|".join(flags))
+    (ml / "u.item").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    rng = random.Random(1)
+    ratings = [f"{u}\t{i}\t{rng.randint(1, 5)}\t{880000000 + u * 100 + i}"
+               for u in range(1, 31) for i in rng.sample(range(1, 41), 15)]
+    (ml / "u.data").write_text("\n".join(ratings) + "\n")
+
+    def rows(users):
+        out = ["user_id,history_movie_id,history_rating,movie_id,rating,timestamp"]
+        for u in users:
+            for j in range(6):
+                hist = [str(1 + (u + j + k) % 40) for k in range(10)]
+                rates = [rng.randint(0, 1) for _ in hist]
+                out.append(f'{u},"{hist}","{rates}",{1 + (u * 7 + j) % 40},{rng.randint(0, 1)},{880000000 + j}')
+        return "\n".join(out) + "\n"
+    (tr / "train.csv").write_text(rows(range(1, 11)))
+    (tr / "valid.csv").write_text(rows(range(11, 31)))
+    return tmp_path
+
+
+def user_sequences(n_users, n_items, length, seed):
+    rng = random.Random(seed)
+    return {f"A{u}": rng.sample(range(n_items), length) for u in range(n_users)}
+
+
+@pytest.fixture
+def ecommerce_dir(tmp_path):
+    root = tmp_path / "amazon18-industrial"
+    (root / "valid").mkdir(parents=True), (root / "test").mkdir()
+    items = {str(i): {"title": f"Widget {i} " + "long " * 30, "description": "", "brand": f"B{i % 4}",
+                      "categories": ""} for i in range(80)}
+    (root / "Industrial_and_Scientific.item.json").write_text(json.dumps(items))
+    seqs = user_sequences(16, 80, 9, seed=2)
+    seqs["A0"][7] = seqs["A0"][2]   # a repeat purchase: a test target also seen earlier
+    header = "user_id,history_item_title,item_title,history_item_id,item_id,history_item_sid,item_sid"
+    valid, test = [header], [header]
+    for user, seq in seqs.items():   # positions 3..6 are valid rows, 7..8 test rows
+        for pos in range(3, 9):
+            hist = seq[max(0, pos - 10):pos]
+            row = f'{user},"[]",x,"{hist}",{seq[pos]},"[]",x'
+            (valid if pos < 7 else test).append(row)
+    name = "Industrial_and_Scientific_5_2016-10-2018-11.csv"
+    (root / "valid" / name).write_text("\n".join(valid) + "\n")
+    (root / "test" / name).write_text("\n".join(test) + "\n")
+    return tmp_path
+
+
+@pytest.fixture
+def news_dir(tmp_path):
+    root = tmp_path / "mind-recprompt"
+    (root / "test_group" / "variant1").mkdir(parents=True)
+    cols = ["news_id", "title", "category", "subvert", "abstract"]
+    header = "impression_id,history,candidate,label," + ",".join(
+        f"{side}_{c}" for side in ("history", "candidate") for c in cols)
+    rng = random.Random(3)
+    rows = [header]
+
+    def field(values):
+        return '"' + "\n".join(values).replace('"', '""') + '"'
+    for imp in range(60):
+        hist, cands = rng.sample(range(100), 4), rng.sample(range(100), 6)
+        side = {}
+        for name, ids, p in (("history", hist, "H"), ("candidate", cands, "C")):
+            side[name] = [[f"N{i}" for i in ids], [f'News "{i}", story' for i in ids],
+                          [f"cat{i % 3}" for i in ids], [f"sub{i % 6}" for i in ids], ["abs"] * len(ids)]
+            side[name + "_lines"] = [f"{p}{k + 1}: News \"{i}\", story" for k, i in enumerate(ids)]
+        label = "C2" if imp % 2 else "\"C1,C4\""
+        rows.append(",".join([str(imp), field(side["history_lines"]), field(side["candidate_lines"]), label]
+                             + [field(v) for v in side["history"]] + [field(v) for v in side["candidate"]]))
+    text = "\n".join(rows) + "\n"
+    (root / "test_group" / "variant1" / "a.csv").write_text(text)
+    (root / "test_group" / "variant1" / "dup.csv").write_text(text)   # same impressions again
+    (root / "test_group" / "variant1" / "empty.csv").write_text(header + "\n")
+    # 900 falls in the train bucket, 902 in the test bucket (sampled impressions: train only)
+    (root / "sampled_100.csv").write_text(
+        'impression_id,history,candidate,label\n900,"H1: News ""5"", story","C1: News ""7"", story\nC2: Unseen headline",C2\n'
+        '902,"H1: News ""5"", story","C1: News ""7"", story\nC2: Other headline",C1\n')
+    return tmp_path
+
+
+@pytest.fixture
+def music_dir(tmp_path):
+    root = tmp_path / "hetrec2011-lastfm-2k"
+    root.mkdir()
+    (root / "artists.dat").write_text("id\tname\turl\tpictureURL\n" + "".join(f"{i}\tArtist {i}\tu\tp\n" for i in range(1, 61)))
+    (root / "tags.dat").write_bytes(("tagID\ttagValue\n" + "".join(f"{t}\ttag{t} m\xe9tal\n" for t in range(1, 9))).encode("latin-1"))
+    seqs = {u: random.Random(u).sample(range(1, 61), 8 if u < 12 else 3) for u in range(2, 14)}
+    listened, tagged = ["userID\tartistID\tweight"], ["userID\tartistID\ttagID\tday\tmonth\tyear"]
+    for u, seq in seqs.items():
+        for pos, a in enumerate(seq):
+            listened.append(f"{u}\t{a}\t{100 - pos}")
+            tagged.append(f"{u}\t{a}\t{1 + a % 8}\t{1 + pos}\t3\t2009")
+            tagged.append(f"{u}\t{a}\t{1 + (a + 1) % 8}\t{1 + pos}\t4\t2009")   # later tag: ignored for order
+    tagged.append("2\t59\t1\t1\t1\t2010")   # tagged but never listened: dropped
+    (root / "user_artists.dat").write_text("\n".join(listened) + "\n")
+    (root / "user_taggedartists.dat").write_text("\n".join(tagged) + "\n")
+    return tmp_path, seqs

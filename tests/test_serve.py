@@ -223,3 +223,38 @@ def test_the_load_test_on_the_tiny_base(tmp_path, monkeypatch):
     assert {"news@v1", "news@v2", "music@v1", "video@v1", "ecommerce@v1"} <= set(s["versions"])
     row = json.loads((tmp_path / "loadtest.jsonl").read_text().splitlines()[-1])
     assert row["metric"] == "light_p99_vs_single" and row["wrong"] == 0
+
+
+def test_small_requests_over_resident_adapters_are_planned_on_the_event_loop(hub, monkeypatch):
+    """A request of few characters over resident adapters is tokenized and counted on the event loop
+    (its refusal needs no thread); a larger one, or one naming an adapter not resident (a disk read),
+    in a worker thread. Either way the answers are the hub's own."""
+    import threading
+    from adapterhub import checks, ranking
+    from adapterhub.serve import Limits, create_app
+    publish_random(hub, "news", seed=1)
+    publish_random(hub, "music", seed=2)
+    hub.load("news")
+    for key in [k for k in hub.resident() if k.startswith("music@")]:
+        hub.unload(key)  # not resident: its first request reads the disk
+    where = []
+    for module, name in ((checks, "encode_rows"), (ranking, "plan")):
+        inner = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _inner=inner, **k: (where.append(threading.current_thread().name),
+                                                                         _inner(*a, **k))[1])
+    worker = "AnyIO worker thread"
+    app = create_app(hub, window_ms=1, limits=Limits(prepare_on_loop_chars=60, max_request_tokens=300))
+    with TestClient(app) as c:
+        small = c.post("/score", json={"model": "news", "prompts": [PROMPT]})  # 51 characters
+        assert small.status_code == 200 and where.pop() != worker
+        assert small.json()["scores"] == pytest.approx(hub.score([("news", PROMPT)]), abs=1e-6)
+        large = c.post("/score", json={"model": "news", "prompts": [PROMPT, PROMPT]})
+        assert large.status_code == 200 and where.pop() == worker
+        assert large.json()["scores"] == pytest.approx(small.json()["scores"] * 2, abs=1e-6)
+        ranked = c.post("/v1/rerank", json={"model": "news", "query": ["a thing"], "documents": ["b", "c"]})
+        assert ranked.status_code == 200 and where.pop() != worker
+        over = c.post("/v1/rerank", json={"model": "news", "query": ["a"], "documents": ["b"] * 50})  # 51 characters
+        assert over.status_code == 400 and "budget" in over.json()["error"]["message"] and where.pop() != worker
+        cold = c.post("/score", json={"model": "music", "prompts": [PROMPT]})  # read from the disk: not on the loop
+        assert cold.status_code == 200 and where.pop() == worker
+        assert c.get("/ready").status_code == 200 and app.state.gate.admitted == 0 and app.state.gate.tokens == 0

@@ -70,6 +70,14 @@ def _resolve(hub: Hub, ref: Optional[str]) -> Optional[str]:
     return hub.load(_check(ref)).key
 
 
+def _resident_now(hub: Hub, ref: Optional[str]) -> bool:
+    """`ref` resolves without the disk: the base, or an adapter resident now under that reference."""
+    if ref is None or ref == "base":
+        return True
+    key = hub._alias.get(ref) or ref
+    return key in hub._resident
+
+
 def scenarios_of(card: dict, key: str) -> list[str]:
     joint = card.get("scenarios") or {}
     return list(joint) if joint else [card.get("scenario", key.split("@")[0])]
@@ -140,8 +148,9 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         return min(known) if known else None
 
     # ------------------------------------------------------------ the work, in the request's thread
-    def score_work(pairs, call: Call) -> dict:
-        h, batcher = state["hub"], state["batcher"]
+    def score_plan(pairs, call: Call) -> tuple:
+        """Tokenize and count a /score request -> (keys, ids); a 400 or 503 for what it may not run."""
+        h = state["hub"]
         keys = {ref: _resolve(h, ref) for ref in dict.fromkeys(ref for ref, _ in pairs)}
         rows = [(keys[ref], prompt) for ref, prompt in pairs]
         try:
@@ -155,13 +164,18 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         gate.count(call, sum(map(len, ids)))
         metrics.count_adapters(keys.values())
         metrics.request_tokens.inc(call.tokens)
-        with batcher.joined(deadline=call.deadline, cancelled=call.cancelled, start_by=call.start_by):
-            scores = h._score_rows([k for k, _ in rows], ids)
-        return {"scores": scores, "adapters": [k for k, _ in rows], "usage": {"total_tokens": call.tokens}}
+        return [k for k, _ in rows], ids
 
-    def rank_work(ref: str, history, candidates, disliked, scenario, raw, call: Call):
-        """-> (key, scores in candidate order, tokens)."""
+    def score_work(planned: tuple, call: Call) -> dict:
         h, batcher = state["hub"], state["batcher"]
+        keys, ids = planned
+        with batcher.joined(deadline=call.deadline, cancelled=call.cancelled, start_by=call.start_by):
+            scores = h._score_rows(keys, ids)
+        return {"scores": scores, "adapters": keys, "usage": {"total_tokens": call.tokens}}
+
+    def rank_plan(ref: str, history, candidates, disliked, scenario, call: Call):
+        """Render, tokenize and count a ranking -> (key, ranking.Ranking); a 400 or 503 for what it may not run."""
+        h = state["hub"]
         key = _resolve(h, ref)
         if key is None:
             raise ApiError(400, "ranking needs an adapter (a name or name@vN), not the base", "model")
@@ -182,9 +196,22 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         gate.count(call, planned.tokens)
         metrics.count_adapters([key])
         metrics.request_tokens.inc(call.tokens)
+        return key, planned
+
+    def rank_work(planned: tuple, raw: bool, call: Call):
+        """-> (key, scores in candidate order, tokens)."""
+        h, batcher = state["hub"], state["batcher"]
+        key, plan = planned
         with batcher.joined(deadline=call.deadline, cancelled=call.cancelled, start_by=call.start_by):
-            scores = ranking.scores(h, planned, raw)
+            scores = ranking.scores(h, plan, raw)
         return key, scores, call.tokens
+
+    def on_loop(refs, texts) -> bool:
+        """Plan a request on the event loop: small enough, and every adapter it names resident (no disk)."""
+        most = limits.prepare_on_loop_chars
+        h = state["hub"]
+        return (most is not None and h is not None and sum(map(len, texts)) <= most
+                and all(_resident_now(h, ref) for ref in refs))
 
     # ------------------------------------------------------------ scoring routes
     @app.post("/v1/rerank", response_model=RerankReply, response_model_exclude_none=True, dependencies=keyed,
@@ -192,9 +219,11 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
     async def rerank(body: RerankBody, request: Request):
         """Rank `documents` (the candidates) for a user whose history is `query`, as Cohere, Jina and vLLM
         rerank. `relevance_score` is the adapter's (fused) probability that the user likes the item."""
-        texts = body.texts()
-        key, scores, tokens = await gate.run(request, lambda call: rank_work(
-            body.model, body.history(), texts, body.disliked, body.scenario, body.raw, call))
+        texts, history = body.texts(), body.history()
+        key, scores, tokens = await gate.run(
+            request, lambda call: rank_plan(body.model, history, texts, body.disliked, body.scenario, call),
+            lambda planned, call: rank_work(planned, body.raw, call),
+            on_loop=on_loop([body.model], [*history, *texts, *body.disliked]))
         order = sorted(range(len(texts)), key=lambda i: -scores[i])[:body.top_n or len(texts)]
         return {"id": f"rerank-{request.state.request_id}", "model": key, "usage": {"total_tokens": tokens},
                 "results": [{"index": i, "relevance_score": scores[i],
@@ -205,13 +234,16 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         """P(yes) of whole prompts: {"rows": [{model, prompt}, ...]} (one adapter per row) or
         {"model": ..., "prompts": [...]}."""
         pairs = body.pairs()
-        return await gate.run(request, lambda call: score_work(pairs, call))
+        return await gate.run(request, lambda call: score_plan(pairs, call), score_work,
+                              on_loop=on_loop({ref for ref, _ in pairs}, [p for _, p in pairs]))
 
     @app.post("/recommend", dependencies=keyed, tags=["ranking"])
     async def recommend(body: RecommendBody, request: Request):
         """The first ranking route: top-k {item, score} of `candidates` for `history` (see /v1/rerank)."""
-        key, scores, _ = await gate.run(request, lambda call: rank_work(
-            body.model, body.history, body.candidates, body.disliked, body.scenario, body.raw, call))
+        key, scores, _ = await gate.run(
+            request, lambda call: rank_plan(body.model, body.history, body.candidates, body.disliked, body.scenario, call),
+            lambda planned, call: rank_work(planned, body.raw, call),
+            on_loop=on_loop([body.model], [*body.history, *body.candidates, *body.disliked]))
         order = sorted(range(len(scores)), key=lambda i: -scores[i])[:body.k]
         return {"adapter": key, "items": [{"item": body.candidates[i], "score": scores[i]} for i in order]}
 

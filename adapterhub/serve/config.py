@@ -30,6 +30,9 @@ class Limits:
                                      "requests served in between")
     bulk_tokens: int | None = _f(4096, "a request of more tokens runs on a second worker whose forwards pause between "
                                        "layers while lighter requests wait; none: one worker")
+    prepare_on_loop_chars: int | None = _f(32_768, "a scoring request whose texts total at most this many characters, "
+                                                   "over resident adapters, is tokenized and checked on the event loop "
+                                                   "(a refusal then needs no thread); none: always in a thread")
     max_queue: int = _f(64, "requests admitted at once (waiting or running); more get 503 + Retry-After")
     max_queue_tokens: int = _f(131_072, "tokens admitted at once; more get 503 + Retry-After")
     queue_timeout_s: float = _f(10.0, "a request whose forward has not started after this long is dropped "

@@ -3,9 +3,11 @@
 A scoring request goes through `Gate.run`:
 1. admission, on the event loop (no thread, so a refusal is fast): 503 + Retry-After while the base
    is loading, while draining, or when `max_queue` requests are already admitted;
-2. the work in a thread of its own (every admitted request has one: no hidden queue): references
-   resolved, prompts rendered, tokenized and counted. Over `max_model_len` or `max_request_tokens`
-   is a 400, over `max_queue_tokens` queued a 503, all before any forward;
+2. its plan: references resolved, prompts rendered, tokenized and counted. Over `max_model_len` or
+   `max_request_tokens` is a 400, over `max_queue_tokens` queued a 503, all before any forward. A
+   small request over resident adapters (`prepare_on_loop_chars`) is planned on the event loop, so
+   a refusal costs no thread; any other in its thread (every admitted request has one: no hidden
+   queue), before its forward;
 3. the forward in the batcher, which drops the request unstarted when it has waited `queue_timeout_s`
    (503) or when the client disconnects, and runs at most `max_batch_tokens` per forward;
 4. `request_timeout_s` after arrival the client gets a 504, whatever is still running.
@@ -89,13 +91,21 @@ class Gate:
             self.admitted -= 1
             self.tokens -= call.tokens
 
-    async def run(self, request: Request, work):
-        """work(call) -> the response body, run in a thread; see the module's docstring."""
+    async def run(self, request: Request, plan, work, on_loop: bool = False):
+        """plan(call) -> planned (tokenize, count, refuse), then work(planned, call) -> the response body (the
+        forward): in a thread, or with on_loop, plan on the event loop first (a small request over
+        resident adapters: a refusal then needs no thread). See the module's docstring."""
         call = self._admit()
+        if on_loop:
+            try:
+                planned = plan(call)
+            except BaseException:
+                self._release(call)
+                raise
 
         def body():
             try:
-                return work(call)
+                return work(planned if on_loop else plan(call), call)
             finally:
                 self._release(call)
         out, error = None, None
