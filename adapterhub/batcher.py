@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import side_by_side
+from . import give_way, side_by_side
 from .errors import AdapterHubError, ConfigError, DataError
 from .hub import BATCHER, Hub
 
@@ -41,11 +41,8 @@ WINDOW_MS = 2.0
 MAX_ROWS = 32             # score rows (or ranking groups) per forward
 MAX_BATCH_TOKENS = 4096   # tokens per forward (an item over it runs alone)
 STARVE_FORWARDS = 3       # a request passed over this many forwards in a row goes first in the next
-GIVE_WAY_S = 0.05         # the longest a bulk forward waits for the main lane at one decoder layer
 # (deadline, cancelled event, start_by) of the call running in this thread, set by Batcher.joined
 _CALL: contextvars.ContextVar = contextvars.ContextVar("adapterhub_batcher_call", default=(None, None, None))
-# set in a bulk lane's worker thread: the main lane its forwards give way to (_give_way)
-_GIVE_WAY_TO: contextvars.ContextVar = contextvars.ContextVar("adapterhub_give_way_to", default=None)
 
 
 class Refused(AdapterHubError, RuntimeError):
@@ -73,6 +70,7 @@ class _Request:
     taken: int = 0           # items [0, taken) handed to a forward
     parts: list = field(default_factory=list)   # each finished forward's results for this request, in order
     started: float | None = None
+    on_done: object = None   # called (no arguments) in the worker's thread once it is answered or refused
 
     def __post_init__(self):
         self.skipped = 0  # forwards in a row that passed it over
@@ -123,7 +121,7 @@ class Batcher:
         self._batches = self._requests = 0   # forwards run, requests answered (this lane)
         self.main, self.bulk_tokens, self.bulk = _main, bulk_tokens, None
         if bulk_tokens is not None:
-            _pause_points(hub)
+            give_way.pause_points(hub)
             self.bulk = Batcher(hub, 0, max_rows, max_batch_tokens, on_batch, _main=self)
         name = "adapterhub-batcher" + ("-bulk" if _main is not None else "")
         self._worker = threading.Thread(target=self._run, name=name, daemon=True)
@@ -176,23 +174,41 @@ class Batcher:
         keys = key if isinstance(key, list) else [key] * len(groups)
         return self._submit(_Request("packed", keys, list(groups), *_CALL.get()))
 
-    def _submit(self, req: _Request):
-        counted = BATCHER.get() is self  # inside joined(): counted in _coming
+    def submit(self, kind: str, keys: list, items: list, deadline: float | None = None,
+               cancelled: threading.Event | None = None, start_by: float | None = None, on_done=None):
+        """Queue a request without waiting for it (a caller on an event loop) -> (the request, its lane).
+        kind: 'rows' (token ids per row, as rows()) or 'packed' (ranking groups, as packed()). on_done()
+        is called in the worker's thread once req.result or req.error is set; meanwhile the caller
+        calls lane.drop_if_dead(req) now and then, since the worker only looks between forwards."""
+        req = _Request(kind, list(keys), list(items), deadline, cancelled, start_by, on_done=on_done)
+        return req, self._enqueue(req)
+
+    def _enqueue(self, req: _Request) -> "Batcher":
         lane = self.bulk if self.bulk is not None and req.left > self.bulk_tokens else self
         with self._cv:
             if self._closed:
                 raise Refused("closed", "the batcher is closed")
-            self._coming -= counted  # this caller no longer holds up a batch
-            self._cv.notify_all()
         with lane._cv:
             lane._queue.append(req)
             lane._cv.notify_all()
+        return lane
+
+    def drop_if_dead(self, req: _Request) -> None:
+        """Refuse `req` now if it is past a deadline or cancelled (see _drop_if_dead)."""
+        with self._cv:
+            self._drop_if_dead(req, time.monotonic())
+
+    def _submit(self, req: _Request):
+        counted = BATCHER.get() is self  # inside joined(): counted in _coming
+        with self._cv:
+            self._coming -= counted  # this caller no longer holds up a batch
+            self._cv.notify_all()
         try:
+            lane = self._enqueue(req)
             # the caller watches its own deadlines too: the worker only looks between forwards
             poll = None if req.deadline is None and req.cancelled is None and req.start_by is None else 0.05
             while not req.done.wait(poll):
-                with lane._cv:
-                    lane._drop_if_dead(req, time.monotonic())
+                lane.drop_if_dead(req)
         finally:
             with self._cv:
                 self._coming += counted  # (joined() counts it out again; a recommend may submit twice)
@@ -243,7 +259,7 @@ class Batcher:
     # ------------------------------------------------------------ the worker
     def _run(self) -> None:
         if self.main is not None:   # the bulk lane's worker: its forwards give way to the main lane's
-            _GIVE_WAY_TO.set(self.main)
+            give_way.GIVE_WAY_TO.set(self.main)
         while True:
             with self._cv:
                 while not self._queue and not self._closed:
@@ -360,6 +376,8 @@ class Batcher:
         if error is None:
             self._requests += 1
         r.done.set()
+        if r.on_done is not None:
+            r.on_done()
 
     @torch.inference_mode()
     def _run_slices(self, kind: str, slices: list[tuple[_Request, int, int]]) -> list:
@@ -377,21 +395,3 @@ class Batcher:
             out.append(flat[at:at + n])
             at += n
         return out
-
-
-def _pause_points(hub: Hub) -> None:
-    """A hook before each decoder layer of the hub's base (once per base): a forward run by a bulk
-    lane's worker waits there while its main lane has work, up to GIVE_WAY_S per layer, so that it
-    always moves on. Other threads' forwards pass it by (one context-variable read per layer)."""
-    decoder = hub.decoder
-    if getattr(decoder, "_adapterhub_pause_points", False):
-        return
-    for layer in decoder.layers:
-        layer.register_forward_pre_hook(_give_way)
-    decoder._adapterhub_pause_points = True
-
-
-def _give_way(module, args) -> None:
-    main = _GIVE_WAY_TO.get()
-    if main is not None:
-        main._wait_idle(GIVE_WAY_S)

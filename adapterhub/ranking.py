@@ -56,10 +56,14 @@ def plan(hub, ref: str, history, candidates, disliked=(), scenario: str | None =
 def scores(hub, ranking: Ranking, raw: bool = False) -> list[float]:
     """Each candidate's score, in candidate order: the fused probability, or P(yes) when raw or when
     the version has no fused blend (adapterhub.recommend.finish)."""
-    from . import recommend
     if not ranking.groups:  # no candidates
         return []
-    probs = torch.sigmoid(hub.packed_logits(ranking.plan.key, ranking.groups)).tolist()
+    return finish(ranking, torch.sigmoid(hub.packed_logits(ranking.plan.key, ranking.groups)).tolist(), raw)
+
+
+def finish(ranking: Ranking, probs: list[float], raw: bool = False) -> list[float]:
+    """Each candidate's P(yes) (in candidate order) -> its score, fused unless raw (see scores)."""
+    from . import recommend
     return [f for _, f, _ in recommend.finish(ranking.plan, probs, raw)]
 
 

@@ -227,8 +227,9 @@ def test_the_load_test_on_the_tiny_base(tmp_path, monkeypatch):
 
 def test_small_requests_over_resident_adapters_are_planned_on_the_event_loop(hub, monkeypatch):
     """A request of few characters over resident adapters is tokenized and counted on the event loop
-    (its refusal needs no thread); a larger one, or one naming an adapter not resident (a disk read),
-    in a worker thread. Either way the answers are the hub's own."""
+    (its refusal needs no thread), and its forward awaited there (no thread at all); a larger one, or
+    one naming an adapter not resident (a disk read), goes to a worker thread. The answers are the
+    hub's own either way."""
     import threading
     from adapterhub import checks, ranking
     from adapterhub.serve import Limits, create_app
@@ -242,14 +243,17 @@ def test_small_requests_over_resident_adapters_are_planned_on_the_event_loop(hub
         inner = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _inner=inner, **k: (where.append(threading.current_thread().name),
                                                                          _inner(*a, **k))[1])
+    import anyio.to_thread
+    trips, run_sync = [], anyio.to_thread.run_sync
+    monkeypatch.setattr(anyio.to_thread, "run_sync", lambda *a, **k: (trips.append(1), run_sync(*a, **k))[1])
     worker = "AnyIO worker thread"
     app = create_app(hub, window_ms=1, limits=Limits(prepare_on_loop_chars=60, max_request_tokens=300))
     with TestClient(app) as c:
         small = c.post("/score", json={"model": "news", "prompts": [PROMPT]})  # 51 characters
-        assert small.status_code == 200 and where.pop() != worker
+        assert small.status_code == 200 and where.pop() != worker and not trips  # its forward awaited, no thread
         assert small.json()["scores"] == pytest.approx(hub.score([("news", PROMPT)]), abs=1e-6)
         large = c.post("/score", json={"model": "news", "prompts": [PROMPT, PROMPT]})
-        assert large.status_code == 200 and where.pop() == worker
+        assert large.status_code == 200 and where.pop() == worker and len(trips) == 1
         assert large.json()["scores"] == pytest.approx(small.json()["scores"] * 2, abs=1e-6)
         ranked = c.post("/v1/rerank", json={"model": "news", "query": ["a thing"], "documents": ["b", "c"]})
         assert ranked.status_code == 200 and where.pop() != worker
@@ -257,4 +261,5 @@ def test_small_requests_over_resident_adapters_are_planned_on_the_event_loop(hub
         assert over.status_code == 400 and "budget" in over.json()["error"]["message"] and where.pop() != worker
         cold = c.post("/score", json={"model": "music", "prompts": [PROMPT]})  # read from the disk: not on the loop
         assert cold.status_code == 200 and where.pop() == worker
-        assert c.get("/ready").status_code == 200 and app.state.gate.admitted == 0 and app.state.gate.tokens == 0
+        assert len(trips) == 2 and c.get("/ready").status_code == 200
+        assert app.state.gate.admitted == 0 and app.state.gate.tokens == 0

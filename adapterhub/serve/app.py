@@ -19,7 +19,7 @@ from ..errors import ConfigError, RegistryError
 from ..hub import Hub
 from ..memory import rss_bytes
 from ..registry import parse_ref
-from . import errors
+from . import errors, forward
 from .auth import Auth, require_admin, require_key
 from .errors import ApiError, Redactor
 from .config import Limits
@@ -206,6 +206,19 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
             scores = ranking.scores(h, plan, raw)
         return key, scores, call.tokens
 
+    async def score_awaited(planned: tuple, call: Call) -> dict:
+        keys, ids = planned
+        scores = await forward.scored(state["batcher"], keys, ids, call)
+        return {"scores": scores, "adapters": keys, "usage": {"total_tokens": call.tokens}}
+
+    async def rank_awaited(planned: tuple, raw: bool, call: Call):
+        key, plan = planned
+        return key, await forward.ranked(state["batcher"], plan, raw, call), call.tokens
+
+    def awaited(fn):
+        """fn as Gate.run's async forward, or None without the batcher (its forwards run in threads)."""
+        return fn if batch else None
+
     def on_loop(refs, texts) -> bool:
         """Plan a request on the event loop: small enough, and every adapter it names resident (no disk)."""
         most = limits.prepare_on_loop_chars
@@ -223,7 +236,8 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         key, scores, tokens = await gate.run(
             request, lambda call: rank_plan(body.model, history, texts, body.disliked, body.scenario, call),
             lambda planned, call: rank_work(planned, body.raw, call),
-            on_loop=on_loop([body.model], [*history, *texts, *body.disliked]))
+            on_loop=on_loop([body.model], [*history, *texts, *body.disliked]),
+            forward=awaited(lambda planned, call: rank_awaited(planned, body.raw, call)))
         order = sorted(range(len(texts)), key=lambda i: -scores[i])[:body.top_n or len(texts)]
         return {"id": f"rerank-{request.state.request_id}", "model": key, "usage": {"total_tokens": tokens},
                 "results": [{"index": i, "relevance_score": scores[i],
@@ -235,7 +249,8 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         {"model": ..., "prompts": [...]}."""
         pairs = body.pairs()
         return await gate.run(request, lambda call: score_plan(pairs, call), score_work,
-                              on_loop=on_loop({ref for ref, _ in pairs}, [p for _, p in pairs]))
+                              on_loop=on_loop({ref for ref, _ in pairs}, [p for _, p in pairs]),
+                              forward=awaited(score_awaited))
 
     @app.post("/recommend", dependencies=keyed, tags=["ranking"])
     async def recommend(body: RecommendBody, request: Request):
@@ -243,7 +258,8 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         key, scores, _ = await gate.run(
             request, lambda call: rank_plan(body.model, body.history, body.candidates, body.disliked, body.scenario, call),
             lambda planned, call: rank_work(planned, body.raw, call),
-            on_loop=on_loop([body.model], [*body.history, *body.candidates, *body.disliked]))
+            on_loop=on_loop([body.model], [*body.history, *body.candidates, *body.disliked]),
+            forward=awaited(lambda planned, call: rank_awaited(planned, body.raw, call)))
         order = sorted(range(len(scores)), key=lambda i: -scores[i])[:body.k]
         return {"adapter": key, "items": [{"item": body.candidates[i], "score": scores[i]} for i in order]}
 

@@ -37,15 +37,16 @@ def _refuse(request: Request, reason: str, status: int, message: str):
     raise ApiError(status, message, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
 
-def require_key(request: Request, creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
-    """A dependency: the caller holds an API key (when the server has any)."""
+async def require_key(request: Request, creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+    """A dependency: the caller holds an API key (when the server has any). async: FastAPI runs a sync
+    dependency in a worker thread, a trip there and back on every request for a few comparisons."""
     auth: Auth = request.app.state.auth
     if auth.api_keys and not auth.matches(auth.api_keys, creds):
         _refuse(request, "unauthorized", 401, "missing or wrong API key: send 'Authorization: Bearer <key>' "
                                                "with a key the server was started with (--api-key)")
 
 
-def require_admin(request: Request, creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+async def require_admin(request: Request, creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
     """A dependency: runtime loading is on and the caller holds an admin key (or an API key when no
     admin key is set)."""
     auth: Auth = request.app.state.auth

@@ -91,10 +91,11 @@ class Gate:
             self.admitted -= 1
             self.tokens -= call.tokens
 
-    async def run(self, request: Request, plan, work, on_loop: bool = False):
+    async def run(self, request: Request, plan, work, on_loop: bool = False, forward=None):
         """plan(call) -> planned (tokenize, count, refuse), then work(planned, call) -> the response body (the
-        forward): in a thread, or with on_loop, plan on the event loop first (a small request over
-        resident adapters: a refusal then needs no thread). See the module's docstring."""
+        forward), in a thread. With on_loop (a small request over resident adapters), the plan runs on
+        the event loop first, so a refusal needs no thread; and given `forward`, an async
+        forward(planned, call) -> the body, the forward is awaited there too. See the module's docstring."""
         call = self._admit()
         if on_loop:
             try:
@@ -108,13 +109,20 @@ class Gate:
                 return work(planned if on_loop else plan(call), call)
             finally:
                 self._release(call)
+
+        async def awaited():
+            try:
+                return await forward(planned, call)
+            finally:
+                self._release(call)
         out, error = None, None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_disconnect, request, call.cancelled)
                 with anyio.move_on_after(max(0.0, call.deadline - time.monotonic())) as scope:
                     try:
-                        out = await anyio.to_thread.run_sync(body, abandon_on_cancel=True, limiter=self.limiter)
+                        out = (await awaited() if on_loop and forward is not None else
+                               await anyio.to_thread.run_sync(body, abandon_on_cancel=True, limiter=self.limiter))
                     except Exception as e:  # noqa: BLE001 - raised below, outside the task group (no ExceptionGroup)
                         error = e
                 tg.cancel_scope.cancel()
