@@ -16,7 +16,7 @@ Each forward holds at most `max_rows` items and `max_batch_tokens` tokens (one i
 runs alone). A request too big for one forward runs over several, its items in order, and the
 forwards in between serve other requests (Batcher._pick): a heavy request neither stalls light ones
 for more than about one forward nor starves. With `bulk_tokens`, requests over it run on a second
-worker whose forwards pause between decoder layers while the first has work.
+worker whose forwards pause twice a decoder layer while the first has work (adapterhub.give_way).
 
 Before each forward the worker drops the requests whose deadline has passed or whose caller gave up
 (`cancelled`), unstarted items and all; their callers get `Refused`. While a forward runs, new
@@ -100,8 +100,8 @@ class Batcher:
         max_rows: score rows or ranking groups per forward (default MAX_ROWS); max_batch_tokens: tokens
         per forward (default MAX_BATCH_TOKENS). on_batch(items, tokens, forward_s, queue_waits_s):
         called after each forward (the server's metrics). bulk_tokens: a request of more tokens runs
-        on a second worker (the bulk lane), whose forwards pause between decoder layers while this
-        lane has work: a light request waits for one layer of a heavy forward, not for all of it.
+        on a second worker (the bulk lane), whose forwards pause twice a decoder layer while this
+        lane has work: a light request waits for half a layer of a heavy forward, not for all of it.
         None: one worker for all."""
         if window_ms < 0:
             raise ConfigError(f"window_ms={window_ms} must be >= 0")
