@@ -10,23 +10,26 @@
 A call runs the hub's own `score` / `recommend` in the caller's thread (references resolved,
 prompts rendered, tokenized and checked there), up to the forward: that is handed to one worker
 thread, which runs the waiting requests' items (score rows, packed side by side; or ranking groups
-of one history prefix and its candidates) through Hub.packed_logits (adapterhub.side_by_side).
+of one history prefix and its candidates) through Hub.packed_logits (adapterhub.side_by_side). A
+caller on an event loop queues its tokenized items with `submit` and is called back instead
+(adapterhub.serve.forward).
 
 Each forward holds at most `max_rows` items and `max_batch_tokens` tokens (one item over the budget
 runs alone). A request too big for one forward runs over several, its items in order, and the
 forwards in between serve other requests (Batcher._pick): a heavy request neither stalls light ones
 for more than about one forward nor starves. With `bulk_tokens`, requests over it run on a second
 worker whose forwards pause twice a decoder layer while the first has work (adapterhub.give_way).
-
 Before each forward the worker drops the requests whose deadline has passed or whose caller gave up
 (`cancelled`), unstarted items and all; their callers get `Refused`. While a forward runs, new
-requests queue for the next one; before it starts one, the worker waits for callers already inside
-a call but still tokenizing, up to `window_ms` after the oldest request arrived.
+requests queue for the next one; before it starts one, the worker waits for callers inside
+`joined()` but still tokenizing, up to `window_ms` after the oldest request arrived (a submitted
+request comes tokenized: there is nothing to wait for).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +40,7 @@ from . import give_way, side_by_side
 from .errors import AdapterHubError, ConfigError, DataError
 from .hub import BATCHER, Hub
 
+log = logging.getLogger(__name__)
 WINDOW_MS = 2.0
 MAX_ROWS = 32             # score rows (or ranking groups) per forward
 MAX_BATCH_TOKENS = 4096   # tokens per forward (an item over it runs alone)
@@ -178,7 +182,8 @@ class Batcher:
                cancelled: threading.Event | None = None, start_by: float | None = None, on_done=None):
         """Queue a request without waiting for it (a caller on an event loop) -> (the request, its lane).
         kind: 'rows' (token ids per row, as rows()) or 'packed' (ranking groups, as packed()). on_done()
-        is called in the worker's thread once req.result or req.error is set; meanwhile the caller
+        is called once req.result or req.error is set (in the worker's thread, or the thread that
+        refused it: drop_if_dead, abort) and must not block; meanwhile the caller
         calls lane.drop_if_dead(req) now and then, since the worker only looks between forwards."""
         req = _Request(kind, list(keys), list(items), deadline, cancelled, start_by, on_done=on_done)
         return req, self._enqueue(req)
@@ -344,12 +349,12 @@ class Batcher:
             if not mine:
                 continue
             try:
-                results = self._run_slices(kind, mine)
+                results = side_by_side.run_slices(self.hub, kind, mine)
             except BaseException:  # noqa: BLE001 - whose items failed? each slice alone
                 results = []
                 for p in mine:
                     try:
-                        results += self._run_slices(kind, [p])
+                        results += side_by_side.run_slices(self.hub, kind, [p])
                     except BaseException as e:  # noqa: BLE001 - handed to the caller, which raises it
                         results.append(e)
             with self._cv:
@@ -377,21 +382,7 @@ class Batcher:
             self._requests += 1
         r.done.set()
         if r.on_done is not None:
-            r.on_done()
-
-    @torch.inference_mode()
-    def _run_slices(self, kind: str, slices: list[tuple[_Request, int, int]]) -> list:
-        """One batch for all of the slices (one kind) -> each slice's results (rows: floats; packed: logits)."""
-        keys = [k for r, s, e in slices for k in r.keys[s:e]]
-        items = [x for r, s, e in slices for x in r.items[s:e]]
-        if kind == "rows":
-            flat = side_by_side.score_rows(self.hub, keys, items)
-            sizes = [e - s for _, s, e in slices]
-        else:
-            flat = side_by_side.chunked(self.hub, keys, items)
-            sizes = [sum(len(suffixes) for _, suffixes in r.items[s:e]) for r, s, e in slices]
-        out, at = [], 0
-        for n in sizes:
-            out.append(flat[at:at + n])
-            at += n
-        return out
+            try:
+                r.on_done()
+            except Exception:  # noqa: BLE001 - a caller's callback must not stop the worker (or the others' answers)
+                log.exception("a request's on_done callback failed")

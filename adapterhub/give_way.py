@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextvars
 
-GIVE_WAY_S = 0.05  # the longest a bulk forward waits for the main lane at one decoder layer: it always moves on
+GIVE_WAY_S = 0.025  # the longest a bulk forward waits at one pause (two a layer): it always moves on
 # set in a bulk lane's worker thread: the main lane (a Batcher) its forwards give way to
 GIVE_WAY_TO: contextvars.ContextVar = contextvars.ContextVar("adapterhub_give_way_to", default=None)
 

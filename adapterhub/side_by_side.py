@@ -1,6 +1,7 @@
 """The batcher's two kinds of forward: score rows of one adapter packed side by side into rows
 (each attends only to itself, with its own positions: no padding, and each row's answer is what it
-would be alone), and packed ranking groups in chunks of hub.batch_size rows."""
+would be alone), and packed ranking groups in chunks of hub.batch_size rows. run_slices runs the
+batcher's picks of one kind as one batch."""
 from __future__ import annotations
 
 import torch
@@ -33,3 +34,22 @@ def chunked(hub, keys: list, groups: list) -> torch.Tensor:
     bs = hub.batch_size
     parts = [hub.packed_logits(keys[i:i + bs], groups[i:i + bs]) for i in range(0, len(groups), bs)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+@torch.inference_mode()
+def run_slices(hub, kind: str, slices: list) -> list:
+    """One batch for the batcher's (request, first item, end item) slices of one kind -> each slice's
+    results: rows, P(yes) floats; packed, logits (on the CPU: synchronised here, in the worker)."""
+    keys = [k for r, s, e in slices for k in r.keys[s:e]]
+    items = [x for r, s, e in slices for x in r.items[s:e]]
+    if kind == "rows":
+        flat = score_rows(hub, keys, items)
+        sizes = [e - s for _, s, e in slices]
+    else:
+        flat = chunked(hub, keys, items).cpu()
+        sizes = [sum(len(suffixes) for _, suffixes in r.items[s:e]) for r, s, e in slices]
+    out, at = [], 0
+    for n in sizes:
+        out.append(flat[at:at + n])
+        at += n
+    return out

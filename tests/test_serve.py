@@ -154,7 +154,7 @@ def test_serve_command_sets_the_gil_switch_interval_while_it_serves(tmp_path, mo
 
 def test_serve_command_picks_uvicorns_parser_and_loop(tmp_path, monkeypatch, hub):
     """--http / --loop reach uvicorn; auto takes the C parser and uvloop when installed (the 'serve'
-    extra installs them: about a fifth less CPU per light request, benchmarks/serving_load)."""
+    extra installs them: about a quarter less CPU per light request, benchmarks/serving_load)."""
     from adapterhub import serve as serve_mod
     from adapterhub.cli import main
     from adapterhub.serve.runner import build_server
@@ -226,13 +226,14 @@ def test_the_load_test_on_the_tiny_base(tmp_path, monkeypatch):
 
 
 def test_small_requests_over_resident_adapters_are_planned_on_the_event_loop(hub, monkeypatch):
-    """A request of few characters over resident adapters is tokenized and counted on the event loop
-    (its refusal needs no thread), and its forward awaited there (no thread at all); a larger one, or
-    one naming an adapter not resident (a disk read), goes to a worker thread. The answers are the
-    hub's own either way."""
+    """A request of few characters (and few history x candidate pairs) over resident adapters is
+    tokenized and counted on the event loop (its refusal needs no thread), and its forward awaited
+    there (no thread at all); a larger one, one naming an adapter not resident, or a version's first
+    ranking (both may read the disk) goes to a worker thread. The answers are the hub's own either way."""
     import threading
     from adapterhub import checks, ranking
     from adapterhub.serve import Limits, create_app
+    from adapterhub.serve import app as app_module
     publish_random(hub, "news", seed=1)
     publish_random(hub, "music", seed=2)
     hub.load("news")
@@ -255,11 +256,17 @@ def test_small_requests_over_resident_adapters_are_planned_on_the_event_loop(hub
         large = c.post("/score", json={"model": "news", "prompts": [PROMPT, PROMPT]})
         assert large.status_code == 200 and where.pop() == worker and len(trips) == 1
         assert large.json()["scores"] == pytest.approx(small.json()["scores"] * 2, abs=1e-6)
-        ranked = c.post("/v1/rerank", json={"model": "news", "query": ["a thing"], "documents": ["b", "c"]})
-        assert ranked.status_code == 200 and where.pop() != worker
+        rerank = {"model": "news", "query": ["a thing"], "documents": ["b", "c"]}
+        first = c.post("/v1/rerank", json=rerank)  # a version's first ranking may read its facts from the disk
+        assert first.status_code == 200 and where.pop() == worker and len(trips) == 2
+        again = c.post("/v1/rerank", json=rerank)
+        assert again.status_code == 200 and where.pop() != worker
+        assert again.json()["results"] == first.json()["results"]
         over = c.post("/v1/rerank", json={"model": "news", "query": ["a"], "documents": ["b"] * 50})  # 51 characters
         assert over.status_code == 400 and "budget" in over.json()["error"]["message"] and where.pop() != worker
+        monkeypatch.setattr(app_module, "LOOP_PAIRS", 1)  # history x candidates bounds a plan on the loop too
+        assert c.post("/v1/rerank", json=rerank).status_code == 200 and where.pop() == worker and len(trips) == 3
         cold = c.post("/score", json={"model": "music", "prompts": [PROMPT]})  # read from the disk: not on the loop
         assert cold.status_code == 200 and where.pop() == worker
-        assert len(trips) == 2 and c.get("/ready").status_code == 200
+        assert len(trips) == 4 and c.get("/ready").status_code == 200
         assert app.state.gate.admitted == 0 and app.state.gate.tokens == 0

@@ -76,6 +76,9 @@ def in_thread(fn, *args, **kwargs) -> dict:
     return box
 
 
+BOTH_PATHS = pytest.mark.parametrize("on_loop", [32_768, None], ids=["on_loop", "in_thread"])  # a request's two paths
+
+
 def message(r) -> str:
     return r.json()["error"]["message"]
 
@@ -125,9 +128,10 @@ def test_2_a_big_request_runs_in_forwards_within_the_batch_budget(served):
 
 
 # ------------------------------------------------------------------ 3: deadlines and disconnects
-def test_3_a_request_not_started_by_its_queue_deadline_is_dropped_unrun(served):
+@BOTH_PATHS
+def test_3_a_request_not_started_by_its_queue_deadline_is_dropped_unrun(served, on_loop):
     spy = Spy(served)
-    with client(served, limits=limits(queue_timeout_s=0.3, request_timeout_s=10)) as c:
+    with client(served, limits=limits(queue_timeout_s=0.3, request_timeout_s=10, prepare_on_loop_chars=on_loop)) as c:
         spy.hold()
         heavy = in_thread(c.post, "/score", json={"model": "news", "prompts": [PROMPT]})
         assert spy.entered.wait(10)
@@ -141,9 +145,10 @@ def test_3_a_request_not_started_by_its_queue_deadline_is_dropped_unrun(served):
     assert [keys for keys, _ in spy.calls] == [{"news@v1"}]  # music's rows never ran
 
 
-def test_3_a_request_past_its_deadline_gets_a_504(served):
+@BOTH_PATHS
+def test_3_a_request_past_its_deadline_gets_a_504(served, on_loop):
     spy = Spy(served)
-    with client(served, limits=limits(request_timeout_s=1.0)) as c:
+    with client(served, limits=limits(request_timeout_s=1.0, prepare_on_loop_chars=on_loop)) as c:
         spy.hold()
         t = time.perf_counter()
         r = c.post("/score", json={"model": "news", "prompts": [PROMPT]})
@@ -184,9 +189,10 @@ class Running:
         self.thread.join(10)
 
 
-def test_3_work_is_dropped_when_the_client_disconnects(served):
+@BOTH_PATHS
+def test_3_work_is_dropped_when_the_client_disconnects(served, on_loop):
     spy = Spy(served)
-    with Running(served) as srv:
+    with Running(served, limits=limits(prepare_on_loop_chars=on_loop)) as srv:
         spy.hold()
         first = in_thread(httpx.post, srv.url + "/score", json={"model": "news", "prompts": [PROMPT]}, timeout=20)
         assert spy.entered.wait(10)
@@ -359,10 +365,11 @@ def test_9_a_scenario_the_adapter_was_not_trained_for_is_a_400_listing_the_allow
 
 
 # ------------------------------------------------------------------ 10: draining
-def test_10_sigterm_drains_with_a_deadline_not_ready_first(served):
+@BOTH_PATHS
+def test_10_sigterm_drains_with_a_deadline_not_ready_first(served, on_loop):
     import signal
     spy = Spy(served)
-    with Running(served, drain_delay_s=0.5, drain_timeout_s=1.0) as srv:
+    with Running(served, drain_delay_s=0.5, drain_timeout_s=1.0, limits=limits(prepare_on_loop_chars=on_loop)) as srv:
         spy.hold()
         stuck = in_thread(httpx.post, srv.url + "/score", json={"model": "news", "prompts": [PROMPT]}, timeout=20)
         assert spy.entered.wait(10)
@@ -376,3 +383,17 @@ def test_10_sigterm_drains_with_a_deadline_not_ready_first(served):
         stuck["thread"].join(5)
         assert stuck["r"].status_code == 503 and "shutting down" in message(stuck["r"])
         spy.release()
+
+
+def test_a_request_given_up_before_its_thread_starts_is_released_once():
+    """Found in review: a thread cancelled before it started never released the request's admission."""
+    from adapterhub.serve.limits import Gate, _End
+    gate = Gate(limits())
+    gate.ready = True
+    call = gate._admit()
+    gate.count(call, 10)
+    end = _End(gate, call)
+    end(unstarted_only=True)  # the request's deadline passed while its thread had not started
+    assert (gate.admitted, gate.tokens) == (0, 0) and not end.start()  # that thread, if it starts, does nothing
+    end()
+    assert (gate.admitted, gate.tokens) == (0, 0)  # released once

@@ -23,12 +23,13 @@ from . import errors, forward
 from .auth import Auth, require_admin, require_key
 from .errors import ApiError, Redactor
 from .config import Limits
-from .limits import BodyLimit, Call, Gate
+from .limits import BodyLimit, Call, Cold, Gate
 from .metrics import Metrics, Observe
 from .schemas import (LoadBody, LoraLoadBody, LoraUnloadBody, ModelCard, ModelList, RecommendBody, RerankBody,
                       RerankReply, ScoreBody, ScoreReply)
 
 log = logging.getLogger("adapterhub.serve")
+LOOP_PAIRS = 4096  # history x candidate pairs a ranking planned on the event loop may have (~2 ms with facts)
 
 
 class _Direct:
@@ -63,19 +64,18 @@ def _check(ref: str) -> str:
     return ref
 
 
-def _resolve(hub: Hub, ref: Optional[str]) -> Optional[str]:
-    """A client's adapter reference -> the resident key it means now (None: the base)."""
+def _resolve(hub: Hub, ref: Optional[str], disk: bool = True) -> Optional[str]:
+    """A client's adapter reference -> the resident key it means now (None: the base). disk=False (on
+    the event loop): Cold when that needs the disk (not resident, or evicted since it was checked)."""
     if ref is None or ref == "base":
         return None
+    if not disk:
+        with hub._lock:
+            key = hub._alias.get(_check(ref)) or ref
+            if key not in hub._resident:
+                raise Cold(ref)
+        return key
     return hub.load(_check(ref)).key
-
-
-def _resident_now(hub: Hub, ref: Optional[str]) -> bool:
-    """`ref` resolves without the disk: the base, or an adapter resident now under that reference."""
-    if ref is None or ref == "base":
-        return True
-    key = hub._alias.get(ref) or ref
-    return key in hub._resident
 
 
 def scenarios_of(card: dict, key: str) -> list[str]:
@@ -148,10 +148,10 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         return min(known) if known else None
 
     # ------------------------------------------------------------ the work, in the request's thread
-    def score_plan(pairs, call: Call) -> tuple:
+    def score_plan(pairs, call: Call, loop: bool) -> tuple:
         """Tokenize and count a /score request -> (keys, ids); a 400 or 503 for what it may not run."""
         h = state["hub"]
-        keys = {ref: _resolve(h, ref) for ref in dict.fromkeys(ref for ref, _ in pairs)}
+        keys = {ref: _resolve(h, ref, disk=not loop) for ref in dict.fromkeys(ref for ref, _ in pairs)}
         rows = [(keys[ref], prompt) for ref, prompt in pairs]
         try:
             ids = checks.encode_rows(h, rows, max_tokens=limits.max_request_tokens)
@@ -173,20 +173,22 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
             scores = h._score_rows(keys, ids)
         return {"scores": scores, "adapters": keys, "usage": {"total_tokens": call.tokens}}
 
-    def rank_plan(ref: str, history, candidates, disliked, scenario, call: Call):
+    def rank_plan(ref: str, history, candidates, disliked, scenario, call: Call, loop: bool):
         """Render, tokenize and count a ranking -> (key, ranking.Ranking); a 400 or 503 for what it may not run."""
         h = state["hub"]
-        key = _resolve(h, ref)
+        key = _resolve(h, ref, disk=not loop)
         if key is None:
             raise ApiError(400, "ranking needs an adapter (a name or name@vN), not the base", "model")
         try:
             planned = ranking.plan(h, key, history, candidates, disliked, scenario,
                                    max_group_tokens=limits.max_batch_tokens, max_tokens=limits.max_request_tokens)
         except checks.OverBudget as e:
+            ranked.add((key, scenario))
             gate.refuse("too_many_tokens", f"{e} (--max-request-tokens)", 400)
         except ConfigError as e:  # a scenario the adapter was not trained for
             card = (h._resident.get(key) or h.load(key)).card
             raise ApiError(400, str(e), "scenario", allowed=scenarios_of(card, key)) from None
+        ranked.add((key, scenario))  # its facts are read now: its next rankings may be planned on the loop
         longest = max_len(h)
         prefix = len(planned.groups[0][0]) if planned.groups else 0
         widest = prefix + max((len(s) for _, sufs in planned.groups for s in sufs), default=0)
@@ -219,12 +221,21 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         """fn as Gate.run's async forward, or None without the batcher (its forwards run in threads)."""
         return fn if batch else None
 
-    def on_loop(refs, texts) -> bool:
-        """Plan a request on the event loop: small enough, and every adapter it names resident (no disk)."""
-        most = limits.prepare_on_loop_chars
-        h = state["hub"]
-        return (most is not None and h is not None and sum(map(len, texts)) <= most
-                and all(_resident_now(h, ref) for ref in refs))
+    ranked: set = set()  # (key, scenario) ranked here before: its facts are in memory
+
+    def on_loop(refs, texts, history=(), candidates=(), scenario=None, ranking_: bool = False) -> bool:
+        """Plan a request on the event loop: few characters; few history x candidate pairs (with facts,
+        each candidate is compared with each history item, here and after the forward); every adapter
+        it names resident; for a ranking, its version ranked here before (its facts read from the disk)."""
+        most, h = limits.prepare_on_loop_chars, state["hub"]
+        if (most is None or h is None or sum(map(len, texts)) > most
+                or len(history) * len(candidates) > LOOP_PAIRS):
+            return False
+        try:
+            keys = [_resolve(h, ref, disk=False) for ref in refs]
+        except (Cold, ApiError):  # not resident, or a malformed name (refused by the plan, in a thread)
+            return False
+        return not ranking_ or all((k, scenario) in ranked for k in keys)
 
     # ------------------------------------------------------------ scoring routes
     @app.post("/v1/rerank", response_model=RerankReply, response_model_exclude_none=True, dependencies=keyed,
@@ -234,9 +245,9 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         rerank. `relevance_score` is the adapter's (fused) probability that the user likes the item."""
         texts, history = body.texts(), body.history()
         key, scores, tokens = await gate.run(
-            request, lambda call: rank_plan(body.model, history, texts, body.disliked, body.scenario, call),
+            request, lambda call, loop: rank_plan(body.model, history, texts, body.disliked, body.scenario, call, loop),
             lambda planned, call: rank_work(planned, body.raw, call),
-            on_loop=on_loop([body.model], [*history, *texts, *body.disliked]),
+            on_loop=on_loop([body.model], [*history, *texts, *body.disliked], history, texts, body.scenario, True),
             forward=awaited(lambda planned, call: rank_awaited(planned, body.raw, call)))
         order = sorted(range(len(texts)), key=lambda i: -scores[i])[:body.top_n or len(texts)]
         return {"id": f"rerank-{request.state.request_id}", "model": key, "usage": {"total_tokens": tokens},
@@ -248,7 +259,7 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         """P(yes) of whole prompts: {"rows": [{model, prompt}, ...]} (one adapter per row) or
         {"model": ..., "prompts": [...]}."""
         pairs = body.pairs()
-        return await gate.run(request, lambda call: score_plan(pairs, call), score_work,
+        return await gate.run(request, lambda call, loop: score_plan(pairs, call, loop), score_work,
                               on_loop=on_loop({ref for ref, _ in pairs}, [p for _, p in pairs]),
                               forward=awaited(score_awaited))
 
@@ -256,9 +267,11 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
     async def recommend(body: RecommendBody, request: Request):
         """The first ranking route: top-k {item, score} of `candidates` for `history` (see /v1/rerank)."""
         key, scores, _ = await gate.run(
-            request, lambda call: rank_plan(body.model, body.history, body.candidates, body.disliked, body.scenario, call),
+            request, lambda call, loop: rank_plan(body.model, body.history, body.candidates, body.disliked, body.scenario,
+                                                  call, loop),
             lambda planned, call: rank_work(planned, body.raw, call),
-            on_loop=on_loop([body.model], [*body.history, *body.candidates, *body.disliked]),
+            on_loop=on_loop([body.model], [*body.history, *body.candidates, *body.disliked], body.history,
+                            body.candidates, body.scenario, True),
             forward=awaited(lambda planned, call: rank_awaited(planned, body.raw, call)))
         order = sorted(range(len(scores)), key=lambda i: -scores[i])[:body.k]
         return {"adapter": key, "items": [{"item": body.candidates[i], "score": scores[i]} for i in order]}

@@ -19,7 +19,7 @@ async def forwarded(batcher: Batcher, kind: str, keys: list, items: list, call):
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
-    def answered() -> None:  # in the worker's thread
+    def answered() -> None:  # in the batcher's thread (or the one that refused the request): no blocking
         try:
             loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
         except RuntimeError:  # the loop has closed (the server stopped): nobody waits any more

@@ -22,6 +22,7 @@ import anyio
 from fastapi import Request
 
 from .config import Limits
+from ..batcher import Refused
 from .errors import ApiError, error_body
 
 
@@ -92,54 +93,87 @@ class Gate:
             self.tokens -= call.tokens
 
     async def run(self, request: Request, plan, work, on_loop: bool = False, forward=None):
-        """plan(call) -> planned (tokenize, count, refuse), then work(planned, call) -> the response body (the
-        forward), in a thread. With on_loop (a small request over resident adapters), the plan runs on
-        the event loop first, so a refusal needs no thread; and given `forward`, an async
-        forward(planned, call) -> the body, the forward is awaited there too. See the module's docstring."""
+        """plan(call, on_loop) -> planned (tokenize, count, refuse), then work(planned, call) -> the response
+        body (the forward), in a thread. With on_loop (a small request over resident adapters), the plan
+        runs on the event loop first, so a refusal needs no thread (Cold from it: in the thread after
+        all); and given `forward`, an async forward(planned, call) -> the body, the forward is awaited
+        there too. See the module's docstring."""
         call = self._admit()
+        end = _End(self, call)
         if on_loop:
             try:
-                planned = plan(call)
+                planned = plan(call, True)
+            except Cold:
+                on_loop = False
             except BaseException:
-                self._release(call)
+                end()
                 raise
+        awaited = on_loop and forward is not None
 
         def body():
             try:
-                return work(planned if on_loop else plan(call), call)
+                if not end.start():
+                    raise Refused("cancelled", "the request was given up before its thread started")
+                return work(planned if on_loop else plan(call, False), call)
             finally:
-                self._release(call)
+                end()
 
-        async def awaited():
+        async def in_loop():
             try:
                 return await forward(planned, call)
             finally:
-                self._release(call)
+                end()
         out, error = None, None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_disconnect, request, call.cancelled)
                 with anyio.move_on_after(max(0.0, call.deadline - time.monotonic())) as scope:
                     try:
-                        out = (await awaited() if on_loop and forward is not None else
+                        out = (await in_loop() if awaited else
                                await anyio.to_thread.run_sync(body, abandon_on_cancel=True, limiter=self.limiter))
                     except Exception as e:  # noqa: BLE001 - raised below, outside the task group (no ExceptionGroup)
                         error = e
                 tg.cancel_scope.cancel()
         except BaseException:  # the server cancelled the handler (shutdown)
             call.cancelled.set()
+            end(unstarted_only=True)
             raise
         if error is not None or scope.cancelled_caught:
             call.cancelled.set()  # what is left of its work in the batcher is dropped
+            end(unstarted_only=True)  # a thread given up before it started never runs body()
         if error is not None:
             raise error
         if scope.cancelled_caught:
-            call.cancelled.set()
             if self.metrics is not None:
                 self.metrics.refused.labels("deadline").inc()
             raise ApiError(504, f"no answer within the {self.limits.request_timeout_s:g} s deadline "
                                 "(--request-timeout-s); the server is busy or the request is large")
         return out
+
+
+class Cold(Exception):
+    """A plan on the event loop that would need the disk (an adapter not resident): plan in a thread."""
+
+
+class _End:
+    """An admitted request's release from the gate, once, by whichever path ends it first. A thread
+    started after its request was given up (start() -> False) does no work."""
+
+    def __init__(self, gate: Gate, call: Call):
+        self.gate, self.call, self._lock = gate, call, threading.Lock()
+        self.started = self.ended = False
+
+    def start(self) -> bool:
+        with self._lock:
+            self.started = not self.ended
+            return self.started
+
+    def __call__(self, unstarted_only: bool = False) -> None:
+        with self._lock:
+            if self.ended or (unstarted_only and self.started):
+                return
+            self.ended = True
+        self.gate._release(self.call)
 
 
 async def _watch_disconnect(request: Request, cancelled: threading.Event) -> None:

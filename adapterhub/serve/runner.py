@@ -58,7 +58,7 @@ def build_server(hub: Union[Hub, Callable[[], Hub]], host: str = "127.0.0.1", po
                  drain_timeout_s: float = 30.0, limit_concurrency: Optional[int] = None, timeout_keep_alive: int = 5,
                  threads: Optional[int] = None, http: str = "auto", loop: str = "auto") -> Server:
     """The server, not started: Server.run() blocks until it has drained. http, loop: uvicorn's (auto: its C
-    parser and uvloop when installed; they cut the CPU a light request costs by about a fifth)."""
+    parser and uvloop when installed; they cut the CPU a light request costs by about a quarter)."""
     from ..batcher import WINDOW_MS
     app = create_app(hub, window_ms=WINDOW_MS if window_ms is None else window_ms, max_rows=max_rows, batch=batch,
                      limits=limits, auth=auth, threads=threads)
