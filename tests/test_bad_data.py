@@ -2,7 +2,6 @@
 the API or the CLI); a split with one label is refused. Every registry here lives in tmp_path."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from adapterhub.config import TrainConfig
 from adapterhub.errors import DataError
 from adapterhub.registry import Registry
 from conftest import toy_data
+from test_datasets import write_generic
 
 
 # ------------------------------------------------------------------ bad data
@@ -24,15 +24,7 @@ ROWS = [{"user": "u1", "history": ["i0", "i1"], "candidate": "i2", "label": 1, "
 
 
 def write_data(folder: Path, fmt: str, rows=ROWS, items=ITEMS) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    if fmt == "jsonl":
-        (folder / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
-        (folder / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    else:
-        (folder / "items.csv").write_text("id,text,category\n" + "".join(f"{r['id']},{r['text']},{r['category']}\n" for r in items))
-        (folder / "examples.csv").write_text("user,history,candidate,label,split\n" + "".join(
-            f"{r['user']},{'|'.join(r['history'])},{r['candidate']},{r['label']},{r['split']}\n" for r in rows))
-    return folder
+    return write_generic(folder, fmt, examples=rows, items=items)
 
 
 def _rows(line: int, **change):
