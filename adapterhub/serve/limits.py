@@ -8,8 +8,9 @@ A scoring request goes through `Gate.run`:
    small request over resident adapters (`prepare_on_loop_chars`) is planned on the event loop, so
    a refusal costs no thread; any other in its thread (every admitted request has one: no hidden
    queue), before its forward;
-3. the forward in the batcher, which drops the request unstarted when it has waited `queue_timeout_s`
-   (503) or when the client disconnects, and runs at most `max_batch_tokens` per forward;
+3. the forward in the batcher (awaited on the loop by a request planned there, adapterhub.serve.forward;
+   else waited for in its thread), which drops the request unstarted when it has waited
+   `queue_timeout_s` (503) or when the client disconnects, and runs at most `max_batch_tokens` per forward;
 4. `request_timeout_s` after arrival the client gets a 504, whatever is still running.
 """
 from __future__ import annotations
@@ -21,8 +22,8 @@ import time
 import anyio
 from fastapi import Request
 
-from .config import Limits
 from ..batcher import Refused
+from .config import Limits
 from .errors import ApiError, error_body
 
 
