@@ -170,7 +170,9 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         h, batcher = state["hub"], state["batcher"]
         keys, ids = planned
         with batcher.joined(deadline=call.deadline, cancelled=call.cancelled, start_by=call.start_by):
-            scores = h._score_rows(keys, ids)
+            return score_reply(keys, h._score_rows(keys, ids), call)
+
+    def score_reply(keys, scores, call: Call) -> dict:
         return {"scores": scores, "adapters": keys, "usage": {"total_tokens": call.tokens}}
 
     def rank_plan(ref: str, history, candidates, disliked, scenario, call: Call, loop: bool):
@@ -210,16 +212,20 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
 
     async def score_awaited(planned: tuple, call: Call) -> dict:
         keys, ids = planned
-        scores = await forward.scored(state["batcher"], keys, ids, call)
-        return {"scores": scores, "adapters": keys, "usage": {"total_tokens": call.tokens}}
+        return score_reply(keys, await forward.scored(state["batcher"], keys, ids, call), call)
 
     async def rank_awaited(planned: tuple, raw: bool, call: Call):
         key, plan = planned
         return key, await forward.ranked(state["batcher"], plan, raw, call), call.tokens
 
-    def awaited(fn):
-        """fn as Gate.run's async forward, or None without the batcher (its forwards run in threads)."""
-        return fn if batch else None
+    async def ranked_scores(request: Request, model, history, candidates, disliked, scenario, raw: bool):
+        """One ranking through the gate (/v1/rerank and /recommend) -> (key, scores in candidate order, tokens).
+        Without the batcher (batch=False) its forward runs in its thread."""
+        return await gate.run(
+            request, lambda call, loop: rank_plan(model, history, candidates, disliked, scenario, call, loop),
+            lambda planned, call: rank_work(planned, raw, call),
+            on_loop=on_loop([model], [*history, *candidates, *disliked], history, candidates, scenario, True),
+            forward=(lambda planned, call: rank_awaited(planned, raw, call)) if batch else None)
 
     ranked: set = set()  # (key, scenario) ranked here before: its facts are in memory
 
@@ -243,12 +249,9 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
     async def rerank(body: RerankBody, request: Request):
         """Rank `documents` (the candidates) for a user whose history is `query`, as Cohere, Jina and vLLM
         rerank. `relevance_score` is the adapter's (fused) probability that the user likes the item."""
-        texts, history = body.texts(), body.history()
-        key, scores, tokens = await gate.run(
-            request, lambda call, loop: rank_plan(body.model, history, texts, body.disliked, body.scenario, call, loop),
-            lambda planned, call: rank_work(planned, body.raw, call),
-            on_loop=on_loop([body.model], [*history, *texts, *body.disliked], history, texts, body.scenario, True),
-            forward=awaited(lambda planned, call: rank_awaited(planned, body.raw, call)))
+        texts = body.texts()
+        key, scores, tokens = await ranked_scores(request, body.model, body.history(), texts, body.disliked,
+                                                  body.scenario, body.raw)
         order = sorted(range(len(texts)), key=lambda i: -scores[i])[:body.top_n or len(texts)]
         return {"id": f"rerank-{request.state.request_id}", "model": key, "usage": {"total_tokens": tokens},
                 "results": [{"index": i, "relevance_score": scores[i],
@@ -261,18 +264,13 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         pairs = body.pairs()
         return await gate.run(request, lambda call, loop: score_plan(pairs, call, loop), score_work,
                               on_loop=on_loop({ref for ref, _ in pairs}, [p for _, p in pairs]),
-                              forward=awaited(score_awaited))
+                              forward=score_awaited if batch else None)
 
     @app.post("/recommend", dependencies=keyed, tags=["ranking"])
     async def recommend(body: RecommendBody, request: Request):
         """The first ranking route: top-k {item, score} of `candidates` for `history` (see /v1/rerank)."""
-        key, scores, _ = await gate.run(
-            request, lambda call, loop: rank_plan(body.model, body.history, body.candidates, body.disliked, body.scenario,
-                                                  call, loop),
-            lambda planned, call: rank_work(planned, body.raw, call),
-            on_loop=on_loop([body.model], [*body.history, *body.candidates, *body.disliked], body.history,
-                            body.candidates, body.scenario, True),
-            forward=awaited(lambda planned, call: rank_awaited(planned, body.raw, call)))
+        key, scores, _ = await ranked_scores(request, body.model, body.history, body.candidates, body.disliked,
+                                             body.scenario, body.raw)
         order = sorted(range(len(scores)), key=lambda i: -scores[i])[:body.k]
         return {"adapter": key, "items": [{"item": body.candidates[i], "score": scores[i]} for i in order]}
 
