@@ -34,14 +34,23 @@ def test_reblend_publishes_the_same_weights_with_a_blend_judged_cross_fitted(hub
     assert record["valid_protocols"] == ["sampled", "catalog", "popular"]
     assert record["n_valid_examples"] > len(data.splits["valid"])   # the three protocols' groups, pooled
     table = record["cross_fitted"]
-    assert {"its own blend", "its own recipe", "refit, pointwise", "refit, within groups", "raw",
-            "most-popular"} <= set(table)
+    assert {"its own blend", "its own recipe", "refit, pointwise", "refit, within groups", "refit, logit and rule",
+            "raw", "most-popular"} <= set(table)
     for row in table.values():
         assert set(row) == {"sampled", "catalog", "popular", "mean"}
         assert row["mean"] == pytest.approx(sum(row[p] for p in ("sampled", "catalog", "popular")) / 3, abs=1e-4)
-    best_refit = max(table["refit, pointwise"]["mean"], table["refit, within groups"]["mean"])
+    refits = ("refit, pointwise", "refit, within groups", "refit, logit and rule")
+    best_refit = max(refits, key=lambda m: table[m]["mean"])
     promoted = hub.registry.current("music") == "v2"
-    assert promoted == (best_refit > table["its own recipe"]["mean"])
+    assert promoted == (table[best_refit]["mean"] > table["its own recipe"]["mean"])
+    assert record["chosen"] == (best_refit if promoted else "refit, pointwise")
+    if record["chosen"] == "refit, logit and rule":   # the stored blend has no popularity and no is-new
+        assert new_card["fused"]["features"] == ["llm_logit", "tag_overlap"]
+    else:
+        assert "log1p_popularity" in new_card["fused"]["features"]
+    held = record["protocol_held_out"]   # each protocol scored by a blend fit on the other two only
+    assert set(held) == set(refits) and all(set(row) == {"sampled", "catalog", "popular", "mean"}
+                                            for row in held.values())
     assert new_card["fused"]["valid_protocols"] == ["sampled", "catalog", "popular"]
     assert new_card["metrics"]["valid"]["adapter"]["ndcg@10"] == table["raw"]["mean"]
     assert "protocols" not in new_card and "test" not in new_card["metrics"]   # test: eval --update-card
@@ -70,3 +79,17 @@ def test_a_pointwise_version_is_judged_on_pooled_and_per_user_auc_and_refuses_re
         assert {"auc", "user_auc", "mean"} <= set(row)
         assert row["mean"] == pytest.approx((row["auc"] + row["user_auc"]) / 2, abs=1e-4)
     assert set(card["metrics"]["valid"]["adapter"]) == {"auc", "user_auc"}
+
+
+def test_the_logit_and_rule_recipe_drops_the_features_whose_sign_the_sampler_decides():
+    from adapterhub.train.reblend import RULE_ONLY, _recipe, held_out
+    names = ["llm_logit", "log1p_popularity", "brand_overlap", "is_new"]
+    X = [[0.5 * i, float(i % 4), float(i % 3 == 0), float(i % 4 == 0)] for i in range(24)]
+    x, kept, within, rows = _recipe(RULE_ONLY, X, names, [True] * 24)
+    assert kept == ["llm_logit", "brand_overlap"] and x[6] == [3.0, 1.0] and not within and rows is None
+    # held out: the second protocol's rows are scored by a blend fit on the first's only
+    examples = [type("E", (), {"label": int(i % 3 == 0)})() for i in range(24)]
+    views = {"sampled": examples[:12], "popular": examples[12:]}
+    out = held_out(x, examples, [str(i // 4) for i in range(24)], kept, False, views)
+    first = fit(x[:12], [e.label for e in examples[:12]], names=kept)
+    assert out[15] == pytest.approx(sigmoid(apply(first, [x[15]])[0]))

@@ -76,6 +76,10 @@ def cmd_reblend(args) -> int:
           f"blend fit on the others), its own blend and the rules as they are; chosen: {card['reblend']['chosen']}")
     for method, row in card["reblend"]["cross_fitted"].items():
         print(f"  {method:<22} " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
+    if card["reblend"].get("protocol_held_out"):
+        print("each protocol held out of the fit (scored by a blend fit on the other protocols only):")
+        for method, row in card["reblend"]["protocol_held_out"].items():
+            print(f"  {method:<22} " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
     print(f"measure it on test: adapterhub eval {adapter.key} --scenario {card['scenario']} --protocol all --update-card")
     return 0
 

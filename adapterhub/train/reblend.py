@@ -4,14 +4,17 @@ version whose card says where it came from.
 
 A blend fit on the loader's negatives only learns what holds there (popularity, mostly), which a
 client's whole-catalog or popular candidates turn against it. Here the version's valid examples
-are redrawn under each protocol and pooled; three recipes compete on them: the version's own (a
-pointwise fit on the sampled groups only), a pointwise refit on all of them and one fit within
-groups (fused.fit(groups=...)). Each is judged cross-fitted (fit on the other folds of valid
-groups, scored on the held-out fold), by the mean over protocols of the primary metric, so none is
-judged on what it was fit on. The version's stored blend and the rules are in the table for
-reference (the stored blend saw some of these groups). The new version is promoted only when a
-refit beats the version's own recipe. Test is not touched; `adapterhub eval --update-card`
-measures it afterwards.
+are redrawn under each protocol and pooled; four recipes compete on them: the version's own (a
+pointwise fit on the sampled groups only), a pointwise refit on all of them, one fit within groups
+(fused.fit(groups=...)), and a pointwise refit on the LLM's logit and the rule's match feature only
+(no popularity, no is-new: the sampler decides their sign, see SAMPLER_DEPENDENT). Each is judged
+cross-fitted (fit on the other folds of valid groups, scored on the held-out fold), by the mean over
+protocols of the primary metric, so none is judged on what it was fit on. With several protocols,
+each refit is also fit with one protocol held out and scored on it (`protocol_held_out`, reported,
+not used to choose): what it does under candidates drawn unlike any it was fit on. The version's
+stored blend and the rules are in the table for reference (the stored blend saw some of these
+groups). The new version is promoted only when a refit beats the version's own recipe. Test is not
+touched; `adapterhub eval --update-card` measures it afterwards.
 """
 from __future__ import annotations
 
@@ -29,6 +32,14 @@ log = logging.getLogger(__name__)
 FOLDS = 5
 OWN = "its own recipe"   # the version's blend refit as it was first fit (pointwise, sampled groups), cross-fitted
 POINTWISE_VIEWS = ("auc", "user_auc")   # a pointwise scenario's blend is judged on both AUCs
+# Features whose sign the candidate sampler decides: among the loader's negatives the more popular
+# candidate tends to be the positive, among popularity-drawn ones the new or rarer one does. A blend
+# fit on a mix of samplers trades one against the other, and does worse under a sampler it was not fit
+# on (benchmarks/quality/group_context_blend). The LLM's logit and the rule's own feature (brand,
+# category or tag overlap with the history; video's like-share + rate) do not flip that way.
+SAMPLER_DEPENDENT = ("log1p_popularity", "is_new")
+RULE_ONLY = "refit, logit and rule"
+RECIPES = (OWN, "refit, pointwise", "refit, within groups", RULE_ONLY)
 
 
 def reblend(hub, ref: str, data, protocols=("sampled", "catalog", "popular"), promote: bool | None = None,
@@ -70,25 +81,30 @@ def reblend(hub, ref: str, data, protocols=("sampled", "catalog", "popular"), pr
     names = ["llm_logit", *facts_mod.feature_names(data.scenario)]
     groups = [_group(ex, data.task) for ex in pooled]
     sampled = [flag for p in protocols for flag in [p == "sampled"] * len(views[p])]
+    recipes = {recipe: _recipe(recipe, X, names, sampled) for recipe in RECIPES}
     scores = {"its own blend": fused_scores(card["fused"], facts, data.scenario, pooled, probs),
-              OWN: cross_fitted(X, pooled, groups, names, within_groups=False, fit_rows=sampled),
-              "refit, pointwise": cross_fitted(X, pooled, groups, names, within_groups=False),
-              "refit, within groups": cross_fitted(X, pooled, groups, names, within_groups=True),
+              **{recipe: cross_fitted(x, pooled, groups, n, within, fit_rows=rows)
+                 for recipe, (x, n, within, rows) in recipes.items()},
               "raw": probs}
     from ..baselines import for_scenario
     rules = {name: fn(data, pooled, seed=seed) for name, fn in for_scenario(data).items() if name != "random"}
     table = {method: judge(data.task, views, pooled, s) for method, s in {**scores, **rules}.items()}
-    best = max((OWN, "refit, pointwise", "refit, within groups"), key=lambda m: table[m]["mean"])
+    # its own recipe is fit on sampled rows only: under catalog and popular it is already held out
+    held = ({recipe: judge(data.task, views, pooled, held_out(x, pooled, groups, n, within, views))
+             for recipe, (x, n, within, _) in recipes.items() if recipe != OWN} if len(protocols) > 1 else None)
+    best = max(RECIPES, key=lambda m: table[m]["mean"])
     won = best != OWN
     from ..fused import fit
-    fused = fit(X, [ex.label for ex in pooled], names=names,
-                groups=groups if best == "refit, within groups" else None)
+    chosen = best if won else "refit, pointwise"
+    x, n, within, _ = recipes[chosen]
+    fused = fit(x, [ex.label for ex in pooled], names=n, groups=groups if within else None)
     if not won:
         log.info("%s: its own recipe stays best on cross-fitted valid; the new version gets the pointwise refit, "
                  "not promoted", key)
     record = {"from": key, "valid_protocols": protocols, "n_valid_examples": len(pooled), "folds": FOLDS,
-              "cross_fitted": table, "chosen": best if won else "refit, pointwise",
-              "promoted_because": "beats its own recipe" if won else None, "s": round(time.perf_counter() - t0, 1)}
+              "cross_fitted": table, "chosen": chosen,
+              "promoted_because": "beats its own recipe" if won else None, "s": round(time.perf_counter() - t0, 1),
+              **({"protocol_held_out": held} if held else {})}
     metric = primary_metric(data.task)
     new = {k: v for k, v in card.items() if k not in _NOT_INHERITED}
     new["parents"] = [{**lineage(reg, key), "role": "blend refit (same weights and facts)"}]
@@ -118,6 +134,14 @@ def _group(ex, task: str) -> str:
     return ex.user if task not in RANKING_TASKS else (ex.group or ex.user)
 
 
+def _recipe(recipe: str, X, names: list[str], sampled: list[bool]) -> tuple:
+    """A recipe as (rows, feature names, within groups, which rows it is fit on: None for all)."""
+    if recipe == RULE_ONLY:
+        keep = [i for i, name in enumerate(names) if name not in SAMPLER_DEPENDENT]
+        return [[row[i] for i in keep] for row in X], [names[i] for i in keep], False, None
+    return X, names, recipe == "refit, within groups", sampled if recipe == OWN else None
+
+
 def folds_of(groups: list[str], k: int = FOLDS) -> list[int]:
     """Each row's fold: whole groups, dealt round-robin in order of first appearance (deterministic)."""
     index: dict[str, int] = {}
@@ -140,6 +164,22 @@ def cross_fitted(X, examples, groups: list[str], names, within_groups: bool, k: 
             continue
         model = fit([X[i] for i in fit_rows_f], [examples[i].label for i in fit_rows_f], names=names,
                     groups=[groups[i] for i in fit_rows_f] if within_groups else None)
+        for i, z in zip(rows, apply(model, [X[i] for i in rows])):
+            out[i] = sigmoid(z)
+    return out
+
+
+def held_out(X, examples, groups: list[str], names, within_groups: bool, views: dict) -> list[float]:
+    """Each row's fused P(yes) from a blend fit only on the other protocols' rows (the pooled rows are
+    views' examples in order): how a recipe does under a sampler it never saw."""
+    from ..fused import apply, fit, sigmoid
+    out, start = [0.0] * len(X), 0
+    for examples_p in views.values():
+        rows = range(start, start + len(examples_p))
+        start += len(examples_p)
+        fit_rows_p = [i for i in range(len(X)) if i not in rows]
+        model = fit([X[i] for i in fit_rows_p], [examples[i].label for i in fit_rows_p], names=names,
+                    groups=[groups[i] for i in fit_rows_p] if within_groups else None)
         for i, z in zip(rows, apply(model, [X[i] for i in rows])):
             out[i] = sigmoid(z)
     return out
