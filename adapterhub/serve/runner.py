@@ -61,7 +61,7 @@ def build_server(hub: Union[Hub, Callable[[], Hub]], host: str = "127.0.0.1", po
     parser and uvloop when installed; they cut the CPU a light request costs by about a quarter)."""
     from ..batcher import WINDOW_MS
     app = create_app(hub, window_ms=WINDOW_MS if window_ms is None else window_ms, max_rows=max_rows, batch=batch,
-                     limits=limits, auth=auth, threads=threads)
+                     limits=limits, auth=auth, threads=threads, gc_freeze=True)
     limits = app.state.limits
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, http=http, loop=loop,
                             timeout_graceful_shutdown=drain_timeout_s, timeout_keep_alive=timeout_keep_alive,
