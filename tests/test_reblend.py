@@ -51,6 +51,9 @@ def test_reblend_publishes_the_same_weights_with_a_blend_judged_cross_fitted(hub
     held = record["protocol_held_out"]   # each protocol scored by a blend fit on the other two only
     assert set(held) == set(refits) and all(set(row) == {"sampled", "catalog", "popular", "mean"}
                                             for row in held.values())
+    assert record["compared_with"] == "its own recipe"
+    _, again = reblend(hub, new.key, data, ("sampled", "catalog", "popular"), promote=False)
+    assert again["reblend"]["compared_with"] == record["chosen"]   # a reblended version: its reblend's recipe
     assert new_card["fused"]["valid_protocols"] == ["sampled", "catalog", "popular"]
     assert new_card["metrics"]["valid"]["adapter"]["ndcg@10"] == table["raw"]["mean"]
     assert "protocols" not in new_card and "test" not in new_card["metrics"]   # test: eval --update-card
@@ -93,3 +96,17 @@ def test_the_logit_and_rule_recipe_drops_the_features_whose_sign_the_sampler_dec
     out = held_out(x, examples, [str(i // 4) for i in range(24)], kept, False, views)
     first = fit(x[:12], [e.label for e in examples[:12]], names=kept)
     assert out[15] == pytest.approx(sigmoid(apply(first, [x[15]])[0]))
+
+
+def test_a_blend_of_the_logit_and_the_rule_alone_scores_through_fused_scores():
+    """A stored blend names its features: one without popularity reads only the brand overlap."""
+    from adapterhub.datasets.common import Example
+    from adapterhub.scoring import fused_scores
+    facts = {"format": 2, "scenario": "ecommerce",
+             "items": {"a": {"t": "A", "c": "acme", "p": 50}, "b": {"t": "B", "c": "zeta", "p": 1},
+                       "h": {"t": "H", "c": "acme"}}}
+    model = {"features": ["llm_logit", "brand_overlap"], "mean": [0.0, 0.0], "std": [1.0, 1.0],
+             "weights": [1.0, 2.0], "bias": 0.0, "fit": "pointwise"}
+    rows = [Example("u", ("h",), "a", 1, group="g"), Example("u", ("h",), "b", 0, group="g")]
+    a, b = fused_scores(model, facts, "ecommerce", rows, [0.5, 0.5])
+    assert a == pytest.approx(sigmoid(2.0)) and b == pytest.approx(0.5)   # popularity 50 against 1 reads nothing

@@ -164,6 +164,9 @@ def test_serve_command_picks_uvicorns_parser_and_loop(tmp_path, monkeypatch, hub
     assert main(["serve", "--registry", str(tmp_path / "reg")]) == 0
     assert main(["serve", "--registry", str(tmp_path / "reg"), "--http", "h11", "--loop", "asyncio"]) == 0
     assert seen == [("auto", "auto"), ("h11", "asyncio")]
+    seen.clear()
+    monkeypatch.setattr(serve_mod, "serve", lambda *a, **k: seen.append(k["gc_freeze"]))
+    assert main(["serve", "--registry", str(tmp_path / "reg")]) == 0 and seen == [True]   # the heap frozen
     config = build_server(hub, port=0).config
     config.load()
     pytest.importorskip("httptools")
@@ -275,15 +278,16 @@ def test_small_requests_over_resident_adapters_are_planned_on_the_event_loop(hub
 def test_the_server_freezes_its_heap_once_loaded_so_a_full_collection_walks_only_newer_objects(hub):
     """A full garbage collection of a server's heap (the base, torch, transformers: ~400k objects) took
     220-300 ms, with the GIL held, so every request waited for it. adapterhub serve freezes what is
-    alive once the hub is loaded; the test's own hub is loaded already."""
+    alive once the hub is loaded (the command passes gc_freeze: the uvicorn test above); the test's own
+    hub is loaded already."""
     import gc
     import time
     from adapterhub.serve import create_app
     from adapterhub.serve.runner import build_server
-    assert build_server(hub, port=0).config.app.state.gc_freeze is True
-    assert create_app(hub).state.gc_freeze is False   # a library user's app leaves the collector alone
-    app = create_app(hub, gc_freeze=True)
+    assert build_server(hub, port=0).config.app.state.gc_freeze is False   # embedded: left alone
+    assert create_app(hub).state.gc_freeze is False and gc.get_freeze_count() == 0
     try:
+        app = create_app(hub, gc_freeze=True)   # a hub given loaded: frozen at once, before ready
         with TestClient(app) as c:
             assert c.get("/health").status_code == 200
             assert app.state.gc_frozen > 100_000 and gc.get_freeze_count() > 100_000

@@ -54,7 +54,7 @@ def cmd_serve(args) -> int:
     try:
         serve(build_hub, host=args.host, port=args.port, window_ms=args.window_ms, batch=not args.no_batch,
               limits=limits, auth=auth, drain_delay_s=args.drain_delay_s, drain_timeout_s=args.drain_timeout_s,
-              limit_concurrency=args.limit_concurrency, http=args.http, loop=args.loop)
+              limit_concurrency=args.limit_concurrency, http=args.http, loop=args.loop, gc_freeze=True)
     finally:
         sys.setswitchinterval(before)  # main() called in a process of the caller's: it gets its own back
     return 0

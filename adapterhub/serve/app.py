@@ -90,8 +90,11 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
     """The app over `hub`, or over the hub `hub()` builds (it then loads in a thread at start-up; /health
     answers meanwhile and /ready says 503 until it is done). app.state.batcher batches the requests
     (batch=False: each request's thread runs its own forward). threads: an old name of
-    limits.max_queue (every admitted request has a thread). gc_freeze: once the hub is loaded, every
-    object alive then leaves the garbage collector's view (freeze_heap; adapterhub serve sets it)."""
+    limits.max_queue (every admitted request has a thread). gc_freeze (adapterhub serve sets it): once
+    the hub is loaded, every object alive then leaves the garbage collector's view. A full collection
+    of a server's heap (the base, the libraries: 419-512k objects on random:small or SmolLM2) holds
+    the GIL, so every request, for 222-271 ms (benchmarks/serving_load/gc_pause.py); frozen, those
+    objects, which live as long as the server, are never walked again."""
     limits = limits or Limits()
     if max_body_bytes is not None:
         limits = limits.replace(max_body_bytes=max_body_bytes)
@@ -109,21 +112,15 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         app.state.hub, app.state.batcher = h, state["batcher"]
         app.state.redact = Redactor(h.registry.root)
         metrics.resident.set_function(lambda: len(h.resident()))
-        gate.ready = True
-
-    def freeze_heap() -> None:
-        """A full collection walks every object the collector tracks and holds the GIL, so every request,
-        for 220-300 ms on a server over random:small or SmolLM2 (400-500k objects: the base, the
-        libraries). Those live as long as the server: frozen, they are never walked again."""
-        if gc_freeze:
+        if gc_freeze:   # before ready: the collection below holds the GIL for a quarter of a second
             gc.collect()
             gc.freeze()
             app.state.gc_frozen = gc.get_freeze_count()
+        gate.ready = True
 
     def build() -> None:
         try:
             start(hub())
-            freeze_heap()
         except BaseException as e:  # noqa: BLE001 - /ready reports it, and app.state.on_load_error (runner: stop)
             state["error"] = f"{type(e).__name__}: {e}"
             app.state.load_error = e
@@ -135,8 +132,6 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
     async def lifespan(app):
         if not isinstance(hub, Hub):
             threading.Thread(target=build, name="adapterhub-load", daemon=True).start()
-        else:
-            freeze_heap()
         yield
         if state["batcher"] is not None:
             state["batcher"].abort("the server is shutting down")

@@ -13,7 +13,8 @@ protocols of the primary metric, so none is judged on what it was fit on. With s
 each refit is also fit with one protocol held out and scored on it (`protocol_held_out`, reported,
 not used to choose): what it does under candidates drawn unlike any it was fit on. The version's
 stored blend and the rules are in the table for reference (the stored blend saw some of these
-groups). The new version is promoted only when a refit beats the version's own recipe. Test is not
+groups). The new version is promoted only when another recipe beats the version's own (for a
+reblended version, the one its reblend chose; else the first: pointwise, sampled groups). Test is not
 touched; `adapterhub eval --update-card` measures it afterwards.
 """
 from __future__ import annotations
@@ -93,16 +94,18 @@ def reblend(hub, ref: str, data, protocols=("sampled", "catalog", "popular"), pr
     held = ({recipe: judge(data.task, views, pooled, held_out(x, pooled, groups, n, within, views))
              for recipe, (x, n, within, _) in recipes.items() if recipe != OWN} if len(protocols) > 1 else None)
     best = max(RECIPES, key=lambda m: table[m]["mean"])
-    won = best != OWN
+    # what a refit must beat: the recipe the version's blend came from (a reblended version's chosen one)
+    own = (card.get("reblend") or {}).get("chosen") if (card.get("reblend") or {}).get("chosen") in RECIPES else OWN
+    won = best != own
     from ..fused import fit
     chosen = best if won else "refit, pointwise"
     x, n, within, _ = recipes[chosen]
     fused = fit(x, [ex.label for ex in pooled], names=n, groups=groups if within else None)
     if not won:
-        log.info("%s: its own recipe stays best on cross-fitted valid; the new version gets the pointwise refit, "
-                 "not promoted", key)
+        log.info("%s: its own recipe (%s) stays best on cross-fitted valid; the new version gets the pointwise "
+                 "refit, not promoted", key, own)
     record = {"from": key, "valid_protocols": protocols, "n_valid_examples": len(pooled), "folds": FOLDS,
-              "cross_fitted": table, "chosen": chosen,
+              "cross_fitted": table, "chosen": chosen, "compared_with": own,
               "promoted_because": "beats its own recipe" if won else None, "s": round(time.perf_counter() - t0, 1),
               **({"protocol_held_out": held} if held else {})}
     metric = primary_metric(data.task)
@@ -171,7 +174,8 @@ def cross_fitted(X, examples, groups: list[str], names, within_groups: bool, k: 
 
 def held_out(X, examples, groups: list[str], names, within_groups: bool, views: dict) -> list[float]:
     """Each row's fused P(yes) from a blend fit only on the other protocols' rows (the pooled rows are
-    views' examples in order): how a recipe does under a sampler it never saw."""
+    views' examples in order): how a recipe does under negatives drawn by a sampler it never saw (the
+    positives, each user's true item, recur under every protocol)."""
     from ..fused import apply, fit, sigmoid
     out, start = [0.0] * len(X), 0
     for examples_p in views.values():

@@ -316,7 +316,7 @@ def main(argv=None) -> dict:
     # the FIFO estimate draws paced calls: each holds the server for the measured CPU on average
     hold = None if cpu_ms is None else min(1.0, max(0.0, cpu_ms / paced["mean_ms"]))
     routes = {"/score": "score_ms", "/v1/rerank": "rerank_ms"}
-    start = min(a["t0"] for a in answers)
+    start = min((a["t0"] for a in answers), default=0.0)
     slowest = sorted(during, key=lambda a: -a["ms"])[:max(1, len(during) // 100)]
     ms = {path: [a["ms"] for a in during if a["path"] == path] for path in routes}
     p99 = {path: pct(ms[path], 0.99) or 0 for path in routes}
