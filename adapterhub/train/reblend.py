@@ -11,7 +11,7 @@ pointwise fit on the sampled groups only), a pointwise refit on all of them, one
 cross-fitted (fit on the other folds of valid groups, scored on the held-out fold), by the mean over
 protocols of the primary metric, so none is judged on what it was fit on. With several protocols,
 each refit is also fit with one protocol held out and scored on it (`protocol_held_out`, reported,
-not used to choose): what it does under candidates drawn unlike any it was fit on. The version's
+not used to choose): what it does under negatives drawn by a sampler it was not fit on. The version's
 stored blend and the rules are in the table for reference (the stored blend saw some of these
 groups). The new version is promoted only when another recipe beats the version's own (for a
 reblended version, the one its reblend chose; else the first: pointwise, sampled groups). Test is not
