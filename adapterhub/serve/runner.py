@@ -56,7 +56,8 @@ def build_server(hub: Union[Hub, Callable[[], Hub]], host: str = "127.0.0.1", po
                  window_ms: Optional[float] = None, max_rows: Optional[int] = None, batch: bool = True,
                  limits: Optional[Limits] = None, auth: Optional[Auth] = None, drain_delay_s: float = 0.0,
                  drain_timeout_s: float = 30.0, limit_concurrency: Optional[int] = None, timeout_keep_alive: int = 5,
-                 threads: Optional[int] = None, http: str = "auto", loop: str = "auto", gc_freeze: bool = False) -> Server:
+                 threads: Optional[int] = None, http: str = "auto", loop: str = "auto",
+                 gc_freeze: bool = False) -> Server:
     """The server, not started: Server.run() blocks until it has drained. http, loop: uvicorn's (auto: its C
     parser and uvloop when installed; they cut the CPU a light request costs by about a quarter).
     gc_freeze: the heap frozen once the hub is loaded (create_app's; adapterhub serve sets it)."""

@@ -95,7 +95,8 @@ def reblend(hub, ref: str, data, protocols=("sampled", "catalog", "popular"), pr
              for recipe, (x, n, within, _) in recipes.items() if recipe != OWN} if len(protocols) > 1 else None)
     best = max(RECIPES, key=lambda m: table[m]["mean"])
     # what a refit must beat: the recipe the version's blend came from (a reblended version's chosen one)
-    own = (card.get("reblend") or {}).get("chosen") if (card.get("reblend") or {}).get("chosen") in RECIPES else OWN
+    before = (card.get("reblend") or {}).get("chosen")
+    own = before if before in RECIPES else OWN
     won = best != own
     from ..fused import fit
     chosen = best if won else "refit, pointwise"
