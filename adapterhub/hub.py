@@ -125,8 +125,8 @@ class Hub:
         with self._lock:
             return list(self._resident)
 
-    def _key(self, ref: str) -> str:
-        """'news' -> the resident key ('news@v2'); loads the adapter when it is not resident.
+    def _key(self, ref: str, disk: bool = True) -> str | None:
+        """'news' -> the resident key ('news@v2'); loads the adapter when it is not resident (disk=False: None).
 
         A plain name stays pinned to the version it was loaded at (no disk read per call); a version
         promoted later is picked up by hub.load(name, reload=True), or on eviction."""
@@ -135,7 +135,7 @@ class Hub:
             if key in self._resident:
                 self._resident.move_to_end(key)
                 return key
-        return self.load(ref).key
+        return self.load(ref).key if disk else None
 
     def _ref(self, ref: str | None) -> str | None:
         """A row's adapter ref -> its resident key; None or 'base' = the bare base, as in the CLI

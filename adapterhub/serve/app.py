@@ -71,10 +71,9 @@ def _resolve(hub: Hub, ref: Optional[str], disk: bool = True) -> Optional[str]:
     if ref is None or ref == "base":
         return None
     if not disk:
-        with hub._lock:
-            key = hub._alias.get(_check(ref)) or ref
-            if key not in hub._resident:
-                raise Cold(ref)
+        key = hub._key(_check(ref), disk=False)
+        if key is None:
+            raise Cold(ref)
         return key
     return hub.load(_check(ref)).key
 
