@@ -26,8 +26,9 @@ from .base import DEFAULT_BASE, Base, load_base
 from .errors import AdapterHubError, ConfigError, DataError
 from . import checks, compose, packing
 from .lora import BASE, TRAIN, TRAINING, Route, wrap_model
-from .prompts import ANSWERS
+from .prompts import ANSWERS, register_card_templates
 from .registry import Registry, parse_ref
+from .single_flight import SingleFlight
 from .trainable import TrainablePairs, trainable  # noqa: F401 (TrainablePairs: its old home)
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class Hub:
         self._alias: dict[str, str] = {}                            # 'news' -> 'news@v2'
         self._slot = f"{Path(self.registry.root).resolve()}::"       # wrapper-key prefix of this hub
         self._lock = threading.RLock()  # guards _resident and _alias; never held during a forward or a disk read
+        self._loads = SingleFlight()     # cold loads in progress, by key
         yes, no = (self.tokenizer.encode(a, add_special_tokens=False)[0] for a in ANSWERS)
         if yes == no:
             raise AdapterHubError("the tokenizer gives ' Yes' and ' No' the same first token; cannot score")
@@ -171,10 +173,10 @@ class Hub:
                 if version is None:
                     self._point(name, key)
                 return adapter
-        # read and check outside the lock: other threads keep scoring, loading and unloading
-        config, tensors, card, folder = (compose.build(self.registry, key) if compose.is_composition(key)
-                                         else self.registry.load(key))
-        adapter = self._place(key, config, tensors, card, folder)
+        def read_and_place():  # outside the lock: other threads keep scoring, loading and unloading
+            return self._place(key, *(compose.build(self.registry, key) if compose.is_composition(key)
+                                      else self.registry.load(key)))
+        adapter = self._loads.run(key, read_and_place)  # one read for every call that wants it meanwhile
         if version is None:
             with self._lock:
                 self._point(name, key)
@@ -196,12 +198,7 @@ class Hub:
         """Check and cast an adapter's tensors and make them resident under `key` (evicting the least
         recently used adapter past max_resident)."""
         placed = checks.check_and_cast(self, key, config, tensors, card, folder)
-        from .prompts import register_templates
-        if card.get("templates"):  # a custom scenario's prompt sentences travel with its card
-            register_templates(card.get("scenario", key.split("@")[0]), **card["templates"])
-        for scenario, part in (card.get("scenarios") or {}).items():  # ... and with a joint card's parts
-            if part.get("templates"):
-                register_templates(scenario, **part["templates"])
+        register_card_templates(card, key.split("@")[0])
         pairs = [None] * self.routing.size
         for path, pair in placed.items():
             pairs[self.wrapped[path].index] = pair

@@ -80,6 +80,15 @@ def register_templates(scenario: str, history: str | None = None, question: str 
     return pair
 
 
+def register_card_templates(card: dict, name: str) -> None:
+    """A custom scenario's prompt sentences travel with its card (a joint card's: with each part)."""
+    if card.get("templates"):
+        register_templates(card.get("scenario", name), **card["templates"])
+    for scenario, part in (card.get("scenarios") or {}).items():
+        if part.get("templates"):
+            register_templates(scenario, **part["templates"])
+
+
 def registered_templates(scenario: str) -> dict[str, str] | None:
     """{"history": ..., "question": ...} when `scenario` has registered templates (for a card), else None."""
     pair = _REGISTERED.get(scenario)

@@ -64,3 +64,56 @@ def test_quantized_base_load_is_quiet_and_sets_no_process_wide_filter(tmp_path, 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "gemm_4bit_forward" not in out.stderr + out.stdout
+
+
+def test_concurrent_cold_loads_of_one_adapter_read_it_once(hub, monkeypatch):
+    """Before: each thread that found 'news' not resident read and checked its file itself (a server's
+    requests for an unloaded adapter all come at once)."""
+    import threading
+    import time
+    publish_random(hub, "news")
+    reads, started = [], threading.Event()
+    real = hub.registry.load
+
+    def slow_load(key):
+        reads.append(key)
+        started.set()
+        time.sleep(0.3)  # long enough for every thread below to ask while it runs
+        return real(key)
+    monkeypatch.setattr(hub.registry, "load", slow_load)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(hub.load("news@v1"))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert reads == ["news@v1"]
+    assert len(got) == 8 and all(a is got[0] for a in got) and hub.resident() == ["news@v1"]
+    hub.unload("news")
+    hub.load("news@v1")  # a load after the shared one ended reads again
+    assert reads == ["news@v1", "news@v1"]
+
+
+def test_a_failed_shared_load_fails_every_caller_and_the_next_one_retries():
+    import threading
+    import time
+    from adapterhub.single_flight import SingleFlight
+    flight, calls, errors = SingleFlight(), [], []
+
+    def broken():
+        calls.append(1)
+        time.sleep(0.2)
+        raise OSError("disk gone")
+
+    def caller():
+        try:
+            flight.run("news@v1", broken)
+        except OSError as e:
+            errors.append(str(e))
+    threads = [threading.Thread(target=caller) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and errors == ["disk gone"] * 5
+    assert flight.run("news@v1", lambda: 7) == 7 and flight.run("music@v1", lambda: 8) == 8
