@@ -31,8 +31,8 @@ def plan(hub, ref: str, history, candidates, disliked=(), scenario: str | None =
     the base's positions; ConfigError for a scenario the adapter was not trained on
     (adapterhub.recommend.plan); checks.OverBudget as soon as the packed rows pass max_tokens."""
     from . import recommend
-    key = hub._key(ref)
-    adapter = hub._resident.get(key) or hub.load(key)
+    adapter = hub.load(ref)  # resident: a lookup; else read from the registry
+    key = adapter.key
     items = [checks.check_items(x, name) for x, name in ((history, "history"), (candidates, "candidates"),
                                                           (disliked, "disliked"))]
     p = recommend.plan(hub, key, adapter.card, *items, scenario, hub.catalog if catalog is None else catalog)

@@ -197,7 +197,7 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
             ranked.add((key, scenario))
             gate.refuse("too_many_tokens", f"{e} (--max-request-tokens)", 400)
         except ConfigError as e:  # a scenario the adapter was not trained for
-            card = (h._resident.get(key) or h.load(key)).card
+            card = h.load(key).card
             raise ApiError(400, str(e), "scenario", allowed=scenarios_of(card, key)) from None
         ranked.add((key, scenario))  # its facts are read now: its next rankings may be planned on the loop
         longest = max_len(h)
