@@ -2,7 +2,7 @@
 import pytest
 
 from adapterhub.config import TrainConfig
-from adapterhub.errors import DataError
+from adapterhub.errors import ConfigError, DataError
 from adapterhub.fused import apply, fit, sigmoid
 from adapterhub.train.reblend import cross_fitted, folds_of, reblend
 from test_protocols import ranking_data
@@ -54,6 +54,11 @@ def test_reblend_publishes_the_same_weights_with_a_blend_judged_cross_fitted(hub
     assert record["compared_with"] == "its own recipe"
     _, again = reblend(hub, new.key, data, ("sampled", "catalog", "popular"), promote=False)
     assert again["reblend"]["compared_with"] == record["chosen"]   # a reblended version: its reblend's recipe
+    _, fewer = reblend(hub, new.key, data, ("sampled", "catalog", "popular"), promote=False,
+                       n_valid=len(data.splits["valid"]) // 2)   # another version's valid size, to compare on
+    assert 0 < fewer["reblend"]["n_valid_examples"] < record["n_valid_examples"]
+    with pytest.raises(ConfigError, match="n_valid"):
+        reblend(hub, new.key, data, ("sampled",), n_valid=0)
     assert new_card["fused"]["valid_protocols"] == ["sampled", "catalog", "popular"]
     assert new_card["metrics"]["valid"]["adapter"]["ndcg@10"] == table["raw"]["mean"]
     assert "protocols" not in new_card and "test" not in new_card["metrics"]   # test: eval --update-card

@@ -68,7 +68,7 @@ def cmd_reblend(args) -> int:
     protocols = [check(p.strip()) for p in given.split(",") if p.strip()]
     hub = make_hub(args)
     promote = True if args.force else None
-    adapter, card = reblend(hub, args.ref, data, protocols, promote=promote, progress=True)
+    adapter, card = reblend(hub, args.ref, data, protocols, promote=promote, progress=True, n_valid=args.n_valid)
     state = "current" if hub.registry.current(adapter.name) == adapter.version else "not promoted"
     print(f"published {adapter.key} ({state}): the weights of {card['reblend']['from']} with its blend refit on valid "
           f"under {', '.join(protocols)}")
@@ -104,6 +104,9 @@ def add_commands(sub, parents: dict) -> None:
                    "$ADAPTERHUB_DATA or ../shared/data)")
     s.add_argument("--valid-protocols", default=None, help="candidate protocols the valid "
                    "groups are drawn under, pooled (default sampled,catalog,popular; a pointwise scenario: sampled)")
+    s.add_argument("--n-valid", type=int, default=None, help="valid examples (whole groups) to redraw, before the "
+                   "protocols (default: the version's own n_valid); two versions reblended with one n_valid are judged "
+                   "on the same examples")
     s.add_argument("--force", action="store_true", help="make the new version current even if its blend does "
                    "not beat the old one on cross-fitted valid")
     s.set_defaults(func=cmd_reblend)

@@ -44,11 +44,12 @@ RECIPES = (OWN, "refit, pointwise", "refit, within groups", RULE_ONLY)
 
 
 def reblend(hub, ref: str, data, protocols=("sampled", "catalog", "popular"), promote: bool | None = None,
-            progress: bool = False) -> tuple[object, dict]:
+            progress: bool = False, n_valid: int | None = None) -> tuple[object, dict]:
     """Refit `ref`'s fused blend on its valid examples under `protocols` (pooled) and publish the
     same weights and facts with the winning blend as a new version -> (its Adapter, its card).
     data: what `ref` was trained on (train.load_card_data). promote=None: promoted only if a refit
-    blend beats the version's own recipe, both cross-fitted on valid."""
+    blend beats the version's own recipe, both cross-fitted on valid. n_valid: valid examples to redraw
+    (whole groups; default the version's own), so two versions can be judged on the same ones."""
     from ..recommend import facts_of
     from .publish import card_splits, lineage
     adapter = hub.load(ref)
@@ -71,7 +72,9 @@ def reblend(hub, ref: str, data, protocols=("sampled", "catalog", "popular"), pr
                           "give --valid-protocols sampled (the blend is judged on pooled and per-user AUC)")
     t0 = time.perf_counter()
     seed = card["train"]["seed"]
-    _, valid, _ = card_splits(card, data)
+    if n_valid is not None and n_valid < 1:
+        raise ConfigError(f"n_valid={n_valid} must be >= 1")
+    _, valid, _ = card_splits(card if n_valid is None else {**card, "train": {**card["train"], "n_valid": n_valid}}, data)
     data = with_catalog(data) if protocols != ["sampled"] else data
     counts = popularity(data) if data.task in RANKING_TASKS else None
     views = {p: regroup(data, valid, p, seed, counts) for p in protocols}

@@ -170,6 +170,12 @@ def check(answers: list[dict], p: dict, hub) -> dict:
             "min_gap_between_versions": min(gaps) if gaps else None}
 
 
+def in_flight(light: list, other: list) -> float | None:
+    """The share of these light requests that overlapped one of the `other` requests."""
+    spans = [(a["t0"], a["t1"]) for a in other]
+    return round(sum(overlaps_heavy(a, spans) for a in light) / len(light), 3) if light else None
+
+
 def overlaps_heavy(a: dict, heavy: list[tuple[float, float]]) -> bool:
     return any(h0 < a["t1"] and a["t0"] < h1 for h0, h1 in heavy)
 
@@ -364,6 +370,8 @@ def main(argv=None) -> dict:
         # how often a heavy request arrived while a light one was in flight: its slowest 1% against all
         # (the heavy request is planned, tokens counted, in a thread, beside the light ones' forwards)
         "heavy_arrived_during": {"slowest_1pct": heavy_arrivals(slowest, heavy), "all": heavy_arrivals(during, heavy)},
+        # and how often an over-limit request was in flight beside it (its body parsed and refused on the loop)
+        "over_limit_in_flight": {"slowest_1pct": in_flight(slowest, over), "all": in_flight(during, over)},
         "promotion": admin_log.get("promotion"), "unload": admin_log.get("unload"), "drain_s": drain_s,
         "rss_start_mib": rss[0] / 2**20, "rss_peak_mib": max(rss) / 2**20,
         "error_examples": [f"{a['user']} {a['path']} {a['status']} {str(a['reply'])[:200]}" for a in light + heavy
