@@ -27,8 +27,9 @@ class SingleFlight:
         except BaseException as e:
             mine.set_exception(e)
             raise
+        else:
+            mine.set_result(result)   # before the key goes: a waiter never holds a future nobody will set
+            return result
         finally:
             with self._lock:
                 del self._running[key]
-        mine.set_result(result)
-        return result

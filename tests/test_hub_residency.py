@@ -72,12 +72,11 @@ def test_concurrent_cold_loads_of_one_adapter_read_it_once(hub, monkeypatch):
     import threading
     import time
     publish_random(hub, "news")
-    reads, started = [], threading.Event()
+    reads = []
     real = hub.registry.load
 
     def slow_load(key):
         reads.append(key)
-        started.set()
         time.sleep(0.3)  # long enough for every thread below to ask while it runs
         return real(key)
     monkeypatch.setattr(hub.registry, "load", slow_load)
@@ -99,13 +98,15 @@ def test_a_failed_shared_load_fails_every_caller_and_the_next_one_retries():
     import time
     from adapterhub.single_flight import SingleFlight
     flight, calls, errors = SingleFlight(), [], []
+    everyone = threading.Barrier(5)
 
     def broken():
         calls.append(1)
-        time.sleep(0.2)
+        time.sleep(0.3)  # every caller passed the barrier before it; this lets them reach flight.run
         raise OSError("disk gone")
 
     def caller():
+        everyone.wait()
         try:
             flight.run("news@v1", broken)
         except OSError as e:

@@ -57,6 +57,7 @@ def test_reblend_publishes_the_same_weights_with_a_blend_judged_cross_fitted(hub
     _, fewer = reblend(hub, new.key, data, ("sampled", "catalog", "popular"), promote=False,
                        n_valid=len(data.splits["valid"]) // 2)   # another version's valid size, to compare on
     assert 0 < fewer["reblend"]["n_valid_examples"] < record["n_valid_examples"]
+    assert fewer["reblend"]["n_valid"] == len(data.splits["valid"]) // 2 and record["n_valid"] is None  # (cfg's)
     with pytest.raises(ConfigError, match="n_valid"):
         reblend(hub, new.key, data, ("sampled",), n_valid=0)
     assert new_card["fused"]["valid_protocols"] == ["sampled", "catalog", "popular"]

@@ -108,7 +108,8 @@ def reblend(hub, ref: str, data, protocols=("sampled", "catalog", "popular"), pr
     if not won:
         log.info("%s: its own recipe (%s) stays best on cross-fitted valid; the new version gets the pointwise "
                  "refit, not promoted", key, own)
-    record = {"from": key, "valid_protocols": protocols, "n_valid_examples": len(pooled), "folds": FOLDS,
+    record = {"from": key, "valid_protocols": protocols, "n_valid": n_valid or card["train"].get("n_valid"),
+              "n_valid_examples": len(pooled), "folds": FOLDS,
               "cross_fitted": table, "chosen": chosen, "compared_with": own,
               "promoted_because": "beats its own recipe" if won else None, "s": round(time.perf_counter() - t0, 1),
               **({"protocol_held_out": held} if held else {})}
