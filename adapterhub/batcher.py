@@ -4,21 +4,21 @@
     batcher.score([("news", prompt)])                      # from any number of threads
     batcher.recommend("music", history, candidates, k=10)
     with batcher.joined(deadline=time.monotonic() + 5, cancelled=event):
-        ...                                                # hub calls here are batched, and dropped
-                                                           # unstarted once past the deadline or cancelled
+        ...                     # hub calls here are batched, and dropped unstarted once past the deadline or cancelled
 
 A call runs the hub's own `score` / `recommend` in the caller's thread (references resolved,
 prompts rendered, tokenized and checked there), up to the forward: that is handed to one worker
 thread, which runs the waiting requests' items (score rows, packed side by side; or ranking groups
-of one history prefix and its candidates) through Hub.packed_logits (adapterhub.side_by_side). A
-caller on an event loop queues its tokenized items with `submit` and is called back instead
-(adapterhub.serve.forward).
+of one history prefix and its candidates) through Hub.packed_logits (adapterhub.side_by_side), or
+hands them to its process (`processes`, adapterhub.forward_process). A caller on an event loop
+queues its tokenized items with `submit` and is called back instead (adapterhub.serve.forward).
 
 Each forward holds at most `max_rows` items and `max_batch_tokens` tokens (one item over the budget
 runs alone). A request too big for one forward runs over several, its items in order, and the
 forwards in between serve other requests (Batcher._pick): a heavy request neither stalls light ones
 for more than about one forward nor starves. With `bulk_tokens`, requests over it run on a second
-worker whose forwards pause twice a decoder layer while the first has work (adapterhub.give_way).
+worker whose forwards pause twice a layer while the first has work (adapterhub.give_way; in a
+process: at idle priority).
 Before each forward the worker drops the requests whose deadline has passed or whose caller gave up
 (`cancelled`), unstarted items and all; their callers get `Refused`. While a forward runs, new
 requests queue for the next one; before it starts one, the worker waits for callers inside
@@ -38,6 +38,7 @@ import torch
 
 from . import give_way, side_by_side
 from .errors import AdapterHubError, ConfigError, DataError
+from .forward_process import ForwardProcess, ForwardProcessError
 from .hub import BATCHER, Hub
 
 log = logging.getLogger(__name__)
@@ -99,35 +100,40 @@ class Batcher:
 
     def __init__(self, hub: Hub, window_ms: float = WINDOW_MS, max_rows: int | None = None,
                  max_batch_tokens: int | None = None, on_batch=None, bulk_tokens: int | None = None,
-                 _main: "Batcher | None" = None):
+                 processes: bool = False, _main: "Batcher | None" = None):
         """window_ms: how long the oldest waiting request waits for others to join its batch.
         max_rows: score rows or ranking groups per forward (default MAX_ROWS); max_batch_tokens: tokens
         per forward (default MAX_BATCH_TOKENS). on_batch(items, tokens, forward_s, queue_waits_s):
         called after each forward (the server's metrics). bulk_tokens: a request of more tokens runs
         on a second worker (the bulk lane), whose forwards pause twice a decoder layer while this
         lane has work: a light request waits for half a layer of a heavy forward, not for all of it.
-        None: one worker for all."""
+        None: one worker for all. processes: each lane's forwards run in a process of its own
+        (adapterhub.forward_process; the bulk lane's at idle priority, with no pauses), not in its thread."""
         if window_ms < 0:
             raise ConfigError(f"window_ms={window_ms} must be >= 0")
-        for name, value in (("max_rows", max_rows), ("max_batch_tokens", max_batch_tokens), ("bulk_tokens", bulk_tokens)):
+        for name, value in (("max_rows", max_rows), ("max_batch_tokens", max_batch_tokens),
+                            ("bulk_tokens", bulk_tokens)):
             if value is not None and value < 1:
                 raise ConfigError(f"{name}={value} must be >= 1")
-        self.hub = hub
-        self.window_s = window_ms / 1000
-        self.max_rows = max_rows or MAX_ROWS
-        self.max_batch_tokens = max_batch_tokens or MAX_BATCH_TOKENS
-        self.on_batch = on_batch
+        self.hub, self.window_s, self.on_batch = hub, window_ms / 1000, on_batch
+        self.max_rows, self.max_batch_tokens = max_rows or MAX_ROWS, max_batch_tokens or MAX_BATCH_TOKENS
         self._queue: list[_Request] = []
         self._running: list[_Request] = []   # the requests of the forward running now
-        self._cv = threading.Condition()
-        self._closed = False
+        self._cv, self._closed = threading.Condition(), False
         self._coming = 0   # callers inside score/recommend that have not handed over their rows yet
         self._batches = self._requests = 0   # forwards run, requests answered (this lane)
         self.main, self.bulk_tokens, self.bulk = _main, bulk_tokens, None
-        if bulk_tokens is not None:
-            give_way.pause_points(hub)
-            self.bulk = Batcher(hub, 0, max_rows, max_batch_tokens, on_batch, _main=self)
         name = "adapterhub-batcher" + ("-bulk" if _main is not None else "")
+        self.process = ForwardProcess(hub, name, low_priority=_main is not None) if processes else None
+        if bulk_tokens is not None:
+            if not processes:
+                give_way.pause_points(hub)
+            try:
+                self.bulk = Batcher(hub, 0, max_rows, max_batch_tokens, on_batch, processes=processes, _main=self)
+            except BaseException:
+                if self.process is not None:  # (no worker yet: only the process to stop)
+                    self.process.close()
+                raise
         self._worker = threading.Thread(target=self._run, name=name, daemon=True)
         self._worker.start()
 
@@ -147,9 +153,8 @@ class Batcher:
     def joined(self, deadline: float | None = None, cancelled: threading.Event | None = None,
                start_by: float | None = None):
         """Inside the `with`, this thread's hub forwards (Hub.score's rows, packed_logits) go through the
-        batcher. The worker drops this call's unstarted work, and the call raises Refused, once
-        time.monotonic() passes `deadline`, once `cancelled` is set, or when its first forward has not
-        started by `start_by`."""
+        batcher. The worker drops this call's unstarted work, and the call raises Refused, once past
+        `deadline` (time.monotonic()), once `cancelled` is set, or when not started by `start_by`."""
         token, call = BATCHER.set(self), _CALL.set((deadline, cancelled, start_by))
         with self._cv:
             self._coming += 1
@@ -230,15 +235,17 @@ class Batcher:
         with self._cv:
             return n + len(self._queue) + len(self._running), left + sum(r.left for r in self._queue)
 
-    def close(self) -> None:
-        """Answer what is queued, then stop the worker(s)."""
+    def close(self, timeout: float | None = None) -> None:
+        """Answer what is queued, then stop the workers (and processes: a forward past `timeout` fails)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
         if self.bulk is not None:
-            self.bulk.close()
+            self.bulk.close(timeout)
         if threading.current_thread() is not self._worker:
-            self._worker.join()
+            self._worker.join(timeout)
+            if self.process is not None:
+                self.process.close()
 
     def abort(self, message: str = "the server is shutting down") -> int:
         """Refuse every request queued or running now (a running forward finishes, its answers are
@@ -340,8 +347,7 @@ class Batcher:
         return picks
 
     def _forward(self, picks: list[tuple[_Request, int, int]]) -> None:
-        """Run the picked slices (score rows in one forward, ranking groups in another) and hand each
-        request its part; a request whose part raised gets that error alone."""
+        """Run the picked slices (score rows, then ranking groups) and hand each request its part, or its error."""
         t = time.perf_counter()
         waits = [r.started - r.arrived for r, start, _ in picks if start == 0]
         for kind in ("rows", "packed"):
@@ -349,12 +355,14 @@ class Batcher:
             if not mine:
                 continue
             try:
-                results = side_by_side.run_slices(self.hub, kind, mine)
+                results = side_by_side.run_slices(self.hub, kind, mine, self.process)
+            except ForwardProcessError as e:  # the lane's process died or cannot start: no retry, all refused
+                results = [e] * len(mine)
             except BaseException:  # noqa: BLE001 - whose items failed? each slice alone
                 results = []
                 for p in mine:
                     try:
-                        results += side_by_side.run_slices(self.hub, kind, [p])
+                        results += side_by_side.run_slices(self.hub, kind, [p], self.process)
                     except BaseException as e:  # noqa: BLE001 - handed to the caller, which raises it
                         results.append(e)
             with self._cv:

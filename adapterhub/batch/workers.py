@@ -14,47 +14,31 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 
-from ..errors import ConfigError
+from ..forward_process import build_hub, exit_with, hub_args
 from .readers import Part, PartReader, Scan
 from .scorer import Options, PartResult
 
 
 class PartScorer:
-    """One Hub built from `hub_args` (hub_args below) in this process, then one part per call. The
-    Ray engine's actors are PartScorers too."""
+    """One Hub built from `hub_args` (adapterhub.forward_process.hub_args) in this process, then one
+    part per call. The Ray engine's actors are PartScorers too."""
 
     def __init__(self, hub_args: dict, scan: dict, options: dict, pins: dict, facts: dict | None, fingerprint: str,
                  threads: int | None):
         import torch
-        from ..base import load_base
-        from ..hub import Hub
         from .scorer import Scorer
         if threads:
             torch.set_num_threads(threads)
-        hub_args = dict(hub_args)
-        base = load_base(hub_args.pop("spec"), quant=hub_args.pop("quant"), device=hub_args.pop("device"),
-                         seed=hub_args.pop("seed"), compute=hub_args.pop("compute"))
-        if base.fingerprint != fingerprint:
-            raise ConfigError(f"the worker's base {base.spec!r} has fingerprint {base.fingerprint}, the driver's "
-                              f"{fingerprint}: every worker needs the same base files")
-        hub = Hub(base=base, **hub_args)
+        hub = build_hub(hub_args, fingerprint)
         self.scan = Scan(**scan)
         self.reader = PartReader(self.scan)
         self.scorer = Scorer(hub, Options(**options), pins, facts)
 
     def score(self, part: Part) -> PartResult:
         return self.scorer.score_part(part.index, self.reader.rows(part), file=self.scan.path)
-
-
-def hub_args(hub) -> dict:
-    """What another process needs to build the same Hub."""
-    b = hub.base
-    return {"spec": b.spec, "quant": b.quant, "device": str(b.device), "seed": b.seed, "compute": b.compute,
-            "registry": str(hub.registry.root), "max_resident": hub.max_resident, "batch_size": hub.batch_size}
 
 
 def scorer_args(hub, scan: Scan, options: Options, pins: dict, facts: dict | None, threads: int) -> dict:
@@ -69,16 +53,10 @@ _worker: PartScorer | None = None   # this worker process's scorer
 
 def _start(kwargs: dict, parent: int) -> None:
     global _worker
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    # a worker outlives a parent killed with -9 (the pool's queues stay open in its siblings); it leaves
+    # when its parent is gone, and the restarted job resumes
+    threading.Thread(target=exit_with, args=(parent,), daemon=True).start()
     _worker = PartScorer(**kwargs)
-
-
-def _exit_with(parent: int) -> None:
-    """A worker outlives a parent killed with -9 (the pool's queues stay open in its siblings): it
-    would hold a base in memory forever. It leaves when its parent is gone; the restarted job resumes."""
-    while os.getppid() == parent:
-        time.sleep(1)
-    os._exit(1)
 
 
 def _score(part: tuple) -> PartResult:

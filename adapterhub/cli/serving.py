@@ -54,7 +54,8 @@ def cmd_serve(args) -> int:
     try:
         serve(build_hub, host=args.host, port=args.port, window_ms=args.window_ms, batch=not args.no_batch,
               limits=limits, auth=auth, drain_delay_s=args.drain_delay_s, drain_timeout_s=args.drain_timeout_s,
-              limit_concurrency=args.limit_concurrency, http=args.http, loop=args.loop, gc_freeze=True)
+              limit_concurrency=args.limit_concurrency, http=args.http, loop=args.loop, gc_freeze=True,
+              processes=args.forward_in == "process")
     finally:
         sys.setswitchinterval(before)  # main() called in a process of the caller's: it gets its own back
     return 0
@@ -99,4 +100,8 @@ def add_commands(sub, parents: dict) -> None:
     s.add_argument("--gil-switch-ms", type=float, default=None, help="the process's GIL switch interval (default: "
                    "Python's, 5): how long a forward may wait to take the GIL back from a thread running Python. "
                    "0.1 guards forwards from long Python work beside them, and slows that work (docs/SERVING.md)")
+    s.add_argument("--forward-in", choices=("thread", "process"), default="thread", help="where the forwards run: "
+                   "'thread' (default), in this process; 'process', a process per batcher lane holding its own copy "
+                   "of the base (the bulk lane's at idle priority), so on a CPU they do not wait for the GIL while "
+                   "requests carry long Python work (docs/SERVING.md)")
     s.set_defaults(func=cmd_serve)

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .. import checks, ranking
+from .. import checks, forward_process, ranking
 from ..batcher import WINDOW_MS, Batcher, Refused
 from ..errors import ConfigError, RegistryError
 from ..hub import Hub
@@ -49,7 +49,7 @@ class _Direct:
     def depth(self) -> tuple[int, int]:
         return 0, 0
 
-    def close(self) -> None:
+    def close(self, timeout=None) -> None:
         pass
 
     def abort(self, message: str = "") -> int:
@@ -85,7 +85,8 @@ def scenarios_of(card: dict, key: str) -> list[str]:
 
 def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS, max_rows: Optional[int] = None,
                max_body_bytes: Optional[int] = None, threads: Optional[int] = None, batch: bool = True,
-               limits: Optional[Limits] = None, auth: Optional[Auth] = None, gc_freeze: bool = False) -> FastAPI:
+               limits: Optional[Limits] = None, auth: Optional[Auth] = None, gc_freeze: bool = False,
+               processes: bool = False) -> FastAPI:
     """The app over `hub`, or over the hub `hub()` builds (it then loads in a thread at start-up; /health
     answers meanwhile and /ready says 503 until it is done). app.state.batcher batches the requests
     (batch=False: each request's thread runs its own forward). threads: an old name of
@@ -93,7 +94,8 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
     the hub is loaded, every object alive then leaves the garbage collector's view. A full collection
     of a server's heap (the base, the libraries: 419-512k objects on random:small or SmolLM2) holds
     the GIL, so every request, for 222-271 ms (benchmarks/serving_load/gc_pause.py); frozen, those
-    objects, which live as long as the server, are never walked again."""
+    objects, which live as long as the server, are never walked again. processes: the batcher's forwards
+    run in processes of their own (adapterhub.forward_process), not in its threads."""
     limits = limits or Limits()
     if max_body_bytes is not None:
         limits = limits.replace(max_body_bytes=max_body_bytes)
@@ -106,7 +108,8 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
 
     def start(h: Hub) -> None:
         state["batcher"] = (Batcher(h, window_ms=window_ms, max_rows=max_rows, max_batch_tokens=limits.max_batch_tokens,
-                                    on_batch=metrics.on_batch, bulk_tokens=limits.bulk_tokens) if batch else _Direct(h))
+                                    on_batch=metrics.on_batch, bulk_tokens=limits.bulk_tokens, processes=processes)
+                             if batch else _Direct(h))
         state["hub"] = h
         app.state.hub, app.state.batcher = h, state["batcher"]
         app.state.redact = Redactor(h.registry.root)
@@ -134,6 +137,7 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         yield
         if state["batcher"] is not None:
             state["batcher"].abort("the server is shutting down")
+            state["batcher"].close(timeout=0)   # its forward processes stopped; a stuck worker not waited for
 
     app = FastAPI(title="adapterhub", version="1", lifespan=lifespan,
                   summary="One base LLM, many LoRA recommendation adapters: rerank, score, list models")
@@ -325,12 +329,20 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
 
     def load(ref: str, reload: bool) -> dict:
         h = hub_or_503()
+        before = set(h.resident())
         adapter = h.load(_check(ref), reload=reload)
-        return {"loaded": adapter.key, "resident": h.resident()}
+        resident = h.resident()
+        sync([adapter.key], before - set(resident))  # (a version a reload replaced)
+        return {"loaded": adapter.key, "resident": resident}
 
     def unload(ref: str) -> dict:
         h = hub_or_503()
-        return {"unloaded": h.unload(_check(ref)), "resident": h.resident()}
+        keys = h.unload(_check(ref))
+        sync((), keys)
+        return {"unloaded": keys, "resident": h.resident()}
+
+    def sync(loaded, unloaded) -> None:  # the same in the forward processes
+        forward_process.sync(state["batcher"], loaded, sorted(unloaded))
 
     admin = [Depends(require_admin)]
 

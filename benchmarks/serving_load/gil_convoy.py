@@ -2,11 +2,14 @@
 loop run Python while the batcher's worker runs a forward). README.md here, "The GIL convoy".
 
     OMP_NUM_THREADS=1 python benchmarks/serving_load/gil_convoy.py            # random:small, ~1 min
+    OMP_NUM_THREADS=1 python benchmarks/serving_load/gil_convoy.py --forward-in process   # as serve --forward-in
 
 A forward is hundreds of small torch ops; each releases the GIL and takes it back. Beside a thread
 running Python, every take-back can wait up to sys.getswitchinterval(). Prints the median and p95 of
 one 2-row forward alone, beside a thread busy with Python, and beside 1 ms Python bursts every 10 ms,
-under switch intervals of 5 ms (Python's default), 0.5 ms and 0.1 ms.
+under switch intervals of 5 ms (Python's default), 0.5 ms and 0.1 ms. With --forward-in process the
+forward goes through a Batcher whose lane runs it in a process of its own (adapterhub.forward_process):
+only the hand-offs to and from it need this process's GIL.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="random:small")
     ap.add_argument("--forwards", type=int, default=30, help="forwards timed per cell")
+    ap.add_argument("--forward-in", choices=("thread", "process"), default="thread", help="thread: hub.score in "
+                    "the timing thread; process: through a Batcher whose forwards run in a process of their own")
     args = ap.parse_args(argv)
     import torch
     from adapterhub.hub import Hub
@@ -28,13 +33,18 @@ def main(argv=None) -> None:
     rows = [(None, f"The user liked item {i}, item {i + 1}, item {i + 7}. Will the user like item {i + 3}? Answer:")
             for i in range(2)]
     hub.score(rows)
+    score = hub.score
+    if args.forward_in == "process":
+        from adapterhub.batcher import Batcher
+        score = Batcher(hub, window_ms=0, bulk_tokens=None, processes=True).score
+        score(rows)
     stop = threading.Event()
 
     def timed() -> str:
         xs = []
         for _ in range(args.forwards):
             t = time.perf_counter()
-            hub.score(rows)
+            score(rows)
             xs.append(1000 * (time.perf_counter() - t))
         xs.sort()
         return f"{xs[len(xs) // 2]:.1f} / {xs[int(len(xs) * 0.95)]:.1f}"

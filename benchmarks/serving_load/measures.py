@@ -1,7 +1,9 @@
 """Measures for the load test (run.py): a free loopback port, a process's RSS and CPU time, a
-percentile, and what queueing alone would cost (fifo_estimate)."""
+percentile, what queueing alone would cost (fifo_estimate), how long the server waited for a core
+(RunQueueWait), and which light requests overlapped heavy or over-limit ones."""
 from __future__ import annotations
 
+import bisect
 import os
 import socket
 import statistics
@@ -13,7 +15,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_of(pid: int) -> int:
+def rss_of(pid: int, children: bool = False) -> int:
+    """Resident bytes of the process (children=True: and of its live children)."""
+    if children:
+        return rss_of(pid) + sum(rss_of(c) for c in children_of(pid))
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
@@ -24,14 +29,33 @@ def rss_of(pid: int) -> int:
     return 0
 
 
-def cpu_s_of(pid: int) -> float | None:
-    """CPU seconds the process has used (user + system, all its threads); None without /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return None
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (the server's forward processes); [] without /proc."""
+    out = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def cpu_s_of(pid: int, children: bool = True) -> float | None:
+    """CPU seconds the process has used (user + system, all its threads), and its live children's
+    (the server's forward processes); None without /proc."""
+    total = 0.0
+    for p in [pid] + (children_of(pid) if children else []):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            if p == pid:
+                return None
+    return total
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -61,3 +85,119 @@ def fifo_estimate(samples: dict, per_s: float, busy_share: float = 1.0, n: int =
         free = start + busy_share * call
         latencies.append(1000 * (start - t + call))
     return pct(latencies, 0.99) / statistics.median(calls)
+
+
+class RunQueueWait:
+    """Samples, every `every_s`, how long the server's threads and its children have waited for a core
+    (/proc/<pid>/task/<tid>/schedstat: the time runnable but not running) and how long they ran, to
+    tell whether a slow request waited for the CPU. The series: 'loop' (the server's main thread, which
+    runs the event loop), 'threads' (its other threads), one per child process (its threads summed),
+    and any other process added with watch() (locust)."""
+
+    def __init__(self, pid: int, every_s: float = 0.01):
+        import threading
+        self.pid, self.every_s, self.samples = pid, every_s, []   # (time.time(), {series: (wait s, run s)})
+        self.others = {c: name_of(c) for c in children_of(pid)}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def watch(self, pid: int, name: str) -> None:
+        self.others[pid] = name
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import time
+        while not self._stop.wait(self.every_s):
+            series = {"loop": _stat_s(self.pid, self.pid), "threads": (0.0, 0.0)}
+            for tid in _tasks(self.pid):
+                if tid != self.pid:
+                    series["threads"] = _add(series["threads"], _stat_s(self.pid, tid))
+            for pid, name in list(self.others.items()):
+                total = (0.0, 0.0)
+                for tid in _tasks(pid):
+                    total = _add(total, _stat_s(pid, tid))
+                series[name] = total
+            self.samples.append((time.time(), series))
+
+    def during(self, t0: float, t1: float, field: int = 0) -> dict:
+        """Each series' wait (field 0) or run time (1), ms, between the samples around [t0, t1]."""
+        times = [t for t, _ in self.samples]
+        i = max(0, bisect.bisect_left(times, t0) - 1)
+        j = min(len(times) - 1, bisect.bisect_left(times, t1))
+        if j <= i:
+            return {}
+        a, b = self.samples[i][1], self.samples[j][1]
+        return {k: 1000 * (b[k][field] - a.get(k, (0.0, 0.0))[field]) for k in b}
+
+    def summary(self, slowest: list[dict], judged: list[dict]) -> dict:
+        """Mean wait (ms) of each series during the slowest requests and during all judged ones, and each
+        series' share of a core over the whole sampling (run time / wall time)."""
+        def mean(reqs):
+            seen = [s for s in (self.during(a["t0"], a["t1"]) for a in reqs) if s]
+            keys = set().union(*seen) if seen else set()
+            return {k: round(sum(s.get(k, 0.0) for s in seen) / len(seen), 2) for k in sorted(keys)}
+        share = {}
+        if len(self.samples) > 1:
+            (t0, _), (t1, _) = self.samples[0], self.samples[-1]
+            share = {k: round(v / 1000 / (t1 - t0), 3) for k, v in self.during(t0, t1, field=1).items()}
+        return {"slowest_1pct": mean(slowest), "all": mean(judged), "core_share": share}
+
+
+def _add(a: tuple, b: tuple) -> tuple:
+    return a[0] + b[0], a[1] + b[1]
+
+
+def _tasks(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def _stat_s(pid: int, tid: int) -> tuple[float, float]:
+    """(seconds waiting for a core, seconds running) of one thread."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+            run, wait = fh.read().split()[:2]
+        return int(wait) / 1e9, int(run) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
+
+
+def name_of(pid: int) -> str:
+    """'resource_tracker', 'idle' (a SCHED_IDLE process: the bulk lane's) or 'child <pid>'."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if b"resource_tracker" in fh.read():
+                return "resource_tracker"
+        with open(f"/proc/{pid}/stat") as fh:
+            policy = int(fh.read().rsplit(")", 1)[1].split()[38])
+        return "idle" if policy == 5 else f"child {pid}"
+    except (OSError, IndexError, ValueError):
+        return f"child {pid}"
+
+
+def heavy_arrivals(light: list, heavy: list) -> float | None:
+    """The share of these light requests during which a heavy request arrived."""
+    starts = sorted(a["t0"] for a in heavy)
+    if not light:
+        return None
+    hit = sum(bisect.bisect_right(starts, a["t1"]) > bisect.bisect_left(starts, a["t0"]) for a in light)
+    return round(hit / len(light), 3)
+
+
+def in_flight(light: list, other: list) -> float | None:
+    """The share of these light requests that overlapped one of the `other` requests."""
+    spans = [(a["t0"], a["t1"]) for a in other]
+    return round(sum(overlaps_heavy(a, spans) for a in light) / len(light), 3) if light else None
+
+
+def overlaps_heavy(a: dict, heavy: list[tuple[float, float]]) -> bool:
+    return any(h0 < a["t1"] and a["t0"] < h1 for h0, h1 in heavy)
