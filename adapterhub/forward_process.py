@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import AdapterHubError
+from .errors import AdapterHubError, RegistryError
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 600.0   # a base is read and, the first time, converted: minutes on a slow disk
@@ -103,11 +103,13 @@ class ForwardProcess:
             status, value = self._conn.recv() if ready else ("error", None)
         except (EOFError, OSError):
             status, value = "error", None
-        if status != "ready":
+        if status != "ready":   # a server-side fault, whatever the child raised (a 500, never a client's 4xx)
             self._stop()
             self._failed_at = time.monotonic()
-            raise (_rebuilt(value) if value is not None else
-                   ForwardProcessError(f"the forward process {self.name} did not start (the server's log has why)"))
+            if value is not None:
+                log.error("the forward process %s did not start:\n%s", self.name, value[4])
+            why = f": {value[1]}: {value[2]}" if value is not None else " (the server's log has why)"
+            raise ForwardProcessError(f"the forward process {self.name} did not start{why}")
         self._failed_at = None
 
     def _exchange(self, message: tuple):
@@ -192,8 +194,8 @@ def sync(batcher, loaded=(), unloaded=()) -> None:
 
 def _rebuilt(error: tuple) -> BaseException:
     """(module, class name, message, attributes, traceback) from the child -> that error when it is one
-    of adapterhub's (a client's error keeps its status); else ForwardProcessError, the child's
-    traceback logged here."""
+    of adapterhub's (a client's error keeps its status); else an AdapterHubError (a 500 that names
+    no detail), the child's traceback logged here."""
     module, name, message, attrs, trace = error
     cls = getattr(importlib.import_module(module), name, None) if module.startswith("adapterhub.") else None
     if isinstance(cls, type) and issubclass(cls, AdapterHubError):
@@ -202,7 +204,8 @@ def _rebuilt(error: tuple) -> BaseException:
         e.__dict__.update(attrs)
         return e
     log.error("a forward process failed:\n%s", trace)
-    return ForwardProcessError(f"the forward failed in its process ({name}); the server's log has the traceback")
+    # not ForwardProcessError: the process lives on, and the batcher retries each request's slice alone
+    return AdapterHubError(f"the forward failed in its process ({name}); the server's log has the traceback")
 
 
 def _error(e: BaseException) -> tuple:
@@ -263,6 +266,6 @@ def _answer(hub, side_by_side, what: str, kind, keys, items, shas):
         if sha is not None and hub.load(key).card.get("weights_sha256") != sha:
             hub.unload(key)
             if hub.load(key).card.get("weights_sha256") != sha:
-                raise ForwardProcessError(f"{key} on disk is not the version the server has resident; reload it")
+                raise RegistryError(f"{key} on disk is not the version the server has resident; reload it")
     out = side_by_side.run_flat(hub, kind, keys, items)
     return out if kind == "rows" else out.float().contiguous().numpy().tobytes()

@@ -14,13 +14,14 @@
    the ramp: locust starts the users over --ramp-s; the ramp's own p99 is reported apart; the single
    call is timed again after the load, to show how far the machine's speed drifted), the heavy
    requests' latency, the over-limit refusals' latency, the server's RSS (with its forward processes),
-   and how long its event loop, threads and processes waited for a core (run_queue_wait_ms). One JSON
+   and, with --core-waits, how long its event loop, threads and processes waited for a core. One JSON
    line goes to results/loadtest.jsonl. --light-only runs the light users alone (the floor).
 Goals (exit code 1 when missed): 0 wrong, 0 errors, light p99 <= 3x the single call, refusals fast.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -186,6 +187,9 @@ def main(argv=None) -> dict:
                     "asyncio' (the pure-Python stack) or '--gil-switch-ms 1'")
     ap.add_argument("--light-only", action="store_true", help="light users only, no heavy and no over-limit client: "
                     "the floor under the goal (every light request after the ramp is judged; goals not judged)")
+    ap.add_argument("--core-waits", action="store_true", help="sample every 10 ms how long the server's threads "
+                    "and processes waited for a core (run_queue_wait_ms; costs this driver ~0.06-0.10 of a core, "
+                    "beside the server, so off by default)")
     ap.add_argument("--scale", type=float, default=0.1, help="std of the random LoRA weights")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for loadtest.jsonl")
     args = ap.parse_args(argv)
@@ -266,7 +270,7 @@ def main(argv=None) -> dict:
                 th.start()
             env = dict(os.environ, LOAD_PLAN=str(tmp / "plan.json"), LOAD_ANSWERS=str(tmp / "answers.jsonl"))
             steady_from = time.time() + args.ramp_s + args.think_s[1]   # every user started and past its first pause
-            waits = RunQueueWait(server.pid)
+            waits = RunQueueWait(server.pid) if args.core_waits else contextlib.nullcontext()
             with waits:
                 locust = subprocess.Popen(
                     [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless", "--host", url,
@@ -274,8 +278,9 @@ def main(argv=None) -> dict:
                      "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0",
                      *(["Light"] if args.light_only else [])],
                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                waits.watch(locust.pid, "locust")
-                waits.watch(os.getpid(), "driver")   # this process: the samplers, the admin calls
+                if args.core_waits:
+                    waits.watch(locust.pid, "locust")
+                    waits.watch(os.getpid(), "driver")   # this process: the samplers, the admin calls
                 locust_out, locust_err = locust.communicate(timeout=args.duration_s + 180)
             sampling.set()
             threads[1].join(60)
@@ -368,7 +373,7 @@ def main(argv=None) -> dict:
         "over_limit_in_flight": {"slowest_1pct": in_flight(slowest, over), "all": in_flight(during, over)},
         # how long the server's event loop, its other threads and its forward processes waited for a core
         # (runnable, not running) during the slowest 1% and during all judged light requests, mean ms
-        "run_queue_wait_ms": waits.summary(slowest, during),
+        "run_queue_wait_ms": waits.summary(slowest, during) if args.core_waits else None,
         "promotion": admin_log.get("promotion"), "unload": admin_log.get("unload"), "drain_s": drain_s,
         "forward_processes": forward_processes,   # CPU and RSS figures include them
         "rss_start_mib": rss[0] / 2**20, "rss_peak_mib": max(rss) / 2**20,
