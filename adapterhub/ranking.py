@@ -33,12 +33,16 @@ def plan(hub, ref: str, history, candidates, disliked=(), scenario: str | None =
     from . import recommend
     adapter = hub.load(ref)  # resident: a lookup; else read from the registry
     key = adapter.key
-    items = [checks.check_items(x, name) for x, name in ((history, "history"), (candidates, "candidates"),
-                                                          (disliked, "disliked"))]
-    p = recommend.plan(hub, key, adapter.card, *items, scenario, hub.catalog if catalog is None else catalog)
+    history, disliked = checks.check_items(history, "history"), checks.check_items(disliked, "disliked")
+    candidates = list(candidates)
+    p = recommend.plan(hub, key, adapter.card, history, candidates, disliked, scenario,
+                       hub.catalog if catalog is None else catalog, suffixes=False)
     prefix = checks.encode_row(hub, p.prefix, "history")
-    groups, used, total = [], 0, 0
-    for i, text in enumerate(p.suffixes):
+    groups, used, total, texts = [], 0, 0, []
+    # candidates are checked and rendered as they are counted: refusing a ranking over max_tokens
+    # costs about the budget's worth of work, not the whole request's
+    for i, text in enumerate(recommend.render_suffixes(p.scenario, p.facts, p.history, _checked(p.refs, candidates))):
+        texts.append(text)
         s = checks.encode_row(hub, text, f"candidates[{i}]", False, len(prefix))
         if not groups or len(groups[-1][1]) >= hub.batch_size or (max_group_tokens and used + len(s) > max_group_tokens):
             groups.append((prefix, []))
@@ -49,7 +53,16 @@ def plan(hub, ref: str, history, candidates, disliked=(), scenario: str | None =
         total += len(s)
         if max_tokens is not None and total > max_tokens:
             raise checks.OverBudget(total, max_tokens, "the ranking")
+    p.suffixes = texts
     return Ranking(p, groups)
+
+
+def _checked(refs: list, candidates: list):
+    """refs, each one's candidate checked just before it is rendered (a title must be valid text)."""
+    for i, (ref, candidate) in enumerate(zip(refs, candidates)):
+        if isinstance(candidate, str):
+            checks.check_text(candidate, f"candidates[{i}]")
+        yield ref
 
 
 @torch.inference_mode()

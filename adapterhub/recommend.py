@@ -46,11 +46,16 @@ def facts_of(registry, key: str, scenario: str | None = None) -> dict | None:
 def render(scenario: str, facts: dict | None, history, candidates, disliked=()) -> tuple[str, list[str]]:
     """-> (prefix, [suffix per candidate]): exactly what the model reads."""
     history, disliked = list(history), list(disliked)
-    if facts is None:
-        return (prompts.render_history(scenario, history, disliked),
-                [prompts.render_candidate(scenario, c) for c in candidates])
     return (prompts.render_history(scenario, history, disliked, facts=facts),
-            [prompts.render_candidate(scenario, c, facts=facts, history=history) for c in candidates])
+            list(render_suffixes(scenario, facts, history, candidates)))
+
+
+def render_suffixes(scenario: str, facts: dict | None, history: list, candidates):
+    """Each candidate's suffix, one at a time: a caller counting tokens against a budget stops
+    rendering where it stops counting."""
+    for c in candidates:
+        yield (prompts.render_candidate(scenario, c) if facts is None
+               else prompts.render_candidate(scenario, c, facts=facts, history=history))
 
 
 @dataclass
@@ -60,7 +65,7 @@ class Plan:
     scenario: str
     candidates: list             # as the caller gave them (texts, ids or item dicts)
     prefix: str                  # the history, rendered once for every candidate
-    suffixes: list[str]          # one per candidate
+    suffixes: list[str] | None   # one per candidate (None: not rendered yet, plan(suffixes=False))
     facts: dict | None           # the item facts in use (a catalog's or the version's own), or None
     fused: dict | None           # the fused blend of this scenario, or None
     history: list = field(default_factory=list)    # item ids or texts (a dict item: its id)
@@ -69,10 +74,11 @@ class Plan:
 
 
 def plan(hub, key: str, card: dict, history, candidates, disliked=(), scenario: str | None = None,
-         catalog=None) -> Plan:
+         catalog=None, suffixes: bool = True) -> Plan:
     """Render one user's ranking (no model run): the prompts, the facts and the blend it will use.
     Items are texts, dataset ids, or dicts (adapterhub.catalog.FIELDS) whose facts this call uses.
-    Raises ConfigError for a scenario the adapter was not trained on, DataError for a bad item."""
+    Raises ConfigError for a scenario the adapter was not trained on, DataError for a bad item.
+    suffixes=False: the plan's suffixes are None, for the caller to render (render_suffixes)."""
     joint = card.get("scenarios") or {}  # a jointly trained adapter: each scenario's facts and blend
     own = card.get("scenario", key.split("@")[0])
     if joint and scenario not in joint:
@@ -92,8 +98,9 @@ def plan(hub, key: str, card: dict, history, candidates, disliked=(), scenario: 
             facts = {**facts, "format": part["facts"].get("format", 1)}   # show items as it was trained to see them
     ref = _ref_of if facts is not None else _text_of
     history, disliked, refs = ([ref(r, n) for n, r in enumerate(items)] for items in (history, disliked, candidates))
-    prefix, suffixes = render(scenario, facts, history, refs, disliked)
-    return Plan(key, scenario, candidates, prefix, suffixes, facts, part.get("fused"), history, disliked, refs)
+    prefix = prompts.render_history(scenario, history, disliked, facts=facts)
+    texts = list(render_suffixes(scenario, facts, history, refs)) if suffixes else None
+    return Plan(key, scenario, candidates, prefix, texts, facts, part.get("fused"), history, disliked, refs)
 
 
 def _ref_of(item, n: int):

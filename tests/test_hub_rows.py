@@ -106,6 +106,26 @@ def test_plan_then_run_is_recommend(hub):
         assert ranking.run(hub, planned, k=3) == hub.recommend("news", HISTORY, CANDIDATES, k=3)
 
 
+def test_a_ranking_over_its_budget_is_refused_having_rendered_about_the_budgets_worth(hub, monkeypatch):
+    """Refusing an over-budget ranking costs about the budget's worth of work: candidates are checked,
+    rendered and counted one at a time, and the count stops where it passes the budget. A plan under
+    its budget renders what recommend.render renders."""
+    from adapterhub import checks, prompts, ranking, recommend
+    publish_random(hub, "news")
+    candidates = [f"thing {i}" for i in range(400)] + ["bad \udcff"]  # a bad title past the budget
+    whole = ranking.plan(hub, "news", HISTORY, candidates[:-1])
+    assert whole.plan.suffixes == recommend.render(whole.plan.scenario, None, HISTORY, candidates[:-1])[1]
+    rendered = []
+    render_candidate = prompts.render_candidate
+    monkeypatch.setattr(prompts, "render_candidate", lambda *a, **kw: rendered.append(a[1]) or render_candidate(*a, **kw))
+    budget = whole.tokens // 10
+    with pytest.raises(checks.OverBudget):
+        ranking.plan(hub, "news", HISTORY, candidates, max_tokens=budget)
+    assert 0 < len(rendered) <= len(candidates) // 8   # about a tenth of them, not all 401
+    with pytest.raises(DataError, match=r"candidates\[400\]"):   # within the budget the bad title is refused by name
+        ranking.plan(hub, "news", HISTORY, candidates)
+
+
 def test_a_candidate_is_tokenized_once_and_gets_the_tokenizers_ids(hub, monkeypatch):
     """Candidate texts' token ids are kept (a catalog's items recur in every ranking): a second plan of
     the same candidates does not call the tokenizer for them, and the ids are the tokenizer's own.

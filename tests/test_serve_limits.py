@@ -286,8 +286,13 @@ def test_6_api_key_and_runtime_loading(served):
 # ------------------------------------------------------------------ 7: metrics, request ids, access log
 def test_7_metrics_request_ids_and_an_access_log(served, caplog):
     with client(served) as c, caplog.at_level(logging.INFO, logger="adapterhub.access"):
+        t = time.perf_counter()
         r = c.post("/score", json={"model": "news", "prompts": [PROMPT, PROMPT]}, headers={"X-Request-ID": "abc-123"})
+        elapsed_ms = 1000 * (time.perf_counter() - t)
         assert r.status_code == 200 and r.headers["x-request-id"] == "abc-123"
+        # the server's own time, for a client to tell it from the network's: a part of what the client waited
+        server_ms = float(re.fullmatch(r"app;dur=([0-9.]+)", r.headers["server-timing"]).group(1))
+        assert 0 < server_ms <= elapsed_ms
         r = c.post("/score", json={"model": "newz", "prompts": [PROMPT]}, headers={"X-Request-ID": "bad id!"})
         rid = r.headers["x-request-id"]
         assert re.fullmatch(r"[0-9a-f]{32}", rid) and r.json()["error"]["request_id"] == rid

@@ -60,7 +60,9 @@ class Metrics:
 
 class Observe:
     """ASGI middleware: a request id (the client's X-Request-ID when it is a plain token, else a new
-    one) in request.state and the response's headers; the request's metrics and access-log line."""
+    one) in request.state and the response's headers; the request's metrics and access-log line; and
+    its time in the app so far as a Server-Timing header ('app;dur=ms'), so that a client can tell
+    the server's part of a slow reply from the network's and its own."""
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
@@ -77,7 +79,9 @@ class Observe:
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                message = {**message, "headers": list(message.get("headers", [])) + [(b"x-request-id", rid.encode())]}
+                timing = f"app;dur={1000 * (time.perf_counter() - t):.2f}".encode()
+                message = {**message, "headers": list(message.get("headers", [])) + [(b"x-request-id", rid.encode()),
+                                                                                       (b"server-timing", timing)]}
             await send(message)
         try:
             await self.app(scope, receive, send_with_id)

@@ -1,18 +1,55 @@
-"""Measures for the load test (run.py): a free loopback port, a process's RSS and CPU time, a
+"""Measures for the load test (run.py): single calls on the idle server (the baseline), a free loopback port, a process's RSS and CPU time, a
 percentile, what queueing alone would cost (fifo_estimate), how long the server waited for a core
-(RunQueueWait), and which light requests overlapped heavy or over-limit ones."""
+(RunQueueWait), which light requests overlapped heavy or over-limit ones, and how much of a request's
+time the server itself counted (its Server-Timing header: server_side)."""
 from __future__ import annotations
 
 import bisect
 import os
+import re
 import socket
 import statistics
+import time
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def single_calls(client, url: str, p: dict, n: int, pause_s: float = 0.0, pid: int | None = None) -> dict:
+    """Latency of light calls one at a time on the idle server (the baseline), and of the heavy one.
+    `/score` is timed as the light users send it (1-3 rows over the adapters, locustfile.py), and
+    with one row (`score_one_row_ms`, the baseline before 2026-12-06 night)."""
+    import random
+    rng = random.Random(1)
+    out, server = {"score": [], "score_one_row": [], "rerank": []}, {"score": [], "rerank": []}
+    cpu = cpu_s_of(pid) if pid else None
+    for i in range(n):
+        for kind in ("score", "score_one_row", "rerank"):
+            rows = ([(p["refs"][i % 4], i % len(p["prompts"]))] if kind == "score_one_row" else
+                    [(rng.choice(p["refs"]), rng.randrange(len(p["prompts"]))) for _ in range(rng.randint(1, 3))])
+            body = ({"rows": [{"model": ref, "prompt": p["prompts"][j]} for ref, j in rows]} if kind != "rerank"
+                    else {"model": p["refs"][i % 4], "query": p["histories"][i % 2], "documents": p["documents"]})
+            time.sleep(pause_s)
+            t = time.perf_counter()
+            r = client.post(url + ("/v1/rerank" if kind == "rerank" else "/score"), json=body)
+            out[kind].append(1000 * (time.perf_counter() - t))
+            assert r.status_code == 200, r.text
+            if kind in server and server_ms(r.headers.get("server-timing")) is not None:
+                server[kind].append(server_ms(r.headers["server-timing"]))
+    # the server's CPU per call (pid given; with no pause, so no idle time is counted), before the heavy call
+    cpu_ms = 1000 * (cpu_s_of(pid) - cpu) / (3 * n) if cpu is not None else None
+    t = time.perf_counter()
+    r = client.post(url + "/v1/rerank", json={"model": "video", "query": p["heavy_history"],
+                                              "documents": p["heavy_documents"], "top_n": 10})
+    assert r.status_code == 200, r.text
+    return {"score_ms": statistics.median(out["score"]), "rerank_ms": statistics.median(out["rerank"]),
+            "score_one_row_ms": statistics.median(out["score_one_row"]), "samples": out,
+            "server_cpu_ms": cpu_ms, "mean_ms": statistics.mean(sum(out.values(), [])),
+            "server_ms": {f"{k}_ms": statistics.median(v) for k, v in server.items() if v},  # its Server-Timing
+            "heavy_alone_ms": 1000 * (time.perf_counter() - t)}
 
 
 def rss_of(pid: int, children: bool = False) -> int:
@@ -113,7 +150,6 @@ class RunQueueWait:
         self._thread.join()
 
     def _run(self) -> None:
-        import time
         while not self._stop.wait(self.every_s):
             series = {"loop": _stat_s(self.pid, self.pid), "threads": (0.0, 0.0)}
             for tid in _tasks(self.pid):
@@ -201,3 +237,27 @@ def in_flight(light: list, other: list) -> float | None:
 
 def overlaps_heavy(a: dict, heavy: list[tuple[float, float]]) -> bool:
     return any(h0 < a["t1"] and a["t0"] < h1 for h0, h1 in heavy)
+
+
+def server_ms(header: str | None) -> float | None:
+    """The server's own time for a reply, from its Server-Timing header ('app;dur=1.23'), else None."""
+    m = re.search(r"app;dur=([0-9.]+)", header or "")
+    return float(m.group(1)) if m else None
+
+
+def server_side(during: list, routes: dict, single: dict) -> dict:
+    """The light p99 as the server timed it (from the moment its app had the request to the reply's
+    start), over its own time for the single calls, per route and the larger; and the p99 of the time
+    spent outside it (the client's ms minus the server's: the event loop's queue and the HTTP parsing
+    before the app, the kernel, the client's own scheduling). single: route key -> median server ms."""
+    timed = [a for a in during if a.get("server_ms") is not None]
+    out = {"p99_ms": {}, "vs_single": {}, "outside_p99_ms": {}}
+    for path, key in routes.items():
+        mine = [a for a in timed if a["path"] == path]
+        if mine and single.get(key):
+            out["p99_ms"][path] = pct([a["server_ms"] for a in mine], 0.99)
+            out["vs_single"][path] = out["p99_ms"][path] / single[key]
+            out["outside_p99_ms"][path] = pct([a["ms"] - a["server_ms"] for a in mine], 0.99)
+    out["p99_vs_single"] = max(out["vs_single"].values(), default=None)
+    out["single_ms"], out["timed"] = single, len(timed)
+    return out

@@ -34,8 +34,8 @@ import threading
 import time
 from pathlib import Path
 
-from measures import (RunQueueWait, children_of, cpu_s_of, fifo_estimate, free_port, heavy_arrivals, in_flight,
-                      name_of, overlaps_heavy, pct, rss_of)
+from measures import (RunQueueWait, children_of, fifo_estimate, free_port, heavy_arrivals, in_flight,
+                      name_of, overlaps_heavy, pct, rss_of, server_side, single_calls)
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("video", "music", "news", "ecommerce")
@@ -94,37 +94,6 @@ def plan(hub, args) -> dict:
             "heavy_tokens": ranking.plan(hub, "video", heavy_history, heavy_docs,
                                          max_group_tokens=args.max_batch_tokens).tokens,
             "too_long_prompt": "1" * n, "too_many_documents": too_many}
-
-
-def single_calls(client, url: str, p: dict, n: int, pause_s: float = 0.0, pid: int | None = None) -> dict:
-    """Latency of light calls one at a time on the idle server (the baseline), and of the heavy one.
-    `/score` is timed as the light users send it (1-3 rows over the adapters, locustfile.py), and
-    with one row (`score_one_row_ms`, the baseline before 2026-12-06 night)."""
-    import random
-    rng = random.Random(1)
-    out = {"score": [], "score_one_row": [], "rerank": []}
-    cpu = cpu_s_of(pid) if pid else None
-    for i in range(n):
-        for kind in ("score", "score_one_row", "rerank"):
-            rows = ([(REFS[i % 4], i % len(p["prompts"]))] if kind == "score_one_row" else
-                    [(rng.choice(REFS), rng.randrange(len(p["prompts"]))) for _ in range(rng.randint(1, 3))])
-            body = ({"rows": [{"model": ref, "prompt": p["prompts"][j]} for ref, j in rows]} if kind != "rerank"
-                    else {"model": REFS[i % 4], "query": p["histories"][i % 2], "documents": p["documents"]})
-            time.sleep(pause_s)
-            t = time.perf_counter()
-            r = client.post(url + ("/v1/rerank" if kind == "rerank" else "/score"), json=body)
-            out[kind].append(1000 * (time.perf_counter() - t))
-            assert r.status_code == 200, r.text
-    # the server's CPU per call (pid given; with no pause, so no idle time is counted), before the heavy call
-    cpu_ms = 1000 * (cpu_s_of(pid) - cpu) / (3 * n) if cpu is not None else None
-    t = time.perf_counter()
-    r = client.post(url + "/v1/rerank", json={"model": "video", "query": p["heavy_history"],
-                                              "documents": p["heavy_documents"], "top_n": 10})
-    assert r.status_code == 200, r.text
-    return {"score_ms": statistics.median(out["score"]), "rerank_ms": statistics.median(out["rerank"]),
-            "score_one_row_ms": statistics.median(out["score_one_row"]), "samples": out,
-            "server_cpu_ms": cpu_ms, "mean_ms": statistics.mean(sum(out.values(), [])),
-            "heavy_alone_ms": 1000 * (time.perf_counter() - t)}
 
 
 def check(answers: list[dict], p: dict, hub) -> dict:
@@ -353,6 +322,8 @@ def main(argv=None) -> dict:
         "score_p50_ms": pct(ms["/score"], 0.5), "score_p99_ms": pct(ms["/score"], 0.99),
         "rerank_p50_ms": pct(ms["/v1/rerank"], 0.5), "rerank_p99_ms": pct(ms["/v1/rerank"], 0.99),
         "p99_vs_single": max(ratios.values()), "p99_vs_single_by_route": ratios,
+        # the same as the server timed it, and the time spent outside it (reported, not judged)
+        "server_side": server_side(during, routes, baseline["server_ms"]),
         "heavy_requests": len(heavy), "heavy_p50_ms": pct([a["ms"] for a in heavy], 0.5),
         "over_limit": len(over), "over_limit_refused": sum(a["status"] == 400 for a in over),
         # judged after the ramp, as the light figure: the first refusal of each kind is a cold path
