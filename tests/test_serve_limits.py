@@ -127,6 +127,22 @@ def test_2_a_big_request_runs_in_forwards_within_the_batch_budget(served):
     assert got == pytest.approx(want, abs=1e-6)
 
 
+def test_2_by_default_a_request_over_one_forward_runs_on_the_bulk_lane(served):
+    """The default --bulk-tokens is the default --max-batch-tokens: a request that fits in one forward
+    is light; a bigger one runs on the bulk lane, whose forwards give way to the light ones (on
+    SmolLM2 a 1,024-token forward is over a second, which a light request would otherwise wait out)."""
+    from adapterhub.serve import Limits
+    assert Limits().bulk_tokens == Limits().max_batch_tokens
+    docs = [f"a somewhat longer candidate title number {i}" for i in range(40)]  # the tiny base: a token a character
+    with client(served) as c:
+        lanes = c.app.state.batcher
+        assert c.post("/v1/rerank", json={"model": "news", "query": HISTORY, "documents": DOCS}).status_code == 200
+        assert (lanes._requests, lanes.bulk.requests) == (1, 0)
+        r = c.post("/v1/rerank", json={"model": "news", "query": HISTORY, "documents": docs})
+        assert r.status_code == 200 and r.json()["usage"]["total_tokens"] > Limits().max_batch_tokens
+        assert (lanes._requests, lanes.bulk.requests) == (1, 1)
+
+
 # ------------------------------------------------------------------ 3: deadlines and disconnects
 @BOTH_PATHS
 def test_3_a_request_not_started_by_its_queue_deadline_is_dropped_unrun(served, on_loop):
