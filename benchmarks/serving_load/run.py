@@ -1,7 +1,8 @@
 """Load test of `adapterhub serve` on locust, headless, 127.0.0.1 only, bounded in time (README.md here).
 
     python benchmarks/serving_load/run.py                              # random:small, 32 users, 60 s
-    python benchmarks/serving_load/run.py --base smollm2-135m --quant fp32 --duration-s 120
+    python benchmarks/serving_load/run.py --base smollm2-135m --quant fp32 --users 8 --think-s 3,5 --duration-s 240 \
+        --max-request-tokens 4096                                       # the real base, at a load 2 cores carry
 
 1. Publishes four random adapters (video, music, news, ecommerce) into a registry in a temp folder.
 2. Starts `adapterhub serve` on 127.0.0.1 at a free port (a subprocess), with an API key, an admin key
