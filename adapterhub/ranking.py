@@ -29,7 +29,8 @@ def plan(hub, ref: str, history, candidates, disliked=(), scenario: str | None =
     up to hub.batch_size candidates (and, given max_group_tokens, about that many tokens; a server
     bounding its forwards passes its budget). DataError for an item that is not text or a prompt over
     the base's positions; ConfigError for a scenario the adapter was not trained on
-    (adapterhub.recommend.plan); checks.OverBudget as soon as the packed rows pass max_tokens."""
+    (adapterhub.recommend.plan); checks.OverBudget as soon as the packed rows pass max_tokens (before a
+    bad title further on, which is then not read: of a request's faults, the first met is the one named)."""
     from . import recommend
     adapter = hub.load(ref)  # resident: a lookup; else read from the registry
     key = adapter.key
@@ -39,9 +40,10 @@ def plan(hub, ref: str, history, candidates, disliked=(), scenario: str | None =
                        hub.catalog if catalog is None else catalog, suffixes=False)
     prefix = checks.encode_row(hub, p.prefix, "history")
     groups, used, total, texts = [], 0, 0, []
-    # candidates are checked and rendered as they are counted: refusing a ranking over max_tokens
-    # costs about the budget's worth of work, not the whole request's
-    for i, text in enumerate(recommend.render_suffixes(p.scenario, p.facts, p.history, _checked(p.refs, candidates))):
+    # titles and ids are checked and rendered as they are counted: refusing a ranking over max_tokens
+    # costs about the budget's worth of work, not the whole request's (item dicts' facts are read first)
+    refs = _refs_checking_titles(p.refs, candidates)
+    for i, text in enumerate(recommend.render_suffixes(p.scenario, p.facts, p.history, refs)):
         texts.append(text)
         s = checks.encode_row(hub, text, f"candidates[{i}]", False, len(prefix))
         if not groups or len(groups[-1][1]) >= hub.batch_size or (max_group_tokens and used + len(s) > max_group_tokens):
@@ -57,7 +59,7 @@ def plan(hub, ref: str, history, candidates, disliked=(), scenario: str | None =
     return Ranking(p, groups)
 
 
-def _checked(refs: list, candidates: list):
+def _refs_checking_titles(refs: list, candidates: list):
     """refs, each one's candidate checked just before it is rendered (a title must be valid text)."""
     for i, (ref, candidate) in enumerate(zip(refs, candidates)):
         if isinstance(candidate, str):

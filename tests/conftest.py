@@ -243,3 +243,17 @@ def music_dir(tmp_path):
     (root / "user_artists.dat").write_text("\n".join(listened) + "\n")
     (root / "user_taggedartists.dat").write_text("\n".join(tagged) + "\n")
     return tmp_path, seqs
+
+
+@pytest.fixture
+def served(tiny_base, tmp_path):
+    """A hub over the session's tiny base with two adapters, news and music (the server's tests:
+    the base is built once, since they are about the server)."""
+    from adapterhub.hub import Hub
+    hub = Hub(base=tiny_base, registry=tmp_path / "adapters")
+    for i, name in enumerate(("news", "music")):
+        publish_random(hub, name, seed=i + 1)
+    hub.load("news"), hub.load("music")
+    yield hub
+    for key in hub.resident():
+        hub.unload(key)

@@ -42,6 +42,8 @@ def test_recommend_uses_a_callers_catalog_and_item_dicts(trained):
                          "popularity": 900}, {"id": "i0", "text": toy.items["i0"].text, "popularity": 3}])
     theirs = recommend.plan(hub, adapter.key, card, history, candidates, catalog=cat)
     assert "top 1% popular" in theirs.suffixes[1] and "(new item)" in theirs.suffixes[0]
+    from adapterhub import ranking   # which renders one candidate at a time as it counts: the same texts
+    assert ranking.plan(hub, adapter.key, history, candidates, catalog=cat).plan.suffixes == theirs.suffixes
     assert [c for c, _ in adapter.recommend(history, candidates, k=2, catalog=cat)] != [] and \
         dict(adapter.recommend(history, candidates, k=2, catalog=cat)) != dict(adapter.recommend(history, candidates, k=2))
     # items given as dicts carry their own facts for this call, and come back as given
@@ -50,6 +52,7 @@ def test_recommend_uses_a_callers_catalog_and_item_dicts(trained):
     assert item in [c for c, _ in ranked]
     plan = recommend.plan(hub, adapter.key, card, history, [item])
     assert "a red gadget nobody sold yet\" (red; new item)" in plan.suffixes[0]
+    assert ranking.plan(hub, adapter.key, history, [item]).plan.suffixes == plan.suffixes
     assert "zz" not in recommend.facts_of(hub.registry, adapter.key)["items"]   # the version's facts untouched
     # Hub(catalog=...) is every call's default
     from adapterhub.hub import Hub

@@ -11,76 +11,10 @@ import time
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
 from conftest import publish_random
 
-PROMPT = "The user liked A B C. Will the user like D? Answer:"
-HISTORY, DOCS = ["red thing 1", "blue thing 2"], ["thing 3", "thing 4", "thing 5"]
-
-
-class Spy:
-    """Wraps hub.packed_logits: records each forward's keys and tokens; `hold()` makes forwards wait
-    until `release()` (a worker busy with a heavy request)."""
-
-    def __init__(self, hub):
-        self.hub, self.inner, self.calls = hub, hub.packed_logits, []
-        self.entered, self.gate = threading.Event(), threading.Event()
-        self.gate.set()
-        hub.packed_logits = self
-
-    def __call__(self, key, groups):
-        from adapterhub.hub import BATCHER
-        if BATCHER.get() is None:  # the forward itself (the batcher's worker, or a direct call)
-            keys = key if isinstance(key, list) else [key] * len(groups)
-            self.calls.append((set(keys), sum(len(p) + sum(map(len, s)) for p, s in groups)))
-            self.entered.set()
-            assert self.gate.wait(20)
-        return self.inner(key, groups)
-
-    def hold(self):
-        self.gate.clear()
-
-    def release(self):
-        self.gate.set()
-
-
-@pytest.fixture
-def served(tiny_base, tmp_path):
-    """A hub over the session's tiny base (built once: these tests are about the server) with two adapters."""
-    from adapterhub.hub import Hub
-    hub = Hub(base=tiny_base, registry=tmp_path / "adapters")
-    for i, name in enumerate(("news", "music")):
-        publish_random(hub, name, seed=i + 1)
-    hub.load("news"), hub.load("music")
-    yield hub
-    for key in hub.resident():
-        hub.unload(key)
-
-
-def client(hub, **kwargs) -> TestClient:
-    from adapterhub.serve import create_app
-    return TestClient(create_app(hub, window_ms=1, **kwargs))
-
-
-def limits(**kwargs):
-    from adapterhub.serve import Limits
-    return Limits(**kwargs)
-
-
-def in_thread(fn, *args, **kwargs) -> dict:
-    box = {}
-    th = threading.Thread(target=lambda: box.update(r=fn(*args, **kwargs)), daemon=True)
-    th.start()
-    box["thread"] = th
-    return box
-
-
-BOTH_PATHS = pytest.mark.parametrize("on_loop", [32_768, None], ids=["on_loop", "in_thread"])  # a request's two paths
-
-
-def message(r) -> str:
-    return r.json()["error"]["message"]
+from serve_helpers import BOTH_PATHS, DOCS, HISTORY, PROMPT, Spy, client, in_thread, limits, message
 
 
 # ------------------------------------------------------------------ 1: every row its own
@@ -94,53 +28,6 @@ def test_1_an_empty_or_unencodable_prompt_is_a_400_naming_its_row(served):
         raw = json.dumps({"model": "news", "query": HISTORY, "documents": ["ok", "bad \udcff"]})
         r = c.post("/v1/rerank", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 400 and "candidates[1]" in message(r)
-
-
-# ------------------------------------------------------------------ 2: token budgets
-def test_2_token_budgets_refuse_before_any_forward(served):
-    spy = Spy(served)
-    with client(served, limits=limits(max_request_tokens=300, max_model_len=200)) as c:
-        r = c.post("/score", json={"model": "news", "prompts": ["1" * 3000]})  # before: run, 16,000 digits too
-        assert r.status_code == 400 and "over the base's 2048 positions" in message(r)
-        r = c.post("/score", json={"model": "news", "prompts": ["x" * 250]})
-        assert r.status_code == 400 and "over --max-model-len 200" in message(r)
-        r = c.post("/score", json={"model": "news", "prompts": ["x" * 150, "y" * 160]})
-        assert r.status_code == 400 and "more than 300 tokens (310 counted so far)" in message(r)
-        long_items = ["w" * 3900] * 10  # before: 39 KB of one-word items took 24 s and 3.8 GB
-        r = c.post("/v1/rerank", json={"model": "news", "query": long_items, "documents": DOCS})
-        assert r.status_code == 400 and "history" in message(r) and "positions" in message(r)
-        assert spy.calls == []  # no forward ran for any of them
-        assert c.post("/score", json={"model": "news", "prompts": ["x" * 100]}).status_code == 200
-        assert len(spy.calls) == 1
-
-
-def test_2_a_big_request_runs_in_forwards_within_the_batch_budget(served):
-    served.batch_size = 4  # candidates per packed row: a group (history + 4 candidates) is then ~255 tokens
-    docs = [f"thing {i}" for i in range(40)]
-    want = dict(served.recommend("news", HISTORY, docs, k=40))
-    spy = Spy(served)
-    with client(served, limits=limits(max_batch_tokens=600)) as c:
-        r = c.post("/v1/rerank", json={"model": "news", "query": HISTORY, "documents": docs})
-    assert r.status_code == 200
-    assert len(spy.calls) == 5 and max(t for _, t in spy.calls) <= 600  # 10 groups, two per forward
-    got = {docs[x["index"]]: x["relevance_score"] for x in r.json()["results"]}
-    assert got == pytest.approx(want, abs=1e-6)
-
-
-def test_2_by_default_a_request_over_one_forward_runs_on_the_bulk_lane(served):
-    """The default --bulk-tokens is the default --max-batch-tokens: a request that fits in one forward
-    is light; a bigger one runs on the bulk lane, whose forwards give way to the light ones (on
-    SmolLM2 a 1,024-token forward is over a second, which a light request would otherwise wait out)."""
-    from adapterhub.serve import Limits
-    assert Limits().bulk_tokens == Limits().max_batch_tokens
-    docs = [f"a somewhat longer candidate title number {i}" for i in range(40)]  # the tiny base: a token a character
-    with client(served) as c:
-        lanes = c.app.state.batcher
-        assert c.post("/v1/rerank", json={"model": "news", "query": HISTORY, "documents": DOCS}).status_code == 200
-        assert (lanes._requests, lanes.bulk.requests) == (1, 0)
-        r = c.post("/v1/rerank", json={"model": "news", "query": HISTORY, "documents": docs})
-        assert r.status_code == 200 and r.json()["usage"]["total_tokens"] > Limits().max_batch_tokens
-        assert (lanes._requests, lanes.bulk.requests) == (1, 1)
 
 
 # ------------------------------------------------------------------ 3: deadlines and disconnects
@@ -366,6 +253,7 @@ def test_8_one_error_object_and_no_server_paths(served, tmp_path):
     for r in replies:
         error = r.json()["error"]
         assert set(error) >= {"message", "type", "code", "param"} and error["code"] == r.status_code, error
+        assert r.headers["server-timing"].startswith("app;dur=") and r.headers["x-request-id"] == error["request_id"]
         assert str(tmp_path) not in r.text and str(tmp_path.resolve()) not in r.text, r.text
     assert "adapter_model.safetensors" in replies[1].json()["error"]["message"]
     assert replies[0].json()["error"]["available"] == ["broken", "music", "news"]

@@ -28,9 +28,10 @@ class Limits:
                                          "packed row of candidates); more is a 400 before any work")
     max_batch_tokens: int = _f(1024, "tokens per forward: a bigger request runs over several forwards, with other "
                                      "requests served in between")
-    bulk_tokens: int | None = _f(1024, "a request of more tokens (by default: one that needs more than one forward) "
-                                       "runs on a second worker whose forwards pause twice a layer while lighter "
-                                       "requests wait; none: one worker")
+    bulk_tokens: int | None = _f(1024, "a request of more tokens runs on a second worker whose forwards pause twice a "
+                                       "layer while lighter requests wait (the default is the default "
+                                       "--max-batch-tokens: a request over one forward is bulk; raise both together); "
+                                       "none: one worker")
     prepare_on_loop_chars: int | None = _f(32_768, "a scoring request whose texts total at most this many characters, "
                                                    "over resident adapters, is tokenized and checked on the event loop "
                                                    "(a refusal then needs no thread); none: always in a thread")

@@ -1,15 +1,18 @@
-"""Measures for the load test (run.py): single calls on the idle server (the baseline), a free loopback port, a process's RSS and CPU time, a
-percentile, what queueing alone would cost (fifo_estimate), how long the server waited for a core
-(RunQueueWait), which light requests overlapped heavy or over-limit ones, and how much of a request's
-time the server itself counted (its Server-Timing header: server_side)."""
+"""Measures for the load test (run.py): single calls on the idle server (the baseline), a free
+loopback port, a process's RSS and CPU time, a percentile, what queueing alone would cost
+(fifo_estimate), how long the server waited for a core (RunQueueWait), which light requests
+overlapped heavy or over-limit ones, how much of a request's time the server itself counted (its
+Server-Timing header: server_side), and which code the server ran (served_code)."""
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 import re
 import socket
 import statistics
 import time
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -261,3 +264,16 @@ def server_side(during: list, routes: dict, single: dict) -> dict:
     out["p99_vs_single"] = max(out["vs_single"].values(), default=None)
     out["single_ms"], out["timed"] = single, len(timed)
     return out
+
+
+def served_code(cwd: Path) -> dict:
+    """The package `python -m adapterhub` runs from `cwd` (the working directory's own, when it has
+    one) and a sha256 over its .py files: which code a record's server ran, snapshots included."""
+    folder = cwd / "adapterhub"
+    if not (folder / "__init__.py").is_file():
+        import adapterhub
+        folder = Path(adapterhub.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.py")):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return {"folder": str(folder), "sha256": digest.hexdigest()[:16]}

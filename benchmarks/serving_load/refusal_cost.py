@@ -3,7 +3,9 @@
 (a ranking over --max-request-tokens, and a prompt over the base's positions); p50 latency and the
 server's CPU per refusal (from /proc, in 10 ms ticks: 400 refusals give ~0.03 ms).
 
-    OMP_NUM_THREADS=1 python benchmarks/serving_load/refusal_cost.py [--n 400]
+    OMP_NUM_THREADS=1 python benchmarks/serving_load/refusal_cost.py [--n 400] [--label TEXT]
+
+Each kind's figures go to results/refusal_cost.jsonl here (one line per kind, with the served code).
 
 `python -m adapterhub` runs the package of the working directory, so to compare two trees, run it
 from each (cd TREE && PYTHONPATH=. python PATH/TO/refusal_cost.py), alternating.
@@ -20,15 +22,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measures import cpu_s_of, free_port  # noqa: E402
+from measures import cpu_s_of, free_port, served_code  # noqa: E402
 from run import KEY, NAMES, plan, publish  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=400, help="refusals of each kind")
+    ap.add_argument("--label", default=None, help="a label for the records (e.g. which tree)")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="folder for refusal_cost.jsonl")
     args = ap.parse_args()
     import httpx
+    from adapterhub.bench.common import Recorder
     from adapterhub.hub import Hub
     from adapterhub.registry import Registry
     registry = Path(tempfile.mkdtemp()) / "adapters"
@@ -37,6 +42,8 @@ def main() -> None:
         publish(Registry(registry), hub, name, seed=i + 1, scale=0.1)
     p = plan(hub, argparse.Namespace(think_s=[0.5, 1.5], heavy_history=6, max_batch_tokens=1024,
                                      max_request_tokens=16384))
+    rec = Recorder("refusal_cost", args.out, base="random:small", device="cpu", quant="fp32")
+    code = served_code(Path.cwd())
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
@@ -66,8 +73,11 @@ def main() -> None:
                 ms.append(1000 * (time.perf_counter() - t))
                 assert r.status_code == 400, r.text
             cpu_ms = 1000 * (cpu_s_of(server.pid) - cpu) / args.n
+            items = len(p["too_many_documents"]) if path == "/v1/rerank" else 1
             print(f"{name}: p50 {statistics.median(ms):.2f} ms, server CPU {cpu_ms:.2f} ms per refusal "
-                  f"({len(p['too_many_documents']) if path == '/v1/rerank' else 1} items)", flush=True)
+                  f"({items} items)", flush=True)
+            rec.record("refusal_p50_ms", {"kind": name, "n": args.n, "items": items}, statistics.median(ms),
+                       extra={"server_cpu_ms": cpu_ms, "server_code": code, "label": args.label})
     finally:
         server.terminate()
         server.wait(30)

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from measures import (RunQueueWait, children_of, fifo_estimate, free_port, heavy_arrivals, in_flight,
-                      name_of, overlaps_heavy, pct, rss_of, server_side, single_calls)
+                      name_of, overlaps_heavy, pct, rss_of, served_code, server_side, single_calls)
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("video", "music", "news", "ecommerce")
@@ -301,7 +301,7 @@ def main(argv=None) -> dict:
         "base": args.base, "quant": args.quant, "compute_dtype": str(checker.base.compute_dtype), "users": args.users,
         "duration_s": args.duration_s, "think_s": args.think_s, "max_request_tokens": args.max_request_tokens,
         "max_batch_tokens": args.max_batch_tokens, "bulk_tokens": args.bulk_tokens or "default", "server_threads": args.server_threads,
-        "heavy_tokens": p["heavy_tokens"], "server_args": args.server_args,
+        "heavy_tokens": p["heavy_tokens"], "server_args": args.server_args, "server_code": served_code(Path.cwd()),
         "requests": len(answers), "light": len(light), "light_per_s": len(light) / args.duration_s,
         "errors": sum(a["status"] != 200 for a in light + heavy), "wrong": result["wrong"],
         "checked": sum(a["status"] == 200 for a in light), "max_abs_diff": result["max_abs_diff"], "tol": tol,
