@@ -1,8 +1,12 @@
 """A planned request's forward, awaited on the event loop: queued on the batcher, answered through a
-future (no thread waits for it). Used for the requests planned on the loop (Gate.run's on_loop)."""
+future (no thread waits for it). Used for the requests planned on the loop (Gate.run's on_loop).
+How long it waited goes to call.timing (the reply's Server-Timing): `queue`, from queued to its first
+forward; `forward`, from then to its answer (all its forwards, and any between them); `resume`, from
+its answer to the event loop taking it up again."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import torch
 
@@ -18,8 +22,10 @@ async def forwarded(batcher: Batcher, kind: str, keys: list, items: list, call):
     unstarted work."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
+    answered_at = []
 
     def answered() -> None:  # in the batcher's thread (or the one that refused the request): no blocking
+        answered_at.append(time.monotonic())
         try:
             loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
         except RuntimeError:  # the loop has closed (the server stopped): nobody waits any more
@@ -35,6 +41,9 @@ async def forwarded(batcher: Batcher, kind: str, keys: list, items: list, call):
         raise
     if req.error is not None:
         raise req.error
+    if req.started is not None and answered_at:
+        call.timing.update(queue=req.started - req.arrived, forward=answered_at[0] - req.started,
+                           resume=time.monotonic() - answered_at[0])
     return req.result
 
 

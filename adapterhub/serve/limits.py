@@ -36,6 +36,7 @@ class Call:
         self.deadline = now + limits.request_timeout_s
         self.cancelled = threading.Event()
         self.tokens = 0
+        self.timing: dict[str, float] = {}  # seconds per part of its forward's wait (serve.forward), for Server-Timing
 
 
 class Gate:
@@ -149,6 +150,7 @@ class Gate:
                 self.metrics.refused.labels("deadline").inc()
             raise ApiError(504, f"no answer within the {self.limits.request_timeout_s:g} s deadline "
                                 "(--request-timeout-s); the server is busy or the request is large")
+        request.state.timing = call.timing  # Observe adds it to the reply's Server-Timing
         return out
 
 

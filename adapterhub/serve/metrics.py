@@ -62,7 +62,8 @@ class Observe:
     """ASGI middleware: a request id (the client's X-Request-ID when it is a plain token, else a new
     one) in request.state and the response's headers; the request's metrics and access-log line; and
     its time in the app so far as a Server-Timing header ('app;dur=ms'), so that a client can tell
-    the server's part of a slow reply from the network's and its own."""
+    the server's part of a slow reply from the network's and its own; for a request whose forward
+    was awaited on the event loop, also its parts (queue, forward, resume: adapterhub.serve.forward)."""
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
@@ -79,7 +80,9 @@ class Observe:
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                timing = f"app;dur={1000 * (time.perf_counter() - t):.2f}".encode()
+                parts = scope["state"].get("timing") or {}
+                timing = ", ".join([f"app;dur={1000 * (time.perf_counter() - t):.2f}"]
+                                   + [f"{k};dur={1000 * v:.2f}" for k, v in parts.items()]).encode()
                 message = {**message, "headers": list(message.get("headers", [])) + [(b"x-request-id", rid.encode()),
                                                                                        (b"server-timing", timing)]}
             await send(message)

@@ -21,7 +21,7 @@ import time
 from urllib.parse import urlparse
 
 from locust import FastHttpUser, between, constant, events, task
-from measures import server_ms
+from measures import server_ms, server_parts
 
 PLAN = json.load(open(os.environ["LOAD_PLAN"]))
 ANSWERS: list[dict] = []
@@ -58,7 +58,8 @@ class _Client(FastHttpUser):
             except Exception:  # noqa: BLE001 - a non-JSON reply is recorded as such and checked by run.py
                 reply = {"raw": (r.text or "")[:300]}
             ANSWERS.append({"user": user, "path": path, "t0": t0, "t1": time.time(), "ms": ms, "status": status,
-                            "server_ms": server_ms(r.headers.get("server-timing")), **record, "reply": reply})
+                            "server_ms": server_ms(r.headers.get("server-timing")),
+                            "server_parts": server_parts(r.headers.get("server-timing")), **record, "reply": reply})
             if status == 200 or (user == "over_limit" and status == 400):
                 r.success()
             else:

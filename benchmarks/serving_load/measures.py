@@ -244,8 +244,12 @@ def overlaps_heavy(a: dict, heavy: list[tuple[float, float]]) -> bool:
 
 def server_ms(header: str | None) -> float | None:
     """The server's own time for a reply, from its Server-Timing header ('app;dur=1.23'), else None."""
-    m = re.search(r"app;dur=([0-9.]+)", header or "")
-    return float(m.group(1)) if m else None
+    return server_parts(header).get("app")
+
+
+def server_parts(header: str | None) -> dict:
+    """Every part of a Server-Timing header: 'app;dur=9.1, queue;dur=4.0' -> {'app': 9.1, 'queue': 4.0}."""
+    return {name: float(ms) for name, ms in re.findall(r"(\w+);dur=([0-9.]+)", header or "")}
 
 
 def server_side(during: list, routes: dict, single: dict) -> dict:
@@ -263,7 +267,20 @@ def server_side(during: list, routes: dict, single: dict) -> dict:
             out["outside_p99_ms"][path] = pct([a["ms"] - a["server_ms"] for a in mine], 0.99)
     out["p99_vs_single"] = max(out["vs_single"].values(), default=None)
     out["single_ms"], out["timed"] = single, len(timed)
+    # where the time of the slowest 1% (by the client's clock) went, against all: mean ms per part of
+    # the server's (queue, forward, resume: the forward awaited on the loop; plan and reply: the rest of
+    # the app's time) and outside it
+    slowest = sorted(timed, key=lambda a: -a["ms"])[:max(1, len(timed) // 100)]
+    out["parts_ms"] = {"slowest_1pct": _mean_parts(slowest), "all": _mean_parts(timed)} if timed else None
     return out
+
+
+def _mean_parts(answers: list) -> dict:
+    parts = [a.get("server_parts") or {} for a in answers]
+    out = {k: statistics.mean(p.get(k, 0.0) for p in parts) for k in ("queue", "forward", "resume")}
+    out["plan_and_reply"] = statistics.mean(a["server_ms"] for a in answers) - sum(out.values())
+    out["outside"] = statistics.mean(a["ms"] - a["server_ms"] for a in answers)
+    return {k: round(v, 2) for k, v in out.items()}
 
 
 def served_code(cwd: Path) -> dict:
