@@ -40,8 +40,9 @@ def single_calls(client, url: str, p: dict, n: int, pause_s: float = 0.0, pid: i
             r = client.post(url + ("/v1/rerank" if kind == "rerank" else "/score"), json=body)
             out[kind].append(1000 * (time.perf_counter() - t))
             assert r.status_code == 200, r.text
-            if kind in server and server_ms(r.headers.get("server-timing")) is not None:
-                server[kind].append(server_ms(r.headers["server-timing"]))
+            ms = server_ms(r.headers.get("server-timing")) if kind in server else None
+            if ms is not None:
+                server[kind].append(ms)
     # the server's CPU per call (pid given; with no pause, so no idle time is counted), before the heavy call
     cpu_ms = 1000 * (cpu_s_of(pid) - cpu) / (3 * n) if cpu is not None else None
     t = time.perf_counter()
