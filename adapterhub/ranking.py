@@ -24,15 +24,16 @@ class Ranking:
 
 
 def plan(hub, ref: str, history, candidates, disliked=(), scenario: str | None = None, catalog=None,
-         max_group_tokens: int | None = None, max_tokens: int | None = None) -> Ranking:
+         max_group_tokens: int | None = None, max_tokens: int | None = None, adapter=None) -> Ranking:
     """Render one user's ranking under adapter `ref` and tokenize it: packed rows of the history and
     up to hub.batch_size candidates (and, given max_group_tokens, about that many tokens; a server
     bounding its forwards passes its budget). DataError for an item that is not text or a prompt over
     the base's positions; ConfigError for a scenario the adapter was not trained on
     (adapterhub.recommend.plan); checks.OverBudget as soon as the packed rows pass max_tokens (before a
-    bad title further on, which is then not read: of a request's faults, the first met is the one named)."""
+    bad title further on, which is then not read: of a request's faults, the first met is the one named).
+    adapter: ref's resident Adapter, where the caller has it (a server's event loop may not read the disk)."""
     from . import recommend
-    adapter = hub.load(ref)  # resident: a lookup; else read from the registry
+    adapter = adapter or hub.load(ref)  # resident: a lookup; else read from the registry
     key = adapter.key
     history, disliked = checks.check_items(history, "history"), checks.check_items(disliked, "disliked")
     candidates = list(candidates)

@@ -262,16 +262,25 @@ def test_small_requests_over_resident_adapters_are_planned_on_the_event_loop(hub
         rerank = {"model": "news", "query": ["a thing"], "documents": ["b", "c"]}
         first = c.post("/v1/rerank", json=rerank)  # a version's first ranking may read its facts from the disk
         assert first.status_code == 200 and where.pop() == worker and len(trips) == 2
+        loads = []   # the loop never calls Hub.load, which reads the disk for an adapter not resident
+        monkeypatch.setattr(hub, "load", lambda *a, _load=hub.load, **k: (loads.append(threading.current_thread().name),
+                                                                          _load(*a, **k))[1])
         again = c.post("/v1/rerank", json=rerank)
-        assert again.status_code == 200 and where.pop() != worker
+        assert again.status_code == 200 and where.pop() != worker and loads == []
         assert again.json()["results"] == first.json()["results"]
+        evicted = [None]  # evicted by another thread between its check and its plan: planned in a thread
+        monkeypatch.setattr(hub, "loaded", lambda key, _loaded=hub.loaded: evicted.pop() if evicted else _loaded(key))
+        moved = c.post("/v1/rerank", json=rerank)
+        assert moved.status_code == 200 and moved.json()["results"] == first.json()["results"]
+        assert where.pop() == worker and loads == [worker, worker] and len(trips) == 3   # (_resolve's and the plan's)
+        monkeypatch.setattr(hub, "load", type(hub).load.__get__(hub))
         over = c.post("/v1/rerank", json={"model": "news", "query": ["a"], "documents": ["b"] * 50})  # 51 characters
         assert over.status_code == 400 and "budget" in over.json()["error"]["message"] and where.pop() != worker
         monkeypatch.setattr(app_module, "LOOP_PAIRS", 1)  # history x candidates bounds a plan on the loop too
-        assert c.post("/v1/rerank", json=rerank).status_code == 200 and where.pop() == worker and len(trips) == 3
+        assert c.post("/v1/rerank", json=rerank).status_code == 200 and where.pop() == worker and len(trips) == 4
         cold = c.post("/score", json={"model": "music", "prompts": [PROMPT]})  # read from the disk: not on the loop
         assert cold.status_code == 200 and where.pop() == worker
-        assert len(trips) == 4 and c.get("/ready").status_code == 200
+        assert len(trips) == 5 and c.get("/ready").status_code == 200
         assert app.state.gate.admitted == 0 and app.state.gate.tokens == 0
 
 

@@ -194,15 +194,17 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         key = _resolve(h, ref, disk=not loop)
         if key is None:
             raise ApiError(400, "ranking needs an adapter (a name or name@vN), not the base", "model")
+        adapter = h.loaded(key) if loop else h.load(key)
+        if adapter is None:  # evicted by another thread since it was resolved: read it in a thread
+            raise Cold(ref)
         try:
-            planned = ranking.plan(h, key, history, candidates, disliked, scenario,
+            planned = ranking.plan(h, key, history, candidates, disliked, scenario, adapter=adapter,
                                    max_group_tokens=limits.max_batch_tokens, max_tokens=limits.max_request_tokens)
         except checks.OverBudget as e:
             ranked.add((key, scenario))
             gate.refuse("too_many_tokens", f"{e} (--max-request-tokens)", 400)
         except ConfigError as e:  # a scenario the adapter was not trained for
-            card = h.load(key).card
-            raise ApiError(400, str(e), "scenario", allowed=scenarios_of(card, key)) from None
+            raise ApiError(400, str(e), "scenario", allowed=scenarios_of(adapter.card, key)) from None
         ranked.add((key, scenario))  # its facts are read now: its next rankings may be planned on the loop
         longest = max_len(h)
         prefix = len(planned.groups[0][0]) if planned.groups else 0

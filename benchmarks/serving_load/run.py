@@ -331,12 +331,21 @@ def main(argv=None) -> dict:
         "over_limit_p50_ms": pct([a["ms"] for a in over_steady], 0.5),
         "over_limit_p99_ms": pct([a["ms"] for a in over_steady], 0.99),
         "ramp_over_limit_max_ms": max((a["ms"] for a in over if a["t0"] < steady_from), default=None),
-        "over_limit_slowest": [(round(a["ms"], 1), round(a["t0"] - min(b["t0"] for b in answers), 1), a["path"])
-                               for a in sorted(over, key=lambda a: -a["ms"])[:4]],  # (ms, s into the load, route)
+        # the same refusals as the server timed them (Server-Timing), and the time outside the app: p50, p99
+        "over_limit_server_ms": [pct([a["server_ms"] for a in over_steady if a.get("server_ms") is not None], q)
+                                 for q in (0.5, 0.99)],
+        "over_limit_outside_ms": [pct([a["ms"] - a["server_ms"] for a in over_steady if a.get("server_ms") is not None], q)
+                                  for q in (0.5, 0.99)],
+        "over_limit_slowest": [(round(a["ms"], 1), round(a["t0"] - min(b["t0"] for b in answers), 1), a["path"],
+                                a.get("server_ms"))   # (ms, s into the load, route, the server's ms)
+                               for a in sorted(over, key=lambda a: -a["ms"])[:4]],
         # the slowest 1% of the light requests the goal judges (ms, s into the load, route, the adapters it
         # named), beside when the promotion and the unload were sent: what the p99 is made of
+        # and the server's own ms and parts of it (Server-Timing): a stall in the app or outside it
         "light_slowest": [(round(a["ms"], 1), round(a["t0"] - start, 2), a["path"],
-                           a["reply"].get("adapters") or a["reply"].get("model")) for a in slowest],
+                           a["reply"].get("adapters") or a["reply"].get("model"), a.get("server_ms"),
+                           a.get("server_parts") and {k: v for k, v in a["server_parts"].items() if k != "app"})
+                          for a in slowest],
         "admin_at_s": {k: round(v["t0"] - start, 2) for k, v in admin_log.items() if "t0" in v},
         # how often a heavy request arrived while a light one was in flight: its slowest 1% against all
         # (the heavy request is planned, tokens counted, in a thread, beside the light ones' forwards)
