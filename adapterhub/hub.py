@@ -127,9 +127,9 @@ class Hub:
         with self._lock:
             return list(self._resident)
 
-    def loaded(self, key: str) -> Adapter | None:
+    def resident_adapter(self, key: str) -> Adapter | None:
         """The adapter resident under `key`, else None; never reads the disk (a server's event loop)."""
-        return self._resident.get(key)  # one read of the dict (as _pairs): no lock needed
+        return self._resident.get(key)  # one dict read, atomic under the GIL (as _pairs): no lock to wait for
 
     def _key(self, ref: str, disk: bool = True) -> str | None:
         """'news' -> the resident key ('news@v2'); loads the adapter when it is not resident (disk=False: None).

@@ -33,7 +33,7 @@ def plan(hub, ref: str, history, candidates, disliked=(), scenario: str | None =
     bad title further on, which is then not read: of a request's faults, the first met is the one named).
     adapter: ref's resident Adapter, where the caller has it (a server's event loop may not read the disk)."""
     from . import recommend
-    adapter = adapter or hub.load(ref)  # resident: a lookup; else read from the registry
+    adapter = adapter if adapter is not None else hub.load(ref)  # resident: a lookup; else read from the registry
     key = adapter.key
     history, disliked = checks.check_items(history, "history"), checks.check_items(disliked, "disliked")
     candidates = list(candidates)

@@ -31,6 +31,8 @@ def facts_of(registry, key: str, scenario: str | None = None) -> dict | None:
     if "+" in key:  # a load-time composition (adapterhub.compose) has no facts of its own
         return None
     cache_key = (str(registry.root), key, scenario)
+    if cache_key in _FACTS:  # read before: no wait behind another version's read (a server's event loop)
+        return _FACTS[cache_key]
     with _LOCK:
         if cache_key not in _FACTS:
             name = f"facts.{scenario}.json" if scenario else facts_mod.FACTS_FILE

@@ -163,3 +163,19 @@ def test_real_facts_equal_baselines_and_stay_small(scenario, monkeypatch, tmp_pa
     for name, fn in B.BASELINES[scenario].items():
         if name != "random":
             assert [m[name] for m in mine] == fn(data, examples, seed=0), name
+
+
+def test_facts_read_before_come_back_without_waiting_behind_another_versions_read(monkeypatch, tmp_path):
+    """A server's event loop asks for the facts of versions it ranked before; another version's first
+    read (from the disk, in a worker thread) holds the lock meanwhile, and must not hold the loop up."""
+    import threading
+    from types import SimpleNamespace
+    from adapterhub import recommend
+    registry = SimpleNamespace(root=tmp_path)
+    monkeypatch.setitem(recommend._FACTS, (str(tmp_path), "news@v1", None), {"format": 2})
+    got = []
+    with recommend._LOCK:   # another version's facts being read
+        t = threading.Thread(target=lambda: got.append(recommend.facts_of(registry, "news@v1")), daemon=True)
+        t.start()
+        t.join(5)
+    assert got == [{"format": 2}]

@@ -268,11 +268,13 @@ def test_small_requests_over_resident_adapters_are_planned_on_the_event_loop(hub
         again = c.post("/v1/rerank", json=rerank)
         assert again.status_code == 200 and where.pop() != worker and loads == []
         assert again.json()["results"] == first.json()["results"]
-        evicted = [None]  # evicted by another thread between its check and its plan: planned in a thread
-        monkeypatch.setattr(hub, "loaded", lambda key, _loaded=hub.loaded: evicted.pop() if evicted else _loaded(key))
+        evicted, where[:] = [None], []  # evicted by another thread between its check and its plan: planned in a thread
+        monkeypatch.setattr(hub, "resident_adapter", lambda key, _get=hub.resident_adapter: evicted.pop() if evicted
+                            else _get(key))
         moved = c.post("/v1/rerank", json=rerank)
         assert moved.status_code == 200 and moved.json()["results"] == first.json()["results"]
-        assert where.pop() == worker and loads == [worker, worker] and len(trips) == 3   # (_resolve's and the plan's)
+        assert where == [worker] and loads == [worker, worker] and len(trips) == 3   # (_resolve's and the plan's)
+        where.clear()
         monkeypatch.setattr(hub, "load", type(hub).load.__get__(hub))
         over = c.post("/v1/rerank", json={"model": "news", "query": ["a"], "documents": ["b"] * 50})  # 51 characters
         assert over.status_code == 400 and "budget" in over.json()["error"]["message"] and where.pop() != worker

@@ -194,7 +194,7 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
         key = _resolve(h, ref, disk=not loop)
         if key is None:
             raise ApiError(400, "ranking needs an adapter (a name or name@vN), not the base", "model")
-        adapter = h.loaded(key) if loop else h.load(key)
+        adapter = h.resident_adapter(key) if loop else h.load(key)
         if adapter is None:  # evicted by another thread since it was resolved: read it in a thread
             raise Cold(ref)
         try:

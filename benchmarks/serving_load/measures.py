@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import os
 import re
 import socket
@@ -237,6 +238,26 @@ def in_flight(light: list, other: list) -> float | None:
     """The share of these light requests that overlapped one of the `other` requests."""
     spans = [(a["t0"], a["t1"]) for a in other]
     return round(sum(overlaps_heavy(a, spans) for a in light) / len(light), 3) if light else None
+
+
+def clumps(light: list, slowest: list, judged: list) -> dict | None:
+    """How bunched the light requests were sent: the mean number of other light requests sent within
+    2 ms and 5 ms of each of the slowest 1% and of all judged ones; and how many light requests were
+    sent with two or more others within 2 ms, beside what independent (Poisson) sends at the same
+    rate would give."""
+    t = sorted(a["t0"] for a in light)
+    if len(t) < 2 or t[-1] <= t[0] or not slowest:
+        return None
+
+    def near(a: dict, w: float) -> int:
+        return bisect.bisect_right(t, a["t0"] + w) - bisect.bisect_left(t, a["t0"] - w) - 1
+    out = {f"others_within_{int(w * 1000)}ms": {"slowest_1pct": round(statistics.mean(near(a, w) for a in slowest), 2),
+                                                "all": round(statistics.mean(near(a, w) for a in judged), 2)}
+           for w in (0.002, 0.005)}
+    mu = (len(t) - 1) / (t[-1] - t[0]) * 0.004   # others expected in a 4 ms window
+    out["sent_with_two_others_within_2ms"] = sum(near({"t0": x}, 0.002) >= 2 for x in t)
+    out["if_independent"] = round(len(t) * (1 - math.exp(-mu) * (1 + mu)), 1)
+    return out
 
 
 def overlaps_heavy(a: dict, heavy: list[tuple[float, float]]) -> bool:

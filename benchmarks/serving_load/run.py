@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from measures import (RunQueueWait, children_of, fifo_estimate, free_port, heavy_arrivals, in_flight,
+from measures import (RunQueueWait, children_of, clumps, fifo_estimate, free_port, heavy_arrivals, in_flight,
                       name_of, overlaps_heavy, pct, rss_of, served_code, server_side, single_calls)
 
 HERE = Path(__file__).resolve().parent
@@ -352,6 +352,8 @@ def main(argv=None) -> dict:
         "heavy_arrived_during": {"slowest_1pct": heavy_arrivals(slowest, heavy), "all": heavy_arrivals(during, heavy)},
         # and how often an over-limit request was in flight beside it (its body parsed and refused on the loop)
         "over_limit_in_flight": {"slowest_1pct": in_flight(slowest, over), "all": in_flight(during, over)},
+        # and how bunched the light requests were sent (the slowest come with others: README here)
+        "clumps": clumps(light, slowest, during),
         # how long the server's event loop, its other threads and its forward processes waited for a core
         # (runnable, not running) during the slowest 1% and during all judged light requests, mean ms
         "run_queue_wait_ms": waits.summary(slowest, during) if args.core_waits else None,
