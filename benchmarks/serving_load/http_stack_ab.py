@@ -32,18 +32,9 @@ def started(registry: Path, port: int, extra: list[str], log: Path) -> subproces
 
 
 def one_turn(client, url: str, server: subprocess.Popen, p: dict, n: int) -> dict:
-    from measures import cpu_s_of
+    from measures import cpu_s_of, wait_ready
     from run import REFS, single_calls
-    end = time.monotonic() + 120
-    while True:
-        try:
-            if client.get(url + "/ready").status_code == 200:
-                break
-        except Exception:  # noqa: BLE001 - not listening yet
-            pass
-        if server.poll() is not None or time.monotonic() > end:
-            raise RuntimeError("the server did not become ready")
-        time.sleep(0.2)
+    wait_ready(client, url, server, 120)
     for ref in REFS:  # warm-up
         client.post(url + "/score", json={"model": ref, "prompts": p["prompts"][:2]})
         client.post(url + "/v1/rerank", json={"model": ref, "query": p["histories"][0], "documents": p["documents"]})

@@ -22,6 +22,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(client, url: str, server, timeout_s: float, log: Path | None = None) -> None:
+    """Poll the server's /ready until it says 200; RuntimeError (with the end of its log) if it exits or
+    is not ready within timeout_s."""
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            if client.get(url + "/ready").status_code == 200:
+                return
+        except Exception:  # noqa: BLE001 - not listening yet
+            pass
+        if server.poll() is not None or time.monotonic() > end:
+            raise RuntimeError("the server did not become ready" + (":\n" + log.read_text()[-3000:] if log else ""))
+        time.sleep(0.2)
+
+
 def single_calls(client, url: str, p: dict, n: int, pause_s: float = 0.0, pid: int | None = None) -> dict:
     """Latency of light calls one at a time on the idle server (the baseline), and of the heavy one.
     `/score` is timed as the light users send it (1-3 rows over the adapters, locustfile.py), and

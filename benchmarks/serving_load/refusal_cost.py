@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measures import cpu_s_of, free_port, served_code  # noqa: E402
+from measures import cpu_s_of, free_port, served_code, wait_ready  # noqa: E402
 from run import KEY, NAMES, plan, publish  # noqa: E402
 
 
@@ -53,13 +53,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
         client = httpx.Client(headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-        for _ in range(600):
-            try:
-                if client.get(url + "/ready").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_ready(client, url, server, 120)
         kinds = {"ranking over --max-request-tokens": ("/v1/rerank", {"model": "news", "query": p["histories"][0],
                                                                       "documents": p["too_many_documents"]}),
                  "prompt over the base's positions": ("/score", {"model": "news", "prompts": [p["too_long_prompt"]]})}

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from measures import (RunQueueWait, children_of, clumps, fifo_estimate, free_port, heavy_arrivals, in_flight,
-                      name_of, overlaps_heavy, pct, rss_of, served_code, server_side, single_calls)
+                      name_of, overlaps_heavy, pct, rss_of, served_code, server_side, single_calls, wait_ready)
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("video", "music", "news", "ecommerce")
@@ -199,16 +199,7 @@ def main(argv=None) -> dict:
         client = httpx.Client(headers=headers, timeout=300)
         admin_log: dict = {}
         try:
-            end = time.monotonic() + 300
-            while True:
-                try:
-                    if client.get(url + "/ready").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > end:
-                    raise RuntimeError("the server did not become ready:\n" + (tmp / "server.log").read_text()[-3000:])
-                time.sleep(0.2)
+            wait_ready(client, url, server, 300, tmp / "server.log")
             for ref in REFS:  # warm-up: the first call of each adapter is not a figure
                 client.post(url + "/score", json={"model": ref, "prompts": p["prompts"][:2]})
                 client.post(url + "/v1/rerank", json={"model": ref, "query": p["histories"][0], "documents": p["documents"]})
