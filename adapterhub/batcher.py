@@ -100,14 +100,14 @@ class Batcher:
 
     def __init__(self, hub: Hub, window_ms: float = WINDOW_MS, max_rows: int | None = None,
                  max_batch_tokens: int | None = None, on_batch=None, bulk_tokens: int | None = None,
-                 processes: bool = False, _main: "Batcher | None" = None):
+                 processes: bool = False, bulk_idle: bool = False, _main: "Batcher | None" = None):
         """window_ms: how long the oldest waiting request waits for others to join its batch.
         max_rows: score rows or ranking groups per forward (default MAX_ROWS); max_batch_tokens: tokens
         per forward (default MAX_BATCH_TOKENS). on_batch(items, tokens, forward_s, queue_waits_s):
         called after each forward (the server's metrics). bulk_tokens: a request of more tokens runs
         on a second worker (the bulk lane), whose forwards pause twice a decoder layer while this
-        lane has work: a light request waits for half a layer of a heavy forward, not for all of it.
-        None: one worker for all. processes: each lane's forwards run in a process of its own
+        lane has work: a light request waits for half a layer of a heavy forward, not for all of it
+        (bulk_idle: and its thread runs at the OS's idle priority, give_way.idle_priority). None: one worker for all. processes: each lane's forwards run in a process of its own
         (adapterhub.forward_process; the bulk lane's at idle priority, with no pauses), not in its thread."""
         if window_ms < 0:
             raise ConfigError(f"window_ms={window_ms} must be >= 0")
@@ -122,7 +122,7 @@ class Batcher:
         self._cv, self._closed = threading.Condition(), False
         self._coming = 0   # callers inside score/recommend that have not handed over their rows yet
         self._batches = self._requests = 0   # forwards run, requests answered (this lane)
-        self.main, self.bulk_tokens, self.bulk = _main, bulk_tokens, None
+        self.main, self.bulk_tokens, self.bulk, self.bulk_idle = _main, bulk_tokens, None, bulk_idle
         name = "adapterhub-batcher" + ("-bulk" if _main is not None else "")
         self.process = ForwardProcess(hub, name, low_priority=_main is not None) if processes else None
         if bulk_tokens is not None:
@@ -271,7 +271,7 @@ class Batcher:
     # ------------------------------------------------------------ the worker
     def _run(self) -> None:
         if self.main is not None:   # the bulk lane's worker: its forwards give way to the main lane's
-            give_way.GIVE_WAY_TO.set(self.main)
+            give_way.enter_bulk_lane(self.main, idle=self.main.bulk_idle and self.process is None)
         while True:
             with self._cv:
                 while not self._queue and not self._closed:

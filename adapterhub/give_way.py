@@ -4,6 +4,7 @@ waits for about half a layer of a heavy forward instead of all of it."""
 from __future__ import annotations
 
 import contextvars
+import os
 
 GIVE_WAY_S = 0.025  # the longest a bulk forward waits at one pause (two a layer): it always moves on
 # set in a bulk lane's worker thread: the main lane (a Batcher) its forwards give way to
@@ -28,3 +29,25 @@ def _give_way(module, args) -> None:
     main = GIVE_WAY_TO.get()
     if main is not None:
         main._wait_idle(GIVE_WAY_S)
+
+
+def enter_bulk_lane(main, idle: bool = False) -> None:
+    """Called by a bulk lane's worker thread: its forwards give way to `main` (a Batcher); with idle,
+    the thread also runs at the OS's idle priority (idle_priority)."""
+    GIVE_WAY_TO.set(main)
+    if idle:
+        idle_priority()
+
+
+def idle_priority() -> bool:
+    """Put the calling thread at the OS's idle priority (SCHED_IDLE: it gets a core only when no other
+    task wants one; Linux schedules each thread apart), so a light request's work takes the core from
+    a heavy forward at once, not at its next pause. Only for a process with cores of its own: beside
+    busy processes the thread gets almost no core, so heavy requests stall, and while it holds the GIL
+    every other thread of the process waits (benchmarks/serving_load/bulk_priority.py).
+    False where the OS has no such class (the thread keeps its priority; the pauses still work)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        return False
+    return True

@@ -1,6 +1,7 @@
 """The hub under several threads. Every answer equals the single-threaded one."""
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -299,3 +300,23 @@ def test_a_light_request_overtakes_a_heavy_forward_only_with_a_bulk_lane(four, b
             h.remove()
     assert close([out["heavy"], out["light"]], [want[heavy], want[light]])
     assert out["heavy_done_first"] == (bulk_tokens is None)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="the OS has no idle scheduling class")
+@pytest.mark.parametrize("bulk_idle", [False, True])
+def test_the_bulk_lanes_worker_runs_at_idle_priority_only_when_asked(four, bulk_idle):
+    """With bulk_idle the OS gives the bulk lane's worker a core only when no other thread wants it,
+    so a light request's work takes the core from a heavy forward at once; without it (the default:
+    beside busy processes an idle thread holding the GIL stalls the others) it keeps its priority, and
+    the main lane's worker always does. Each answer is still its row's own."""
+    from adapterhub.batcher import Batcher
+    heavy = ("news", " ".join(["red thing blue thing"] * 40))   # over bulk_tokens: the bulk lane's
+    light = ("music", PROMPTS[0])
+    want = four.score([heavy, light])
+    with Batcher(four, window_ms=0, bulk_tokens=64, bulk_idle=bulk_idle) as batcher:
+        got = [batcher.score([heavy])[0], batcher.score([light])[0]]   # each worker has started and run
+        policy = {lane: os.sched_getscheduler(b._worker.native_id) for lane, b in
+                  (("main", batcher), ("bulk", batcher.bulk))}
+    normal = os.sched_getscheduler(0)
+    assert policy == {"main": normal, "bulk": os.SCHED_IDLE if bulk_idle else normal}
+    assert close(got, want)

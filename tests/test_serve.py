@@ -152,6 +152,29 @@ def test_serve_command_sets_the_gil_switch_interval_while_it_serves(tmp_path, mo
     assert sys.getswitchinterval() == before
 
 
+def test_serve_bulk_priority_idle_reaches_the_bulk_lanes_worker_and_normal_is_the_default(tmp_path, monkeypatch, hub):
+    """--bulk-priority idle puts the bulk lane's worker thread at the OS's idle priority (for a server
+    with cores of its own); the default leaves it as it is."""
+    import os
+    from adapterhub import serve as serve_mod
+    from adapterhub.cli import main
+    from adapterhub.serve import Limits, create_app
+    (tmp_path / "reg").mkdir()
+    seen = []
+    monkeypatch.setattr(serve_mod, "serve", lambda *a, **k: seen.append(k["bulk_idle"]))
+    for extra in (["--bulk-priority", "idle"], ["--bulk-priority", "normal"], []):
+        assert main(["serve", "--registry", str(tmp_path / "reg"), *extra]) == 0
+    assert seen == [True, False, False]
+    for idle in (True, False):
+        with TestClient(create_app(hub, window_ms=1, limits=Limits(bulk_tokens=64), bulk_idle=idle)) as c:
+            lanes = c.app.state.batcher
+            assert lanes.bulk is not None and lanes.bulk_idle is idle
+            if hasattr(os, "SCHED_IDLE"):   # the worker sets it as it starts: a bulk request has been through
+                assert c.post("/score", json={"model": "base", "prompts": ["red " * 100]}).status_code == 200
+                want = os.SCHED_IDLE if idle else os.sched_getscheduler(0)
+                assert os.sched_getscheduler(lanes.bulk._worker.native_id) == want
+
+
 def test_serve_command_picks_uvicorns_parser_and_loop(tmp_path, monkeypatch, hub):
     """--http / --loop reach uvicorn; auto takes the C parser and uvloop when installed (the 'serve'
     extra installs them: about a quarter less CPU per light request, benchmarks/serving_load)."""
@@ -204,6 +227,23 @@ def test_the_load_tests_queueing_estimate_matches_the_one_server_queue(monkeypat
     assert measures.fifo_estimate(samples, 20.0) < measures.fifo_estimate(samples, 50.0)
     spread = {"score": [float(x) for x in range(1, 101)], "rerank": []}   # no server time: no queue at any rate
     assert measures.fifo_estimate(spread, 500.0, busy_share=0.0) == pytest.approx(99 / 50.5, rel=0.02)
+
+
+def test_the_load_tests_cpu_split_leaves_the_client_and_the_server_cpus_of_their_own(monkeypatch):
+    """run.py --server-cpus: 'auto' gives the client side the first CPU and the server the rest (none
+    on one CPU), 'all' shares them, a list names the server's; a split that leaves a side none is refused."""
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks" / "serving_load"))
+    import measures
+    monkeypatch.setattr(measures.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert measures.cpu_split("all") == (None, None)
+    assert measures.cpu_split("auto") == ({1, 2}, {0})
+    assert measures.cpu_split("2") == ({2}, {0, 1})
+    for bad in ("0,1,2", "5"):
+        with pytest.raises(ValueError, match="CPUs of their own"):
+            measures.cpu_split(bad)
+    monkeypatch.setattr(measures.os, "sched_getaffinity", lambda pid: {0})
+    assert measures.cpu_split("auto") == (None, None)
 
 
 @pytest.mark.slow

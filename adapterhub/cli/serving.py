@@ -55,7 +55,7 @@ def cmd_serve(args) -> int:
         serve(build_hub, host=args.host, port=args.port, window_ms=args.window_ms, batch=not args.no_batch,
               limits=limits, auth=auth, drain_delay_s=args.drain_delay_s, drain_timeout_s=args.drain_timeout_s,
               limit_concurrency=args.limit_concurrency, http=args.http, loop=args.loop, gc_freeze=True,
-              processes=args.forward_in == "process")
+              processes=args.forward_in == "process", bulk_idle=args.bulk_priority == "idle")
     finally:
         sys.setswitchinterval(before)  # main() called in a process of the caller's: it gets its own back
     return 0
@@ -104,4 +104,8 @@ def add_commands(sub, parents: dict) -> None:
                    "'thread' (default), in this process; 'process', a process per batcher lane holding its own copy "
                    "of the base (the bulk lane's at idle priority), so on a CPU they do not wait for the GIL while "
                    "requests carry long Python work (docs/SERVING.md)")
+    s.add_argument("--bulk-priority", choices=("normal", "idle"), default="normal", help="the bulk lane's thread: "
+                   "'idle' runs it at the OS's idle priority (Linux), so light requests take the core from a heavy "
+                   "forward at once; only when the server has cores of its own (taskset, a cpuset): beside busy "
+                   "processes heavy requests stall and light ones can wait for the GIL (docs/SERVING.md)")
     s.set_defaults(func=cmd_serve)

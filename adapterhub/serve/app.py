@@ -86,7 +86,7 @@ def scenarios_of(card: dict, key: str) -> list[str]:
 def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS, max_rows: Optional[int] = None,
                max_body_bytes: Optional[int] = None, threads: Optional[int] = None, batch: bool = True,
                limits: Optional[Limits] = None, auth: Optional[Auth] = None, gc_freeze: bool = False,
-               processes: bool = False) -> FastAPI:
+               processes: bool = False, bulk_idle: bool = False) -> FastAPI:
     """The app over `hub`, or over the hub `hub()` builds (it then loads in a thread at start-up; /health
     answers meanwhile and /ready says 503 until it is done). app.state.batcher batches the requests
     (batch=False: each request's thread runs its own forward). threads: an old name of
@@ -95,7 +95,7 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
     of a server's heap (the base, the libraries: 419-512k objects on random:small or SmolLM2) holds
     the GIL, so every request, for 222-271 ms (benchmarks/serving_load/gc_pause.py); frozen, those
     objects, which live as long as the server, are never walked again. processes: the batcher's forwards
-    run in processes of their own (adapterhub.forward_process), not in its threads."""
+    run in processes of their own (adapterhub.forward_process), not in its threads. bulk_idle: the Batcher's."""
     limits = limits or Limits()
     if max_body_bytes is not None:
         limits = limits.replace(max_body_bytes=max_body_bytes)
@@ -108,7 +108,8 @@ def create_app(hub: Union[Hub, Callable[[], Hub]], window_ms: float = WINDOW_MS,
 
     def start(h: Hub) -> None:
         state["batcher"] = (Batcher(h, window_ms=window_ms, max_rows=max_rows, max_batch_tokens=limits.max_batch_tokens,
-                                    on_batch=metrics.on_batch, bulk_tokens=limits.bulk_tokens, processes=processes)
+                                    on_batch=metrics.on_batch, bulk_tokens=limits.bulk_tokens, processes=processes,
+                                    bulk_idle=bulk_idle)
                              if batch else _Direct(h))
         state["hub"] = h
         app.state.hub, app.state.batcher = h, state["batcher"]

@@ -57,15 +57,15 @@ def build_server(hub: Union[Hub, Callable[[], Hub]], host: str = "127.0.0.1", po
                  limits: Optional[Limits] = None, auth: Optional[Auth] = None, drain_delay_s: float = 0.0,
                  drain_timeout_s: float = 30.0, limit_concurrency: Optional[int] = None, timeout_keep_alive: int = 5,
                  threads: Optional[int] = None, http: str = "auto", loop: str = "auto",
-                 gc_freeze: bool = False, processes: bool = False) -> Server:
+                 gc_freeze: bool = False, processes: bool = False, bulk_idle: bool = False) -> Server:
     """The server, not started: Server.run() blocks until it has drained. http, loop: uvicorn's (auto: its C
     parser and uvloop when installed; they cut the CPU a light request costs by about a quarter).
     gc_freeze: the heap frozen once the hub is loaded (create_app's; adapterhub serve sets it). processes:
-    forwards in processes of their own (create_app's)."""
+    forwards in processes of their own; bulk_idle: the bulk lane's thread at idle priority (create_app's)."""
     from ..batcher import WINDOW_MS
     app = create_app(hub, window_ms=WINDOW_MS if window_ms is None else window_ms, max_rows=max_rows, batch=batch,
                      limits=limits, auth=auth, threads=threads, gc_freeze=gc_freeze,
-                     processes=processes)
+                     processes=processes, bulk_idle=bulk_idle)
     limits = app.state.limits
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, http=http, loop=loop,
                             timeout_graceful_shutdown=drain_timeout_s, timeout_keep_alive=timeout_keep_alive,

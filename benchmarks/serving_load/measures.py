@@ -22,6 +22,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_split(spec: str) -> tuple[set | None, set | None]:
+    """(the server's CPUs, the client's) for run.py --server-cpus. 'all': both share every CPU this
+    process may use (None, None); 'auto': on two or more, the client (locust, the driver) gets the
+    first and the server the rest, as a client on another machine would leave them; else a list
+    such as '1' or '1,2' for the server, the client on the others. ValueError for a split that leaves
+    either side none."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if spec == "all" or (spec == "auto" and len(cpus) < 2):
+        return None, None
+    server = set(cpus[1:]) if spec == "auto" else {int(c) for c in spec.split(",")}
+    client = set(cpus) - server
+    if not server or not server <= set(cpus) or not client:
+        raise ValueError(f"--server-cpus {spec}: the server and the client each need CPUs of their own, out of {cpus}")
+    return server, client
+
+
+def pin(pid: int, cpus: set) -> None:
+    """Every thread of process `pid` onto `cpus` (Linux keeps an affinity per thread; threads started
+    later take their creator's)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, FileNotFoundError):   # a thread that has just ended
+            pass
+
+
 def wait_ready(client, url: str, server, timeout_s: float, log: Path | None = None) -> None:
     """Poll the server's /ready until it says 200; RuntimeError (with the end of its log) if it exits or
     is not ready within timeout_s."""

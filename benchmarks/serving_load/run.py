@@ -6,7 +6,9 @@
 
 1. Publishes four random adapters (video, music, news, ecommerce) into a registry in a temp folder.
 2. Starts `adapterhub serve` on 127.0.0.1 at a free port (a subprocess), with an API key, an admin key
-   and runtime loading on; times single light calls on the idle server (the baseline), and one heavy one.
+   and runtime loading on; by default on CPUs of its own (locust and this driver on the first, the
+   server on the rest, its bulk lane at idle priority: --server-cpus, --bulk-priority); times single
+   light calls on the idle server (the baseline), and one heavy one.
 3. Runs locust headless (locustfile.py: light users, one heavy user, one over-limit user) for
    --duration-s. At 40% of the run it publishes news v2, promotes it and reloads 'news' over the
    admin API; at 60% it unloads 'music' (later requests load it again).
@@ -35,8 +37,8 @@ import threading
 import time
 from pathlib import Path
 
-from measures import (RunQueueWait, children_of, clumps, fifo_estimate, free_port, heavy_arrivals, in_flight,
-                      name_of, overlaps_heavy, pct, rss_of, served_code, server_side, single_calls, wait_ready)
+from measures import (RunQueueWait, children_of, clumps, cpu_split, fifo_estimate, free_port, heavy_arrivals, in_flight,
+                      name_of, overlaps_heavy, pct, pin, rss_of, served_code, server_side, single_calls, wait_ready)
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("video", "music", "news", "ecommerce")
@@ -160,6 +162,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--core-waits", action="store_true", help="sample every 10 ms how long the server's threads "
                     "and processes waited for a core (run_queue_wait_ms; costs this driver ~0.06-0.10 of a core, "
                     "beside the server, so off by default)")
+    ap.add_argument("--server-cpus", default="auto", help="'auto' (default): locust and this driver on the first "
+                    "CPU, the server on the rest, as a client on another machine would leave them (on one CPU: "
+                    "shared); 'all': all three share every CPU; or the server's CPUs, e.g. '1'")
+    ap.add_argument("--bulk-priority", choices=("auto", "normal", "idle"), default="auto", help="the server's "
+                    "--bulk-priority; auto (default): idle when the server has CPUs of its own, as docs/SERVING.md "
+                    "advises, else normal")
     ap.add_argument("--scale", type=float, default=0.1, help="std of the random LoRA weights")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for loadtest.jsonl")
     args = ap.parse_args(argv)
@@ -170,6 +178,13 @@ def main(argv=None) -> dict:
         ap.error("--singles must be at least 1")
     if not 3 <= args.users <= MAX_USERS or not 0 < args.duration_s <= MAX_DURATION_S:
         ap.error(f"--users must be 3..{MAX_USERS} and --duration-s 0..{MAX_DURATION_S}")
+    try:
+        server_cpus, client_cpus = cpu_split(args.server_cpus)
+    except ValueError as e:
+        ap.error(str(e))
+    bulk_priority = args.bulk_priority if args.bulk_priority != "auto" else "idle" if server_cpus else "normal"
+    if client_cpus:   # before the checker's torch threads start: they take this thread's CPUs
+        pin(os.getpid(), client_cpus)
     import httpx
     from adapterhub.bench.common import Recorder
     from adapterhub.hub import Hub
@@ -187,7 +202,8 @@ def main(argv=None) -> dict:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server_args = ["--max-request-tokens", str(args.max_request_tokens), "--max-batch-tokens", str(args.max_batch_tokens),
-                       *(["--bulk-tokens", args.bulk_tokens] if args.bulk_tokens else []), *shlex.split(args.server_args)]
+                       *(["--bulk-tokens", args.bulk_tokens] if args.bulk_tokens else []), "--bulk-priority",
+                       bulk_priority, *shlex.split(args.server_args)]
         server = subprocess.Popen(
             [sys.executable, "-m", "adapterhub", "serve", "--registry", str(registry), "--base", args.base,
              "--quant", args.quant, "--device", args.device, "--host", "127.0.0.1", "--port", str(port),
@@ -195,11 +211,15 @@ def main(argv=None) -> dict:
              "--no-access-log", "--max-queue", str(args.users * 2), *server_args],
             stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"),
             env=dict(os.environ, OMP_NUM_THREADS=str(args.server_threads)))
+        if server_cpus:   # its one thread now; the threads it starts later take its CPUs
+            pin(server.pid, server_cpus)
         headers = {"Authorization": f"Bearer {KEY}"}
         client = httpx.Client(headers=headers, timeout=300)
         admin_log: dict = {}
         try:
             wait_ready(client, url, server, 300, tmp / "server.log")
+            if server_cpus:   # (again: every thread it has started by now)
+                pin(server.pid, server_cpus)
             for ref in REFS:  # warm-up: the first call of each adapter is not a figure
                 client.post(url + "/score", json={"model": ref, "prompts": p["prompts"][:2]})
                 client.post(url + "/v1/rerank", json={"model": ref, "query": p["histories"][0], "documents": p["documents"]})
@@ -292,6 +312,8 @@ def main(argv=None) -> dict:
         "base": args.base, "quant": args.quant, "compute_dtype": str(checker.base.compute_dtype), "users": args.users,
         "duration_s": args.duration_s, "think_s": args.think_s, "max_request_tokens": args.max_request_tokens,
         "max_batch_tokens": args.max_batch_tokens, "bulk_tokens": args.bulk_tokens or "default", "server_threads": args.server_threads,
+        "cpus": {"server": sorted(server_cpus), "client": sorted(client_cpus)} if server_cpus else "all",
+        "bulk_priority": bulk_priority,
         "heavy_tokens": p["heavy_tokens"], "server_args": args.server_args, "server_code": served_code(Path.cwd()),
         "requests": len(answers), "light": len(light), "light_per_s": len(light) / args.duration_s,
         "errors": sum(a["status"] != 200 for a in light + heavy), "wrong": result["wrong"],
