@@ -107,8 +107,10 @@ class Batcher:
         called after each forward (the server's metrics). bulk_tokens: a request of more tokens runs
         on a second worker (the bulk lane), whose forwards pause twice a decoder layer while this
         lane has work: a light request waits for half a layer of a heavy forward, not for all of it
-        (bulk_idle: and its thread runs at the OS's idle priority, give_way.idle_priority). None: one worker for all. processes: each lane's forwards run in a process of its own
-        (adapterhub.forward_process; the bulk lane's at idle priority, with no pauses), not in its thread."""
+        (bulk_idle: its thread also runs at the OS's idle priority, give_way.idle_priority; only for a
+        process with cores of its own). None: one worker for all. processes: each lane's forwards run
+        in a process of its own (adapterhub.forward_process; the bulk lane's at idle priority, with no
+        pauses), not in its thread."""
         if window_ms < 0:
             raise ConfigError(f"window_ms={window_ms} must be >= 0")
         for name, value in (("max_rows", max_rows), ("max_batch_tokens", max_batch_tokens),

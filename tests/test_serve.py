@@ -231,10 +231,15 @@ def test_the_load_tests_queueing_estimate_matches_the_one_server_queue(monkeypat
 
 def test_the_load_tests_cpu_split_leaves_the_client_and_the_server_cpus_of_their_own(monkeypatch):
     """run.py --server-cpus: 'auto' gives the client side the first CPU and the server the rest (none
-    on one CPU), 'all' shares them, a list names the server's; a split that leaves a side none is refused."""
+    on one CPU), 'all' shares them, a list names the server's; a split that leaves a side none is refused.
+    pinned() puts this process back on its CPUs after."""
     from pathlib import Path
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks" / "serving_load"))
     import measures
+    before = measures.os.sched_getaffinity(0)
+    with measures.pinned({min(before)}):   # run.main pins its own process while it runs, and gives it back
+        assert measures.os.sched_getaffinity(0) == {min(before)}
+    assert measures.os.sched_getaffinity(0) == before
     monkeypatch.setattr(measures.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert measures.cpu_split("all") == (None, None)
     assert measures.cpu_split("auto") == ({1, 2}, {0})

@@ -6,6 +6,7 @@ Server-Timing header: server_side), and which code the server ran (served_code).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import math
 import os
@@ -46,6 +47,20 @@ def pin(pid: int, cpus: set) -> None:
             os.sched_setaffinity(int(tid), cpus)
         except (ProcessLookupError, FileNotFoundError):   # a thread that has just ended
             pass
+
+
+@contextlib.contextmanager
+def pinned(cpus: set | None):
+    """This process's threads on `cpus` while inside (None: left as they are), and back on the CPUs
+    they had after: run.main may be called in a process of the caller's (a test)."""
+    before = os.sched_getaffinity(0)
+    if cpus:
+        pin(os.getpid(), cpus)
+    try:
+        yield
+    finally:
+        if cpus:
+            pin(os.getpid(), before)
 
 
 def wait_ready(client, url: str, server, timeout_s: float, log: Path | None = None) -> None:

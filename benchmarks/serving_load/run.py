@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from measures import (RunQueueWait, children_of, clumps, cpu_split, fifo_estimate, free_port, heavy_arrivals, in_flight,
-                      name_of, overlaps_heavy, pct, pin, rss_of, served_code, server_side, single_calls, wait_ready)
+                      name_of, overlaps_heavy, pct, pin, pinned, rss_of, served_code, server_side, single_calls, wait_ready)
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("video", "music", "news", "ecommerce")
@@ -183,13 +183,12 @@ def main(argv=None) -> dict:
     except ValueError as e:
         ap.error(str(e))
     bulk_priority = args.bulk_priority if args.bulk_priority != "auto" else "idle" if server_cpus else "normal"
-    if client_cpus:   # before the checker's torch threads start: they take this thread's CPUs
-        pin(os.getpid(), client_cpus)
     import httpx
     from adapterhub.bench.common import Recorder
     from adapterhub.hub import Hub
     from adapterhub.registry import Registry
-    with tempfile.TemporaryDirectory() as tmp:
+    # the client side pinned before the checker's torch threads start: they take this thread's CPUs
+    with tempfile.TemporaryDirectory() as tmp, pinned(client_cpus):
         tmp = Path(tmp)
         registry = tmp / "adapters"
         checker = Hub(base=args.base, registry=registry, quant=args.quant, device=args.device)
