@@ -4,6 +4,7 @@ waits for about half a layer of a heavy forward instead of all of it."""
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 
 GIVE_WAY_S = 0.025  # the longest a bulk forward waits at one pause (two a layer): it always moves on
@@ -35,8 +36,9 @@ def enter_bulk_lane(main, idle: bool = False) -> None:
     """Called by a bulk lane's worker thread: its forwards give way to `main` (a Batcher); with idle,
     the thread also runs at the OS's idle priority (idle_priority)."""
     GIVE_WAY_TO.set(main)
-    if idle:
-        idle_priority()
+    if idle and not idle_priority():
+        logging.getLogger(__name__).warning("the bulk lane's thread keeps its priority: this OS has no idle "
+                                            "scheduling class (SCHED_IDLE) or refused it")
 
 
 def idle_priority() -> bool:

@@ -229,10 +229,12 @@ def test_the_load_tests_queueing_estimate_matches_the_one_server_queue(monkeypat
     assert measures.fifo_estimate(spread, 500.0, busy_share=0.0) == pytest.approx(99 / 50.5, rel=0.02)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="this OS sets no CPU affinity")
 def test_the_load_tests_cpu_split_leaves_the_client_and_the_server_cpus_of_their_own(monkeypatch):
     """run.py --server-cpus: 'auto' gives the client side the first CPU and the server the rest (none
     on one CPU), 'all' shares them, a list names the server's; a split that leaves a side none is refused.
-    pinned() puts this process back on its CPUs after."""
+    pinned() puts this process back on its CPUs after; last_option reads the server's own options as
+    argparse does (the last wins)."""
     from pathlib import Path
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks" / "serving_load"))
     import measures
@@ -247,6 +249,10 @@ def test_the_load_tests_cpu_split_leaves_the_client_and_the_server_cpus_of_their
     for bad in ("0,1,2", "5"):
         with pytest.raises(ValueError, match="CPUs of their own"):
             measures.cpu_split(bad)
+    with pytest.raises(ValueError, match="CPU numbers with commas"):
+        measures.cpu_split("1-2")
+    args = ["--http", "h11", "--bulk-priority", "normal", "--bulk-priority=idle"]
+    assert measures.last_option(args, "--bulk-priority") == "idle" and measures.last_option(args, "--loop") is None
     monkeypatch.setattr(measures.os, "sched_getaffinity", lambda pid: {0})
     assert measures.cpu_split("auto") == (None, None)
 

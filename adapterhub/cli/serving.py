@@ -107,5 +107,6 @@ def add_commands(sub, parents: dict) -> None:
     s.add_argument("--bulk-priority", choices=("normal", "idle"), default="normal", help="the bulk lane's thread: "
                    "'idle' runs it at the OS's idle priority (Linux), so light requests take the core from a heavy "
                    "forward at once; only when the server has cores of its own (taskset, a cpuset): beside busy "
-                   "processes heavy requests stall and light ones can wait for the GIL (docs/SERVING.md)")
+                   "processes heavy requests stall and light ones can wait for the GIL. No effect under --forward-in "
+                   "process, whose bulk lane always runs at idle priority (docs/SERVING.md)")
     s.set_defaults(func=cmd_serve)

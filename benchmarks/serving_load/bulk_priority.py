@@ -20,12 +20,13 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
 
-def one(hub, idle: bool, seconds: float) -> dict:
+def one(hub, idle: bool, seconds: float, hogs: list) -> dict:
     from adapterhub.batcher import Batcher
     from measures import pct
     heavy = ("news", " ".join(["red thing blue thing"] * 58))   # ~990 tokens
@@ -48,6 +49,9 @@ def one(hub, idle: bool, seconds: float) -> dict:
             ms.append(1000 * (time.perf_counter() - t0))
             time.sleep(0.02)
         stop.set()
+        for h in hogs:   # before the join: an idle thread beside them may take long to finish its row
+            h.kill()
+            h.wait()
         t.join(60)
     if failed:
         raise failed[0]
@@ -59,12 +63,15 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=15.0, help="seconds per configuration")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of the four configurations (alternating)")
-    ap.add_argument("--hogs", type=int, default=os.cpu_count() or 2, help="busy processes in the 'busy' runs")
+    ap.add_argument("--hogs", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                    else os.cpu_count() or 2, help="busy processes in the 'busy' runs (default: one per CPU)")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
     from adapterhub.hub import Hub
     from adapterhub.registry import Registry
+    from measures import served_code
     from run import publish
+    code = served_code(Path.cwd())
     with tempfile.TemporaryDirectory() as tmp:
         hub = Hub(base="random:small", registry=Path(tmp) / "adapters", quant="fp32", device="cpu")
         for i, name in enumerate(("news", "music")):
@@ -75,8 +82,9 @@ def main(argv=None) -> None:
             for idle, busy in (order if r % 2 == 0 else order[::-1]):
                 hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs if busy else 0)]
                 try:
-                    row = {"bulk_priority": "idle" if idle else "normal", "busy_processes": len(hogs), "round": r + 1,
-                           **one(hub, idle, args.seconds)}
+                    row = {"run": datetime.now(timezone.utc).isoformat(timespec="seconds"), "code": code,
+                           "bulk_priority": "idle" if idle else "normal", "busy_processes": len(hogs), "round": r + 1,
+                           **one(hub, idle, args.seconds, hogs)}
                 finally:
                     for h in hogs:
                         h.kill()

@@ -28,11 +28,18 @@ def cpu_split(spec: str) -> tuple[set | None, set | None]:
     process may use (None, None); 'auto': on two or more, the client (locust, the driver) gets the
     first and the server the rest, as a client on another machine would leave them; else a list
     such as '1' or '1,2' for the server, the client on the others. ValueError for a split that leaves
-    either side none."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if spec == "all" or (spec == "auto" and len(cpus) < 2):
+    either side none, or where the OS sets no affinity (not Linux: 'all' and 'auto' share them)."""
+    if spec == "all" or (spec == "auto" and not hasattr(os, "sched_getaffinity")):
         return None, None
-    server = set(cpus[1:]) if spec == "auto" else {int(c) for c in spec.split(",")}
+    if not hasattr(os, "sched_getaffinity"):
+        raise ValueError(f"--server-cpus {spec}: this OS sets no CPU affinity; use 'all'")
+    cpus = sorted(os.sched_getaffinity(0))
+    if spec == "auto" and len(cpus) < 2:
+        return None, None
+    try:
+        server = set(cpus[1:]) if spec == "auto" else {int(c) for c in spec.split(",")}
+    except ValueError:
+        raise ValueError(f"--server-cpus {spec}: give 'auto', 'all' or CPU numbers with commas, e.g. '1,2'") from None
     client = set(cpus) - server
     if not server or not server <= set(cpus) or not client:
         raise ValueError(f"--server-cpus {spec}: the server and the client each need CPUs of their own, out of {cpus}")
@@ -49,18 +56,30 @@ def pin(pid: int, cpus: set) -> None:
             pass
 
 
+def last_option(argv: list[str], name: str) -> str | None:
+    """The value the last `name VALUE` or `name=VALUE` in argv gives (argparse's rule), or None."""
+    value = None
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(name + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
 @contextlib.contextmanager
 def pinned(cpus: set | None):
     """This process's threads on `cpus` while inside (None: left as they are), and back on the CPUs
     they had after: run.main may be called in a process of the caller's (a test)."""
+    if not cpus:
+        yield
+        return
     before = os.sched_getaffinity(0)
-    if cpus:
-        pin(os.getpid(), cpus)
+    pin(os.getpid(), cpus)
     try:
         yield
     finally:
-        if cpus:
-            pin(os.getpid(), before)
+        pin(os.getpid(), before)
 
 
 def wait_ready(client, url: str, server, timeout_s: float, log: Path | None = None) -> None:

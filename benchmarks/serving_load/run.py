@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 
 from measures import (RunQueueWait, children_of, clumps, cpu_split, fifo_estimate, free_port, heavy_arrivals, in_flight,
-                      name_of, overlaps_heavy, pct, pin, pinned, rss_of, served_code, server_side, single_calls, wait_ready)
+                      last_option, name_of, overlaps_heavy, pct, pin, pinned,
+                      rss_of, served_code, server_side, single_calls, wait_ready)
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("video", "music", "news", "ecommerce")
@@ -183,6 +184,8 @@ def main(argv=None) -> dict:
     except ValueError as e:
         ap.error(str(e))
     bulk_priority = args.bulk_priority if args.bulk_priority != "auto" else "idle" if server_cpus else "normal"
+    # --server-args come after ours, so a --bulk-priority there is the one the server uses
+    recorded_priority = last_option(shlex.split(args.server_args), "--bulk-priority") or bulk_priority
     import httpx
     from adapterhub.bench.common import Recorder
     from adapterhub.hub import Hub
@@ -312,7 +315,7 @@ def main(argv=None) -> dict:
         "duration_s": args.duration_s, "think_s": args.think_s, "max_request_tokens": args.max_request_tokens,
         "max_batch_tokens": args.max_batch_tokens, "bulk_tokens": args.bulk_tokens or "default", "server_threads": args.server_threads,
         "cpus": {"server": sorted(server_cpus), "client": sorted(client_cpus)} if server_cpus else "all",
-        "bulk_priority": bulk_priority,
+        "bulk_priority": recorded_priority,
         "heavy_tokens": p["heavy_tokens"], "server_args": args.server_args, "server_code": served_code(Path.cwd()),
         "requests": len(answers), "light": len(light), "light_per_s": len(light) / args.duration_s,
         "errors": sum(a["status"] != 200 for a in light + heavy), "wrong": result["wrong"],
