@@ -238,10 +238,11 @@ def test_the_load_tests_cpu_split_leaves_the_client_and_the_server_cpus_of_their
     from pathlib import Path
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks" / "serving_load"))
     import measures
-    before = measures.os.sched_getaffinity(0)
+    import torch
+    before, threads = measures.os.sched_getaffinity(0), torch.get_num_threads()
     with measures.pinned({min(before)}):   # run.main pins its own process while it runs, and gives it back
-        assert measures.os.sched_getaffinity(0) == {min(before)}
-    assert measures.os.sched_getaffinity(0) == before
+        assert measures.os.sched_getaffinity(0) == {min(before)} and torch.get_num_threads() == 1
+    assert measures.os.sched_getaffinity(0) == before and torch.get_num_threads() == threads
     monkeypatch.setattr(measures.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert measures.cpu_split("all") == (None, None)
     assert measures.cpu_split("auto") == ({1, 2}, {0})

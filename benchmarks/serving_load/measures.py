@@ -69,17 +69,21 @@ def last_option(argv: list[str], name: str) -> str | None:
 
 @contextlib.contextmanager
 def pinned(cpus: set | None):
-    """This process's threads on `cpus` while inside (None: left as they are), and back on the CPUs
-    they had after: run.main may be called in a process of the caller's (a test)."""
+    """This process's threads on `cpus` while inside (None: left as they are), torch's threads no more
+    than the CPUs (more would spin on a shared core: the driver's checks on SmolLM2 then took over
+    20 minutes), and both back as they were after: run.main may run in a process of the caller's."""
     if not cpus:
         yield
         return
-    before = os.sched_getaffinity(0)
+    import torch
+    before, threads = os.sched_getaffinity(0), torch.get_num_threads()
     pin(os.getpid(), cpus)
+    torch.set_num_threads(min(threads, len(cpus)))
     try:
         yield
     finally:
         pin(os.getpid(), before)
+        torch.set_num_threads(threads)
 
 
 def wait_ready(client, url: str, server, timeout_s: float, log: Path | None = None) -> None:
