@@ -183,9 +183,10 @@ def main(argv=None) -> dict:
         server_cpus, client_cpus = cpu_split(args.server_cpus)
     except ValueError as e:
         ap.error(str(e))
-    bulk_priority = args.bulk_priority if args.bulk_priority != "auto" else "idle" if server_cpus else "normal"
-    # --server-args come after ours, so a --bulk-priority there is the one the server uses
-    recorded_priority = last_option(shlex.split(args.server_args), "--bulk-priority") or bulk_priority
+    extra_server_args = shlex.split(args.server_args)
+    # a --bulk-priority in --server-args is the one the server uses (they come after ours)
+    bulk_priority = last_option(extra_server_args, "--bulk-priority") or (
+        args.bulk_priority if args.bulk_priority != "auto" else "idle" if server_cpus else "normal")
     import httpx
     from adapterhub.bench.common import Recorder
     from adapterhub.hub import Hub
@@ -205,7 +206,7 @@ def main(argv=None) -> dict:
         url = f"http://127.0.0.1:{port}"
         server_args = ["--max-request-tokens", str(args.max_request_tokens), "--max-batch-tokens", str(args.max_batch_tokens),
                        *(["--bulk-tokens", args.bulk_tokens] if args.bulk_tokens else []), "--bulk-priority",
-                       bulk_priority, *shlex.split(args.server_args)]
+                       bulk_priority, *extra_server_args]
         server = subprocess.Popen(
             [sys.executable, "-m", "adapterhub", "serve", "--registry", str(registry), "--base", args.base,
              "--quant", args.quant, "--device", args.device, "--host", "127.0.0.1", "--port", str(port),
@@ -315,7 +316,7 @@ def main(argv=None) -> dict:
         "duration_s": args.duration_s, "think_s": args.think_s, "max_request_tokens": args.max_request_tokens,
         "max_batch_tokens": args.max_batch_tokens, "bulk_tokens": args.bulk_tokens or "default", "server_threads": args.server_threads,
         "cpus": {"server": sorted(server_cpus), "client": sorted(client_cpus)} if server_cpus else "all",
-        "bulk_priority": recorded_priority,
+        "bulk_priority": bulk_priority,
         "heavy_tokens": p["heavy_tokens"], "server_args": args.server_args, "server_code": served_code(Path.cwd()),
         "requests": len(answers), "light": len(light), "light_per_s": len(light) / args.duration_s,
         "errors": sum(a["status"] != 200 for a in light + heavy), "wrong": result["wrong"],
