@@ -276,6 +276,8 @@ def test_the_load_test_on_the_tiny_base(tmp_path, monkeypatch):
     assert s["single_after_score_ms"] > 0 and s["p99_vs_single_after"] > 0   # the baseline timed again after the load
     assert s["single_paced_score_ms"] > 0 and s["fifo_estimate_p99_vs_single"] >= 1 and 0 < s["server_busy_share"] <= 1
     assert {"news@v1", "news@v2", "music@v1", "video@v1", "ecommerce@v1"} <= set(s["versions"])
+    # locust runs --tail-s past the 20 s, whose requests are checked but not timed (its stop stalls them)
+    assert s["tail_s"] == 2 and s["stop_light_max_ms"] > 0 and s["light_per_s"] * 20 < s["light"]
     row = json.loads((tmp_path / "loadtest.jsonl").read_text().splitlines()[-1])
     assert row["metric"] == "light_p99_vs_single" and row["wrong"] == 0
 

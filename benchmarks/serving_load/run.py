@@ -37,103 +37,13 @@ import threading
 import time
 from pathlib import Path
 
+from load_plan import ADMIN_KEY, KEY, NAMES, REFS, TOL, check, plan, publish  # noqa: F401 - reused via run
 from measures import (RunQueueWait, children_of, clumps, cpu_split, fifo_estimate, free_port, heavy_arrivals, in_flight,
                       last_option, name_of, overlaps_heavy, pct, pin, pinned,
                       rss_of, served_code, server_side, single_calls, wait_ready)
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("video", "music", "news", "ecommerce")
-REFS = NAMES + ("news@v1", "music@v1")          # news@v1 stays pinned across the promotion
-TOL = {"float32": 1e-5, "bfloat16": 2e-2}       # |P(yes) diff| a batch may show against a single call
 MAX_USERS, MAX_DURATION_S = 256, 900
-KEY, ADMIN_KEY = "load-test-key", "load-test-admin"
-
-
-def publish(registry, hub, name: str, seed: int, scale: float) -> str:
-    """A random LoRA (r=8 on q/k/v/o of `hub`'s base), large enough that adapters' answers differ clearly."""
-    import torch
-    from adapterhub.lora import peft_key
-    g = torch.Generator().manual_seed(seed)
-    tensors = {}
-    shapes = {path: (m.in_features, m.out_features) for path, m in hub.wrapped.items()
-              if path.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj")}
-    for path, (d_in, d_out) in shapes.items():
-        tensors[peft_key(path, "A")] = torch.randn(8, d_in, generator=g) * scale
-        tensors[peft_key(path, "B")] = torch.randn(d_out, 8, generator=g) * scale
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16,
-              "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "bias": "none"}
-    return registry.publish(name, tensors, config, {"scenario": name, "base": {"fingerprint": hub.fingerprint}})
-
-
-def plan(hub, args) -> dict:
-    """What the locust users send: light prompts and rankings, a heavy ranking near the token budget,
-    and requests over the limits."""
-    import random
-    from adapterhub import ranking
-    rng = random.Random(0)
-    prompts = []
-    for _ in range(24):
-        liked = ", ".join(f"item {rng.randrange(1000)}" for _ in range(rng.randrange(1, 6)))
-        prompts.append(f"The user liked {liked}. Will the user like item {rng.randrange(1000)}? Answer:")
-    histories = [["red thing 1", "blue thing 2", "red thing 3"], ["song 4", "song 5"]]
-    documents = [f"thing {j}" for j in range(5)]
-    heavy_history = [f"a long-remembered item number {j}" for j in range(args.heavy_history)]
-    heavy_docs: list[str] = []
-    while True:  # grow the heavy ranking to ~90% of the per-request budget
-        more = heavy_docs + [f"candidate item {len(heavy_docs) + j}" for j in range(16)]
-        if ranking.plan(hub, "video", heavy_history, more, max_group_tokens=args.max_batch_tokens).tokens \
-                > 0.9 * args.max_request_tokens:
-            break
-        heavy_docs = more
-    too_many = heavy_docs * 3  # over the token budget, within the schema's 1,000 documents (a 400, not a 422)
-    while ranking.plan(hub, "news", histories[0], too_many, max_group_tokens=args.max_batch_tokens).tokens \
-            <= args.max_request_tokens:
-        too_many += heavy_docs
-    assert len(too_many) <= 1000, "--max-request-tokens is too large for an over-limit ranking of 1,000 documents"
-    n = hub.max_model_len + 16
-    while len(hub.encode("1" * n)) <= hub.max_model_len:
-        n *= 2
-    return {"key": KEY, "refs": list(REFS), "prompts": prompts, "histories": histories, "documents": documents,
-            "think_s": args.think_s, "heavy_history": heavy_history, "heavy_documents": heavy_docs,
-            "heavy_tokens": ranking.plan(hub, "video", heavy_history, heavy_docs,
-                                         max_group_tokens=args.max_batch_tokens).tokens,
-            "too_long_prompt": "1" * n, "too_many_documents": too_many}
-
-
-def check(answers: list[dict], p: dict, hub) -> dict:
-    """Each light answer against the version it names scored alone (computed once per input)."""
-    single, ranked = {}, {}
-
-    def one(version, i):
-        if (version, i) not in single:
-            single[(version, i)] = hub.score([(version, p["prompts"][i])])[0]
-        return single[(version, i)]
-
-    def rank(version, h):
-        if (version, h) not in ranked:
-            ranked[(version, h)] = dict(hub.recommend(version, p["histories"][h], p["documents"], k=len(p["documents"])))
-        return ranked[(version, h)]
-    wrong, max_diff, versions = 0, 0.0, set()
-    for a in answers:
-        if a["user"] != "light" or a["status"] != 200:
-            continue
-        reply = a["reply"]
-        if a["path"] == "/score":
-            pairs = [(one(v, i), s) for v, i, s in zip(reply["adapters"], a["prompts"], reply["scores"])]
-            versions.update(reply["adapters"])
-        else:
-            want = rank(reply["model"], a["history"])
-            pairs = [(want[p["documents"][x["index"]]], x["relevance_score"]) for x in reply["results"]]
-            versions.add(reply["model"])
-        diff = max(abs(x - y) for x, y in pairs)
-        max_diff = max(max_diff, diff)
-        wrong += diff > a["tol"]
-    by_prompt: dict = {}
-    for (v, i), s in single.items():
-        by_prompt.setdefault(i, []).append(s)
-    gaps = [abs(x - y) for ss in by_prompt.values() for j, x in enumerate(ss) for y in ss[j + 1:]]
-    return {"wrong": wrong, "max_abs_diff": max_diff, "versions": sorted(versions),
-            "min_gap_between_versions": min(gaps) if gaps else None}
 
 
 def main(argv=None) -> dict:
@@ -144,6 +54,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--users", type=int, default=32, help=f"locust users, one heavy and one over-limit among them "
                     f"(at most {MAX_USERS})")
     ap.add_argument("--duration-s", type=float, default=60.0, help=f"seconds of load (at most {MAX_DURATION_S})")
+    ap.add_argument("--tail-s", type=float, default=2.0, help="seconds locust runs past --duration-s, not judged: "
+                    "the requests in flight while it stops wait on its own shutdown work (README here)")
     ap.add_argument("--think-s", default="0.5,1.5", help="a light user's pause between requests, min,max seconds")
     ap.add_argument("--ramp-s", type=float, default=5.0, help="seconds over which locust starts the users; the "
                     "latency goal is judged after it (and one think time), the ramp's figures are reported apart")
@@ -175,8 +87,8 @@ def main(argv=None) -> dict:
     args.think_s = [float(x) for x in args.think_s.split(",")]
     from adapterhub.serve.config import Limits
     args.max_batch_tokens = args.max_batch_tokens or Limits().max_batch_tokens  # the server's, to plan as it does
-    if args.singles < 1:
-        ap.error("--singles must be at least 1")
+    if args.singles < 1 or args.tail_s < 0:
+        ap.error("--singles must be at least 1, --tail-s at least 0")
     if not 3 <= args.users <= MAX_USERS or not 0 < args.duration_s <= MAX_DURATION_S:
         ap.error(f"--users must be 3..{MAX_USERS} and --duration-s 0..{MAX_DURATION_S}")
     try:
@@ -253,12 +165,13 @@ def main(argv=None) -> dict:
             for th in threads:
                 th.start()
             env = dict(os.environ, LOAD_PLAN=str(tmp / "plan.json"), LOAD_ANSWERS=str(tmp / "answers.jsonl"))
-            steady_from = time.time() + args.ramp_s + args.think_s[1]   # every user started and past its first pause
+            load_from = time.time()
+            steady_from = load_from + args.ramp_s + args.think_s[1]   # every user started and past its first pause
             waits = RunQueueWait(server.pid) if args.core_waits else contextlib.nullcontext()
             with waits:
                 locust = subprocess.Popen(
                     [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless", "--host", url,
-                     "-u", str(args.users), "-r", f"{args.users / max(args.ramp_s, 1e-3):g}", "-t", f"{int(args.duration_s)}s", "--stop-timeout", "30",
+                     "-u", str(args.users), "-r", f"{args.users / max(args.ramp_s, 1e-3):g}", "-t", f"{round(args.duration_s + args.tail_s)}s", "--stop-timeout", "30",
                      "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0",
                      *(["Light"] if args.light_only else [])],
                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -290,12 +203,14 @@ def main(argv=None) -> dict:
     over = [a for a in answers if a["user"] == "over_limit"]
     heavy_spans = [(a["t0"], a["t1"]) for a in heavy]
     # the goal's figure: the steady state. While locust starts its users, their first requests come
-    # together (a burst of up to --users at once): reported apart, as the ramp's
-    ramp = [a for a in light if a["status"] == 200 and a["t0"] < steady_from]
-    during = [a for a in light if a["status"] == 200 and a["t0"] >= steady_from
+    # together (a burst of up to --users at once): reported apart, as the ramp's. And only until
+    # --duration-s: in the tail after it, locust's own stop holds up the requests then in flight
+    timed = [a for a in light if a["t0"] < load_from + args.duration_s]
+    ramp = [a for a in timed if a["status"] == 200 and a["t0"] < steady_from]
+    during = [a for a in timed if a["status"] == 200 and a["t0"] >= steady_from
               and (args.light_only or overlaps_heavy(a, heavy_spans))]
-    steady = [a for a in light if a["t0"] >= steady_from]
-    over_steady = [a for a in over if a["t0"] >= steady_from]
+    steady = [a for a in timed if a["t0"] >= steady_from]
+    over_steady = [a for a in over if steady_from <= a["t0"] < load_from + args.duration_s]
     # the share of a single call's time that holds the server: its CPU over its latency, both the mean of
     # the same back-to-back calls (/proc counts CPU in 10 ms ticks: ~60 calls give a few % precision)
     cpu_ms = baseline["server_cpu_ms"]   # None where /proc cannot be read
@@ -313,12 +228,12 @@ def main(argv=None) -> dict:
     ratios = against(baseline)
     summary = {
         "base": args.base, "quant": args.quant, "compute_dtype": str(checker.base.compute_dtype), "users": args.users,
-        "duration_s": args.duration_s, "think_s": args.think_s, "max_request_tokens": args.max_request_tokens,
+        "duration_s": args.duration_s, "tail_s": args.tail_s, "think_s": args.think_s, "max_request_tokens": args.max_request_tokens,
         "max_batch_tokens": args.max_batch_tokens, "bulk_tokens": args.bulk_tokens or "default", "server_threads": args.server_threads,
         "cpus": {"server": sorted(server_cpus), "client": sorted(client_cpus)} if server_cpus else "all",
         "bulk_priority": bulk_priority,
         "heavy_tokens": p["heavy_tokens"], "server_args": args.server_args, "server_code": served_code(Path.cwd()),
-        "requests": len(answers), "light": len(light), "light_per_s": len(light) / args.duration_s,
+        "requests": len(answers), "light": len(light), "light_per_s": len(timed) / args.duration_s,
         "errors": sum(a["status"] != 200 for a in light + heavy), "wrong": result["wrong"],
         "checked": sum(a["status"] == 200 for a in light), "max_abs_diff": result["max_abs_diff"], "tol": tol,
         "versions": result["versions"], "min_gap_between_versions": result["min_gap_between_versions"],
@@ -335,6 +250,9 @@ def main(argv=None) -> dict:
                                                                                  - steady_from), hold) if steady and hold is not None else None,
         "p99_vs_single_paced": max(against(paced).values()),
         "heavy_alone_ms": baseline["heavy_alone_ms"], "ramp_s": args.ramp_s, "light_during_heavy": len(during),
+        # the light requests sent in the last 0.5 s before locust stops (not judged): its stop's stall
+        "stop_light_max_ms": max((a["ms"] for a in light if a["t0"] >= load_from + args.duration_s + args.tail_s - 0.5),
+                                 default=None),
         "ramp_light": len(ramp), "ramp_light_p99_ms": pct([a["ms"] for a in ramp], 0.99),
         "score_p50_ms": pct(ms["/score"], 0.5), "score_p99_ms": pct(ms["/score"], 0.99),
         "rerank_p50_ms": pct(ms["/v1/rerank"], 0.5), "rerank_p99_ms": pct(ms["/v1/rerank"], 0.99),
