@@ -123,22 +123,31 @@ def metrics_with_ci(task: str, examples, scores: dict[str, list[float]], seed: i
         metric = primary_metric(task)
         by_user = [replace(ex, group=ex.user) for ex in examples]   # user_auc resamples users
         for name, s in scores.items():
-            lo, hi = bootstrap_ci(lambda ex, sc: evaluate(task, ex, sc)[metric], examples, s, n=300, seed=seed)
+            lo, hi = bootstrap_ci(lambda ex, sc: _one_metric(task, metric, ex, sc), examples, s, n=300, seed=seed)
             rows[name][f"{metric}_ci95"] = [round(lo, 4), round(hi, 4)]
             if "user_auc" in rows[name]:
-                lo, hi = bootstrap_ci(lambda ex, sc: _user_auc(task, ex, sc), by_user, s, n=300, seed=seed)
+                lo, hi = bootstrap_ci(lambda ex, sc: _one_metric(task, "user_auc", ex, sc), by_user, s, n=300, seed=seed)
                 rows[name]["user_auc_ci95"] = [round(lo, 4), round(hi, 4)]
     return rows
 
 
-def _user_auc(task, examples, scores) -> float:
-    """The per-user AUC of one resample; undefined (DataError, the resample is skipped) when no
-    drawn user has both labels."""
+def _one_metric(task: str, metric: str, examples, scores) -> float:
+    """evaluate(task, examples, scores)[metric] of one resample, computing only that metric where the
+    task is pointwise (the bootstrap asks 300 times per method: the others were most of a toy
+    training's time). Undefined (DataError: the resample is skipped) where evaluate would raise, or,
+    for user_auc, where no drawn user has both labels."""
     from .evaluation import evaluate
-    out = evaluate(task, examples, scores)
-    if "user_auc" not in out:
-        raise DataError("no user in this resample has both a positive and a negative example")
-    return out["user_auc"]
+    from .metrics import auc, group_auc
+    if task != "pointwise" or metric not in ("auc", "user_auc"):
+        out = evaluate(task, examples, scores)
+        if metric not in out:
+            raise DataError(f"{metric} is undefined on this resample")
+        return out[metric]
+    labels, scores = [ex.label for ex in examples], [float(s) for s in scores]
+    if metric == "auc":
+        return auc(labels, scores)
+    # evaluate: the pooled AUC first (one class: DataError), then user_auc where a user has both labels
+    return group_auc(labels, scores, [ex.user for ex in examples])
 
 
 def evaluate_protocol(hub, data, examples, adapter_key: str | None, protocol: str, **kwargs) -> dict | None:

@@ -44,6 +44,28 @@ def test_group_auc_skips_single_class_groups():
     assert M.group_auc(labels, scores, ["a", "a", "b", "b", "c", "c"]) == pytest.approx(0.5)
 
 
+def test_group_auc_is_each_groups_auc_bit_for_bit_averaged_in_order_of_appearance():
+    """group_auc sorts all groups at once; it gives exactly what auc() over each group in turn gives,
+    with ties (within a group and across groups), NaN scores, groups of one class, interleaved rows."""
+    import random
+
+    import numpy as np
+    rng = random.Random(7)
+    for trial in range(200):
+        n = rng.randrange(1, 60)
+        labels = [int(rng.random() < 0.4) for _ in range(n)]
+        scores = [rng.choice([0.1, 0.5, 0.9, float("nan")]) if trial % 3 == 0 else rng.random() for _ in range(n)]
+        groups = [f"u{rng.randrange(1 + n // 4)}" for _ in range(n)]
+        y, s, g = np.asarray(labels), np.asarray(scores), np.asarray(groups)
+        each = [M.auc(y[g == name], s[g == name]) for name in dict.fromkeys(groups)
+                if 0 < y[g == name].sum() < (g == name).sum()]
+        if not each:
+            with pytest.raises(DataError, match="no group has both"):
+                M.group_auc(labels, scores, groups)
+            continue
+        assert M.group_auc(labels, scores, groups) == float(np.mean(each))   # exactly
+
+
 def test_undefined_metrics_are_data_errors():
     with pytest.raises(DataError, match="2 positives and 0 negatives"):
         M.auc([1, 1], [0.2, 0.3])

@@ -94,6 +94,34 @@ def test_user_auc_is_the_mean_of_each_users_auc():
     assert out["user_auc"] == pytest.approx((0.5 + 1.0) / 2)   # a: 1 of 2 pairs right; b: both right
 
 
+def test_the_bootstraps_one_metric_is_what_evaluate_gives():
+    """metrics_with_ci computes only the bootstrapped metric of each resample on a pointwise split: its
+    intervals are exactly those of the full evaluate(), and a resample evaluate() cannot score is
+    skipped the same way (users with one class, repeated users, a split of one class only)."""
+    from dataclasses import replace
+    from adapterhub.errors import DataError
+    from adapterhub.fused import bootstrap_ci
+    from adapterhub.scoring import metrics_with_ci
+    rng = random.Random(3)
+    ex = [Example(f"u{rng.randrange(9)}", (), f"i{j}", int(rng.random() < 0.3)) for j in range(60)]
+    scores = [rng.random() for _ in ex]
+
+    def full(metric):
+        def f(e, s):
+            out = evaluate("pointwise", e, s)
+            if metric not in out:
+                raise DataError("undefined")
+            return out[metric]
+        return f
+    got = metrics_with_ci("pointwise", ex, {"m": scores}, seed=5)["m"]
+    assert got["auc_ci95"] == [round(v, 4) for v in bootstrap_ci(full("auc"), ex, scores, n=300, seed=5)]
+    by_user = [replace(e, group=e.user) for e in ex]
+    assert got["user_auc_ci95"] == [round(v, 4) for v in bootstrap_ci(full("user_auc"), by_user, scores, n=300, seed=5)]
+    one_class = [replace(e, label=1) for e in ex[:5]] + [replace(ex[5], label=0)]   # most resamples: one class
+    assert metrics_with_ci("pointwise", one_class, {"m": scores[:6]}, seed=1)["m"]["auc_ci95"] == \
+        [round(v, 4) for v in bootstrap_ci(full("auc"), one_class, scores[:6], n=300, seed=1)]
+
+
 def test_an_item_without_train_interactions_renders_and_counts_as_new():
     data = ranking_data()
     facts = F.compute(data)                  # format 2: the whole catalog, new items shown as new

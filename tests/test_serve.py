@@ -258,6 +258,27 @@ def test_the_load_tests_cpu_split_leaves_the_client_and_the_server_cpus_of_their
     assert measures.cpu_split("auto") == (None, None)
 
 
+def test_the_load_test_tells_what_else_ran_on_the_servers_cpus(monkeypatch):
+    """cpu_others: the server's CPUs' busy time less the server's own CPU time is what else ran there,
+    with the steal beside it, as shares of those CPUs per interval, over the load and over the
+    intervals a request was open in."""
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks" / "serving_load"))
+    import cpu_others
+    if cpu_others.cpu_jiffies({0}) is None:
+        pytest.skip("no /proc/stat")
+    watch = cpu_others.CpuOthers(pid=1, cpus={1, 2})
+    watch.hz = 100
+    # (time, busy jiffies, steal jiffies, the server's CPU s): 2 CPUs for 1 s, then for 1 more s
+    watch.samples = [(0.0, 0, 0, 0.0), (1.0, 150, 10, 1.2), (2.0, 300, 10, 2.9)]
+    (a0, a1, others, steal), (_, _, others2, steal2) = watch.intervals()
+    assert (a0, a1) == (0.0, 1.0) and others == pytest.approx(0.15) and steal == pytest.approx(0.05)
+    assert others2 == 0.0 and steal2 == 0.0   # the server's own time: never a negative share
+    s = watch.summary(slowest=[{"t0": 0.2, "t1": 0.3}], judged=[{"t0": 0.2, "t1": 0.3}, {"t0": 1.5, "t1": 1.6}])
+    assert s["others_share"] == 0.075 and s["slowest_1pct"]["others"] == 0.15 and s["all"]["others"] == 0.075
+    assert s["max_others_in_0.5s"] == 0.15 and s["steal_share"] == 0.025
+
+
 @pytest.mark.slow
 def test_the_load_test_on_the_tiny_base(tmp_path, monkeypatch):
     """benchmarks/serving_load/run.py (locust) for 20 s: 32 users mixing four adapters, one heavy, one
@@ -278,6 +299,8 @@ def test_the_load_test_on_the_tiny_base(tmp_path, monkeypatch):
     assert {"news@v1", "news@v2", "music@v1", "video@v1", "ecommerce@v1"} <= set(s["versions"])
     # locust runs --tail-s past the 20 s, whose requests are checked but not timed (its stop stalls them)
     assert s["tail_s"] == 2 and s["stop_light_max_ms"] > 0 and s["light_per_s"] * 20 < s["light"]
+    if s["cpus"] != "all":   # what else ran on the server's CPUs, as a share of them
+        assert 0 <= s["server_cpus_others"]["others_share"] <= 1
     row = json.loads((tmp_path / "loadtest.jsonl").read_text().splitlines()[-1])
     assert row["metric"] == "light_p99_vs_single" and row["wrong"] == 0
 

@@ -9,8 +9,9 @@ TOL = {"float32": 1e-5, "bfloat16": 2e-2}       # |P(yes) diff| a batch may show
 KEY, ADMIN_KEY = "load-test-key", "load-test-admin"
 
 
-def publish(registry, hub, name: str, seed: int, scale: float) -> str:
-    """A random LoRA (r=8 on q/k/v/o of `hub`'s base), large enough that adapters' answers differ clearly."""
+def publish(registry, hub, name: str, seed: int, scale: float, promote: bool | None = None) -> str:
+    """A random LoRA (r=8 on q/k/v/o of `hub`'s base), large enough that adapters' answers differ clearly
+    (promote: as Registry.publish's)."""
     import torch
     from adapterhub.lora import peft_key
     g = torch.Generator().manual_seed(seed)
@@ -22,7 +23,8 @@ def publish(registry, hub, name: str, seed: int, scale: float) -> str:
         tensors[peft_key(path, "B")] = torch.randn(d_out, 8, generator=g) * scale
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16,
               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "bias": "none"}
-    return registry.publish(name, tensors, config, {"scenario": name, "base": {"fingerprint": hub.fingerprint}})
+    return registry.publish(name, tensors, config, {"scenario": name, "base": {"fingerprint": hub.fingerprint}},
+                            promote=promote)
 
 
 def plan(hub, args) -> dict:
