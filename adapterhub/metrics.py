@@ -81,6 +81,9 @@ def group_auc(labels, scores, groups) -> float:
     bit for bit (the same half-integer rank sums over the same products), and the mean is taken over
     the groups in order of first appearance, as a loop over them would."""
     y, s = np.asarray(labels, dtype=float), np.asarray(scores, dtype=float)
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise DataError(f"labels must be 0 or 1, got {sorted(set(y[~np.isin(y, (0.0, 1.0))].tolist()))[:5]}",
+                        field="label")
     names, first, code = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
     code = code.reshape(-1)
     order = np.lexsort((s, code))                     # by group, then score

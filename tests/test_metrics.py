@@ -71,3 +71,5 @@ def test_undefined_metrics_are_data_errors():
         M.auc([1, 1], [0.2, 0.3])
     with pytest.raises(DataError, match="no group has both"):
         M.group_auc([1, 0], [0.5, 0.4], ["a", "b"])
+    with pytest.raises(DataError, match=r"labels must be 0 or 1, got \[2.0\]"):
+        M.group_auc([1, 0, 2], [0.5, 0.4, 0.3], ["a", "a", "a"])

@@ -3,7 +3,7 @@ a few examples each, several methods' scores), against the way it was computed b
 of every resample, and a loop over the groups for the per-user AUC), alternating, in one run. Both
 give the same intervals; the script checks that before it times them.
 
-    python benchmarks/evaluation_speed/bootstrap_ci.py [--examples 300 --users 36 --methods 4 --rounds 3]
+    python benchmarks/evaluation_speed/bootstrap_ci.py [--examples 300,3000 --methods 4 --rounds 3]   # ~5 min
 
 One line per size goes to bootstrap_ci.jsonl here (seconds per call, old and new, and their ratio).
 """

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -179,7 +180,7 @@ def main(argv=None) -> dict:
             with waits:
                 locust = subprocess.Popen(
                     [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless", "--host", url,
-                     "-u", str(args.users), "-r", f"{args.users / max(args.ramp_s, 1e-3):g}", "-t", f"{round(args.duration_s + args.tail_s)}s", "--stop-timeout", "30",
+                     "-u", str(args.users), "-r", f"{args.users / max(args.ramp_s, 1e-3):g}", "-t", f"{math.ceil(args.duration_s + args.tail_s)}s", "--stop-timeout", "30",
                      "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0",
                      *(["Light"] if args.light_only else [])],
                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -213,12 +214,14 @@ def main(argv=None) -> dict:
     # the goal's figure: the steady state. While locust starts its users, their first requests come
     # together (a burst of up to --users at once): reported apart, as the ramp's. And only until
     # --duration-s: in the tail after it, locust's own stop holds up the requests then in flight
-    timed = [a for a in light if a["t0"] < load_from + args.duration_s]
+    end = load_from + args.duration_s
+    timed = [a for a in light if a["t0"] < end]
     ramp = [a for a in timed if a["status"] == 200 and a["t0"] < steady_from]
     during = [a for a in timed if a["status"] == 200 and a["t0"] >= steady_from
               and (args.light_only or overlaps_heavy(a, heavy_spans))]
     steady = [a for a in timed if a["t0"] >= steady_from]
-    over_steady = [a for a in over if steady_from <= a["t0"] < load_from + args.duration_s]
+    over_steady = [a for a in over if steady_from <= a["t0"] < end]
+    last_sent = max((a["t0"] for a in answers), default=end)   # (locust stops ~0.5 s after this driver's clock says)
     # the share of a single call's time that holds the server: its CPU over its latency, both the mean of
     # the same back-to-back calls (/proc counts CPU in 10 ms ticks: ~60 calls give a few % precision)
     cpu_ms = baseline["server_cpu_ms"]   # None where /proc cannot be read
@@ -241,7 +244,7 @@ def main(argv=None) -> dict:
         "cpus": {"server": sorted(server_cpus), "client": sorted(client_cpus)} if server_cpus else "all",
         "bulk_priority": bulk_priority,
         "heavy_tokens": p["heavy_tokens"], "server_args": args.server_args, "server_code": served_code(Path.cwd()),
-        "requests": len(answers), "light": len(light), "light_per_s": len(timed) / args.duration_s,
+        "requests": len(answers), "light": len(light), "light_per_s": len(timed) / max(1e-9, end - min((a["t0"] for a in answers), default=0.0)),
         "errors": sum(a["status"] != 200 for a in light + heavy), "wrong": result["wrong"],
         "checked": sum(a["status"] == 200 for a in light), "max_abs_diff": result["max_abs_diff"], "tol": tol,
         "versions": result["versions"], "min_gap_between_versions": result["min_gap_between_versions"],
@@ -258,9 +261,8 @@ def main(argv=None) -> dict:
                                                                                  - steady_from), hold) if steady and hold is not None else None,
         "p99_vs_single_paced": max(against(paced).values()),
         "heavy_alone_ms": baseline["heavy_alone_ms"], "ramp_s": args.ramp_s, "light_during_heavy": len(during),
-        # the light requests sent in the last 0.5 s before locust stops (not judged): its stop's stall
-        "stop_light_max_ms": max((a["ms"] for a in light if a["t0"] >= load_from + args.duration_s + args.tail_s - 0.5),
-                                 default=None),
+        # the slowest light request sent in the load's last 0.5 s, as locust stops (not judged): its stall
+        "stop_light_max_ms": max((a["ms"] for a in light if a["t0"] >= last_sent - 0.5), default=None),
         "ramp_light": len(ramp), "ramp_light_p99_ms": pct([a["ms"] for a in ramp], 0.99),
         "score_p50_ms": pct(ms["/score"], 0.5), "score_p99_ms": pct(ms["/score"], 0.99),
         "rerank_p50_ms": pct(ms["/v1/rerank"], 0.5), "rerank_p99_ms": pct(ms["/v1/rerank"], 0.99),
@@ -280,7 +282,7 @@ def main(argv=None) -> dict:
                                   for q in (0.5, 0.99)],
         "over_limit_slowest": [(round(a["ms"], 1), round(a["t0"] - min(b["t0"] for b in answers), 1), a["path"],
                                 a.get("server_ms"))   # (ms, s into the load, route, the server's ms)
-                               for a in sorted(over, key=lambda a: -a["ms"])[:4]],
+                               for a in sorted((a for a in over if a["t0"] < end), key=lambda a: -a["ms"])[:4]],
         # the slowest 1% of the light requests the goal judges (ms, s into the load, route, the adapters it
         # named), beside when the promotion and the unload were sent: what the p99 is made of
         # and the server's own ms and parts of it (Server-Timing): a stall in the app or outside it
