@@ -19,7 +19,8 @@
    call is timed again after the load, to show how far the machine's speed drifted), the heavy
    requests' latency, the over-limit refusals' latency, what else ran on the server's CPUs, the
    server's RSS (with its forward processes), and, with --core-waits, how long its event loop,
-   threads and processes waited for a core. One JSON line goes to results/loadtest.jsonl. --light-only runs the light users alone (the floor).
+   threads and processes waited for a core. One JSON line goes to results/loadtest.jsonl.
+   --light-only runs the light users alone (the floor).
 Goals (exit code 1 when missed): 0 wrong, 0 errors, light p99 <= 3x the single call, refusals fast.
 """
 from __future__ import annotations
