@@ -135,7 +135,9 @@ def _one_metric(task: str, metric: str, examples, scores) -> float:
     """evaluate(task, examples, scores)[metric] of one resample, computing only that metric where the
     task is pointwise (the bootstrap asks 300 times per method: the others were most of a toy
     training's time). Undefined (DataError: the resample is skipped) where evaluate would raise, or,
-    for user_auc, where no drawn user has both labels."""
+    for user_auc, where no drawn user has both labels. user_auc averages over the resample's groups,
+    the users renamed per draw: a user drawn twice counts twice, as bootstrap_ci resamples them
+    (evaluate's own per-user AUC, over `user`, would merge the two draws into one)."""
     from .evaluation import evaluate
     from .metrics import auc, group_auc
     if task != "pointwise" or metric not in ("auc", "user_auc"):
@@ -146,8 +148,8 @@ def _one_metric(task: str, metric: str, examples, scores) -> float:
     labels, scores = [ex.label for ex in examples], [float(s) for s in scores]
     if metric == "auc":
         return auc(labels, scores)
-    # evaluate: the pooled AUC first (one class: DataError), then user_auc where a user has both labels
-    return group_auc(labels, scores, [ex.user for ex in examples])
+    # one class in the whole resample: no drawn user has both labels either (DataError, skipped)
+    return group_auc(labels, scores, [ex.group or ex.user for ex in examples])
 
 
 def evaluate_protocol(hub, data, examples, adapter_key: str | None, protocol: str, **kwargs) -> dict | None:

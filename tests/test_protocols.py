@@ -96,8 +96,8 @@ def test_user_auc_is_the_mean_of_each_users_auc():
 
 def test_the_bootstraps_one_metric_is_what_evaluate_gives():
     """metrics_with_ci computes only the bootstrapped metric of each resample on a pointwise split: its
-    intervals are exactly those of the full evaluate(), and a resample evaluate() cannot score is
-    skipped the same way (users with one class, repeated users, a split of one class only)."""
+    AUC intervals are exactly those of the full evaluate(), and a resample evaluate() cannot score is
+    skipped the same way (a split of one class only)."""
     from dataclasses import replace
     from adapterhub.errors import DataError
     from adapterhub.fused import bootstrap_ci
@@ -115,11 +115,27 @@ def test_the_bootstraps_one_metric_is_what_evaluate_gives():
         return f
     got = metrics_with_ci("pointwise", ex, {"m": scores}, seed=5)["m"]
     assert got["auc_ci95"] == [round(v, 4) for v in bootstrap_ci(full("auc"), ex, scores, n=300, seed=5)]
-    by_user = [replace(e, group=e.user) for e in ex]
-    assert got["user_auc_ci95"] == [round(v, 4) for v in bootstrap_ci(full("user_auc"), by_user, scores, n=300, seed=5)]
+    assert got["user_auc_ci95"][0] < got["user_auc"] < got["user_auc_ci95"][1]
     one_class = [replace(e, label=1) for e in ex[:5]] + [replace(ex[5], label=0)]   # most resamples: one class
     assert metrics_with_ci("pointwise", one_class, {"m": scores[:6]}, seed=1)["m"]["auc_ci95"] == \
         [round(v, 4) for v in bootstrap_ci(full("auc"), one_class, scores[:6], n=300, seed=1)]
+
+
+def test_a_user_drawn_twice_counts_twice_in_the_per_user_auc_interval():
+    """The per-user AUC of a bootstrap resample averages over its draws: a user drawn twice (renamed
+    'u#1' by bootstrap_ci) counts twice, as the bootstrap over users means; evaluate() over `user`
+    would merge the two draws into one. A resample with no user of both labels is undefined."""
+    from dataclasses import replace
+    from adapterhub.errors import DataError
+    from adapterhub.scoring import _one_metric
+    u = [Example("u", (), "a", 1), Example("u", (), "b", 0)]      # AUC 1
+    v = [Example("v", (), "c", 1), Example("v", (), "d", 0)]      # AUC 0
+    drawn = [replace(e, group="u") for e in u] + [replace(e, group="u#1") for e in u] + [replace(e, group="v") for e in v]
+    scores = [0.9, 0.1, 0.9, 0.1, 0.2, 0.8]
+    assert _one_metric("pointwise", "user_auc", drawn, scores) == pytest.approx(2 / 3)
+    assert evaluate("pointwise", drawn, scores)["user_auc"] == pytest.approx(1 / 2)   # the draws merged
+    with pytest.raises(DataError):
+        _one_metric("pointwise", "user_auc", [replace(e, label=1) for e in drawn], scores)
 
 
 def test_an_item_without_train_interactions_renders_and_counts_as_new():
