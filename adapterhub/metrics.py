@@ -101,7 +101,9 @@ def group_auc(labels, scores, groups) -> float:
     pos = np.bincount(code, weights=(y == 1), minlength=k)
     neg = np.bincount(code, weights=(y == 0), minlength=k)
     rank_sum = np.bincount(code, weights=np.where(y == 1, ranks, 0.0), minlength=k)
-    kept = [c for c in np.argsort(first, kind="stable") if pos[c] > 0 and neg[c] > 0]
-    if not kept:
+    order = np.argsort(first, kind="stable")          # the groups in order of first appearance
+    kept = order[(pos[order] > 0) & (neg[order] > 0)]
+    if not len(kept):
         raise DataError("no group has both positives and negatives: AUC is undefined for every group")
-    return float(np.mean([float((rank_sum[c] - pos[c] * (pos[c] + 1) / 2) / (pos[c] * neg[c])) for c in kept]))
+    p, q = pos[kept], neg[kept]
+    return float(np.mean((rank_sum[kept] - p * (p + 1) / 2) / (p * q)))

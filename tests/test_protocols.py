@@ -94,14 +94,16 @@ def test_user_auc_is_the_mean_of_each_users_auc():
     assert out["user_auc"] == pytest.approx((0.5 + 1.0) / 2)   # a: 1 of 2 pairs right; b: both right
 
 
-def test_the_bootstraps_one_metric_is_what_evaluate_gives():
+def test_the_bootstraps_one_metric_matches_evaluate_and_counts_each_draw_of_a_user():
     """metrics_with_ci computes only the bootstrapped metric of each resample on a pointwise split: its
-    AUC intervals are exactly those of the full evaluate(), and a resample evaluate() cannot score is
-    skipped the same way (a split of one class only)."""
+    AUC intervals are exactly those of the full evaluate(), a resample evaluate() cannot score is
+    skipped the same way (a split of one class only), and the per-user AUC's interval averages over
+    each draw of a user (evaluate's over `user` would merge them), on the same point estimate."""
     from dataclasses import replace
     from adapterhub.errors import DataError
     from adapterhub.fused import bootstrap_ci
-    from adapterhub.scoring import metrics_with_ci
+    from adapterhub.metrics import group_auc
+    from adapterhub.scoring import _one_metric, metrics_with_ci
     rng = random.Random(3)
     ex = [Example(f"u{rng.randrange(9)}", (), f"i{j}", int(rng.random() < 0.3)) for j in range(60)]
     scores = [rng.random() for _ in ex]
@@ -115,7 +117,14 @@ def test_the_bootstraps_one_metric_is_what_evaluate_gives():
         return f
     got = metrics_with_ci("pointwise", ex, {"m": scores}, seed=5)["m"]
     assert got["auc_ci95"] == [round(v, 4) for v in bootstrap_ci(full("auc"), ex, scores, n=300, seed=5)]
-    assert got["user_auc_ci95"][0] < got["user_auc"] < got["user_auc_ci95"][1]
+    by_user = [replace(e, group=e.user) for e in ex]
+    assert _one_metric("pointwise", "user_auc", by_user, scores) == got["user_auc"]   # unresampled: the same
+
+    def per_draw(e, s):
+        return group_auc([x.label for x in e], s, [x.group for x in e])
+    want = [round(v, 4) for v in bootstrap_ci(per_draw, by_user, scores, n=300, seed=5)]
+    merged = [round(v, 4) for v in bootstrap_ci(full("user_auc"), by_user, scores, n=300, seed=5)]
+    assert got["user_auc_ci95"] == want != merged
     one_class = [replace(e, label=1) for e in ex[:5]] + [replace(ex[5], label=0)]   # most resamples: one class
     assert metrics_with_ci("pointwise", one_class, {"m": scores[:6]}, seed=1)["m"]["auc_ci95"] == \
         [round(v, 4) for v in bootstrap_ci(full("auc"), one_class, scores[:6], n=300, seed=1)]
