@@ -84,7 +84,7 @@ def group_auc(labels, scores, groups) -> float:
     if not np.isin(y, (0.0, 1.0)).all():
         raise DataError(f"labels must be 0 or 1, got {sorted(set(y[~np.isin(y, (0.0, 1.0))].tolist()))[:5]}",
                         field="label")
-    names, first, code = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+    _, first, code = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
     code = code.reshape(-1)
     order = np.lexsort((s, code))                     # by group, then score
     cs, ss = code[order], s[order]
@@ -97,12 +97,12 @@ def group_auc(labels, scores, groups) -> float:
     block = np.repeat(np.arange(len(starts)), ends - starts)
     ranks = np.empty(n)                               # 1-based within the group, ties get their mean rank
     ranks[order] = (starts[block] + ends[block] + 1) / 2 - group_start
-    k = len(names)
+    k = len(first)
     pos = np.bincount(code, weights=(y == 1), minlength=k)
     neg = np.bincount(code, weights=(y == 0), minlength=k)
     rank_sum = np.bincount(code, weights=np.where(y == 1, ranks, 0.0), minlength=k)
-    order = np.argsort(first, kind="stable")          # the groups in order of first appearance
-    kept = order[(pos[order] > 0) & (neg[order] > 0)]
+    appearance = np.argsort(first, kind="stable")     # the groups in order of first appearance
+    kept = appearance[(pos[appearance] > 0) & (neg[appearance] > 0)]
     if not len(kept):
         raise DataError("no group has both positives and negatives: AUC is undefined for every group")
     p, q = pos[kept], neg[kept]

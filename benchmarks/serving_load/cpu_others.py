@@ -60,9 +60,9 @@ class CpuOthers:
         def mean_over(requests, k):
             seen = [s[k] for a in requests for s in spans if s[0] < a["t1"] and a["t0"] < s[1]]
             return round(sum(seen) / len(seen), 3) if seen else None
-        whole = (self.samples[-1][0] - self.samples[0][0]) * len(self.cpus)
-        return {"others_share": round(sum(s[2] * (s[1] - s[0]) for s in spans) * len(self.cpus) / whole, 3),
-                "steal_share": round(sum(s[3] * (s[1] - s[0]) for s in spans) * len(self.cpus) / whole, 3),
+        total_s = self.samples[-1][0] - self.samples[0][0]   # the intervals' shares, weighted by length
+        return {"others_share": round(sum(s[2] * (s[1] - s[0]) for s in spans) / total_s, 3),
+                "steal_share": round(sum(s[3] * (s[1] - s[0]) for s in spans) / total_s, 3),
                 "slowest_1pct": {"others": mean_over(slowest, 2), "steal": mean_over(slowest, 3)},
                 "all": {"others": mean_over(judged, 2), "steal": mean_over(judged, 3)},
                 "max_others_in_0.5s": round(max(s[2] for s in spans), 3)}
